@@ -1,0 +1,101 @@
+"""Every setting the service reads, from environment variables, in one place.
+
+Each field names its variable and its default; `Settings.from_env` validates them at start-up and
+raises `ConfigError` naming the offending variable, so a bad deployment fails loudly at boot
+rather than on the first chunk of someone's audio.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+UID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+SUPPORTED_SAMPLE_RATES = (8000, 16000)
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage_backend: str = "local"  # STORAGE_BACKEND: "local" (files + SQLite) or "gcp"
+    data_dir: str = "./data"  # DATA_DIR: local backend's chunks and SQLite database
+    catalog_uri: str = "./data/catalog"  # CATALOG_URI: local directory or gs://bucket/prefix
+    gcs_bucket: str = ""  # GCS_BUCKET: buffer bucket (gcp backend)
+    gcp_project: str = ""  # GOOGLE_CLOUD_PROJECT
+    firestore_database: str = "(default)"  # FIRESTORE_DATABASE
+    min_audio_seconds: float = 10.0  # MIN_AUDIO_SECONDS: buffered audio before a recognition
+    max_buffer_seconds: float = 60.0  # MAX_BUFFER_SECONDS: oldest audio dropped past this
+    stride_seconds: float = 5.0  # RECOGNITION_STRIDE_SECONDS: new audio needed after a miss
+    lease_seconds: float = 30.0  # RECOGNITION_LEASE_SECONDS: a dead holder's claim expires
+    max_chunk_bytes: int = 64 * 16000 * 2  # MAX_CHUNK_BYTES: larger bodies get 413
+    omi_app_id: str = ""  # OMI_APP_ID
+    omi_app_secret: str = ""  # OMI_APP_SECRET: without id+secret, notifications are only logged
+    omi_api_url: str = "https://api.omi.me"  # OMI_API_URL
+    notify_timeout_seconds: float = 5.0  # NOTIFY_TIMEOUT_SECONDS
+    notify_cooldown_seconds: float = 600.0  # NOTIFY_COOLDOWN_SECONDS: same song, same user
+    notify_hourly_limit: int = 10  # NOTIFY_HOURLY_LIMIT: Omi allows 10 per user per UTC hour
+    service_name: str = "omi-song-recognition"  # SERVICE_NAME
+    log_level: str = "INFO"  # LOG_LEVEL
+
+    @property
+    def notifications_enabled(self) -> bool:
+        return bool(self.omi_app_id and self.omi_app_secret)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        d = cls()
+
+        def text(name: str, default: str) -> str:
+            return env.get(name, "").strip() or default
+
+        def number(name: str, default: float, low: float, high: float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+            if not low <= value <= high:
+                raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw}")
+            return value
+
+        backend = text("STORAGE_BACKEND", d.storage_backend).lower()
+        if backend not in ("local", "gcp"):
+            raise ConfigError(f"STORAGE_BACKEND must be 'local' or 'gcp', got {backend!r}")
+        settings = cls(
+            storage_backend=backend,
+            data_dir=text("DATA_DIR", d.data_dir),
+            catalog_uri=text("CATALOG_URI", d.catalog_uri),
+            gcs_bucket=text("GCS_BUCKET", d.gcs_bucket),
+            gcp_project=text("GOOGLE_CLOUD_PROJECT", d.gcp_project),
+            firestore_database=text("FIRESTORE_DATABASE", d.firestore_database),
+            min_audio_seconds=number("MIN_AUDIO_SECONDS", d.min_audio_seconds, 1, 600),
+            max_buffer_seconds=number("MAX_BUFFER_SECONDS", d.max_buffer_seconds, 1, 3600),
+            stride_seconds=number("RECOGNITION_STRIDE_SECONDS", d.stride_seconds, 0, 600),
+            lease_seconds=number("RECOGNITION_LEASE_SECONDS", d.lease_seconds, 1, 3600),
+            max_chunk_bytes=int(number("MAX_CHUNK_BYTES", d.max_chunk_bytes, 2, 1 << 30)),
+            omi_app_id=text("OMI_APP_ID", d.omi_app_id),
+            omi_app_secret=text("OMI_APP_SECRET", d.omi_app_secret),
+            omi_api_url=text("OMI_API_URL", d.omi_api_url).rstrip("/"),
+            notify_timeout_seconds=number("NOTIFY_TIMEOUT_SECONDS", d.notify_timeout_seconds, 0.1, 60),
+            notify_cooldown_seconds=number("NOTIFY_COOLDOWN_SECONDS", d.notify_cooldown_seconds, 0, 86400),
+            notify_hourly_limit=int(number("NOTIFY_HOURLY_LIMIT", d.notify_hourly_limit, 0, 1000)),
+            service_name=text("SERVICE_NAME", d.service_name),
+            log_level=text("LOG_LEVEL", d.log_level).upper(),
+        )
+        if settings.max_buffer_seconds < settings.min_audio_seconds:
+            raise ConfigError("MAX_BUFFER_SECONDS must be at least MIN_AUDIO_SECONDS")
+        if backend == "gcp" and not settings.gcs_bucket:
+            raise ConfigError("GCS_BUCKET is required when STORAGE_BACKEND=gcp")
+        if bool(settings.omi_app_id) != bool(settings.omi_app_secret):
+            raise ConfigError("OMI_APP_ID and OMI_APP_SECRET must be set together")
+        if not settings.omi_api_url.startswith(("http://", "https://")):
+            raise ConfigError(f"OMI_API_URL must be an http(s) URL, got {settings.omi_api_url!r}")
+        return settings

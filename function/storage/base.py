@@ -1,0 +1,133 @@
+"""The one narrow interface between the webhook's core and where its state lives.
+
+Two backends implement it: `local` (files + SQLite, the embedded default) and `gcp` (one Cloud
+Storage object per chunk + Firestore documents). The core (`function/ingest.py`) only ever talks
+to a `Store`, so the same behavioural test suite runs against both.
+
+Invariants every backend keeps:
+- `append` is atomic and idempotent per (uid, key): a chunk is either stored once and counted
+  once, or not at all (and then the call raises `StoreUnavailable`, so the edge answers 503 and
+  Omi retries). A key seen before for that uid returns `duplicate=True` and changes nothing.
+- A chunk at a sample rate different from the uid's buffer drops the old buffer first.
+- At most one unexpired `Lease` per uid exists at a time, across processes and instances.
+- All times are Unix seconds (float) passed in by the caller, so tests control the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class StoreUnavailable(RuntimeError):
+    """The backing storage did not answer; the request must be retried (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class Appended:
+    duplicate: bool
+    buffered_bytes: int  # audio bytes now buffered for the uid (after this chunk)
+    sample_rate: int  # the buffer's sample rate
+
+
+@dataclass(frozen=True)
+class BufferInfo:
+    uid: str
+    buffered_bytes: int
+    sample_rate: int | None  # None when nothing was ever buffered
+    chunks: int
+    last_audio_at: float | None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claim on one uid's buffer for one recognition; opaque fields belong to the backend."""
+
+    uid: str
+    token: str
+    sample_rate: int
+    expires_at: float
+    backend_data: Any = None
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """One recognition attempt, match or miss, as kept for /history and /metrics."""
+
+    uid: str
+    at: float  # when the attempt finished
+    latency_ms: float
+    audio_seconds: float
+    matched: bool
+    song_id: str | None = None
+    title: str | None = None
+    artist: str | None = None
+    album: str | None = None
+    offset_seconds: float | None = None
+    confidence: float | None = None
+    score: int | None = None
+    notification: str = "none"  # none | sent | failed | skipped_cooldown | skipped_limit | logged
+    notification_error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Store(Protocol):
+    # --- audio buffer -------------------------------------------------------------------------
+    def append(self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float) -> Appended:
+        """Store one chunk in arrival order (see the invariants above)."""
+
+    def claim(
+        self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float
+    ) -> Lease | None:
+        """Claim the uid's buffer for a recognition, or None.
+
+        Granted only when at least `min_bytes` are buffered, no unexpired lease is held, and,
+        if an earlier attempt on this buffer missed, at least `stride_bytes` arrived since it.
+        """
+
+    def read(self, lease: Lease, max_bytes: int) -> bytes:
+        """The newest `max_bytes` (at most) of the leased buffer, in arrival order, whole samples.
+
+        Chunks older than that window are deleted: the buffer never grows past it.
+        """
+
+    def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:
+        """End the lease. On a match, drop the audio that was read; on a miss, keep only the
+        newest `keep_bytes` of it (plus anything that arrived meanwhile) and remember the
+        attempt so the next claim waits for a stride. A release after the lease expired and
+        was taken by someone else changes nothing."""
+
+    def clear(self, uid: str) -> bool:
+        """Drop the uid's buffered audio and buffer state. True if there was anything."""
+
+    def buffer_info(self, uid: str) -> BufferInfo: ...
+
+    # --- notifications ------------------------------------------------------------------------
+    def reserve_notification(
+        self, uid: str, song_id: str, now: float, cooldown_seconds: float, hourly_limit: int
+    ) -> str:
+        """Atomically decide whether to notify: 'ok' (reserved, counted in this UTC hour),
+        'cooldown' (same song notified less than cooldown_seconds ago) or 'limit'."""
+
+    def defer_notifications(self, uid: str, until: float) -> None:
+        """Omi answered 429: no notification for this uid before `until`."""
+
+    def notifications_deferred_until(self, uid: str) -> float: ...
+
+    # --- history and metrics ------------------------------------------------------------------
+    def record(self, recognition: Recognition) -> None: ...
+
+    def history(self, uid: str, limit: int = 50) -> list[Recognition]:
+        """Newest first."""
+
+    def recognitions_since(self, since: float) -> list[Recognition]:
+        """Every recognition (all uids) finished at or after `since`, for /metrics."""
+
+    def active_users(self, since: float) -> int:
+        """Users whose audio arrived at or after `since`."""
+
+    def daily_active_users(self, since: float) -> dict[str, int]:
+        """UTC date (YYYY-MM-DD) -> distinct uids that sent audio that day, from `since`."""
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable if the backend does not answer."""
