@@ -1,0 +1,206 @@
+"""The on-disk index: landmark hashes -> postings (song, anchor frame), plus song metadata.
+
+Layout (a directory, or a gs:// prefix mirrored locally):
+    catalog.json          format, frozen fingerprint parameters, songs, current generation
+    g<N>/offsets.npy      uint32[2**HASH_BITS + 1]: postings of hash h are offsets[h]:offsets[h+1]
+    g<N>/postings.npy     uint32: song index << 16 | anchor frame, grouped by hash
+
+Hashes are dense (HASH_BITS bits), so a CSR offset table replaces storing a hash per posting:
+4 bytes a posting, and a lookup is two array reads instead of a binary search. Both arrays are
+memory-mapped. Each save writes a new generation and then atomically replaces catalog.json, so a
+reader in another process never sees half a catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from function.catalog_location import location_for
+from function.fingerprint import CATALOG_DENSITY, FROZEN, HASH_BITS, MAX_FRAMES
+
+FORMAT = 1
+SONG_SHIFT = 16
+MAX_SONGS = 1 << (32 - SONG_SHIFT)
+N_HASHES = 1 << HASH_BITS
+
+
+class CatalogError(RuntimeError):
+    """The catalog is missing, corrupt or incompatible; the message says which and where."""
+
+
+@dataclass
+class Song:
+    song_id: str
+    title: str
+    artist: str
+    album: str
+    duration_seconds: float
+    sources: list[str] = field(default_factory=list)
+    hashes: int = 0
+
+    def public(self) -> dict:
+        d = asdict(self)
+        d.pop("hashes")
+        return d
+
+
+@dataclass
+class Fingerprinted:
+    """A song ready to be added: its metadata and its landmarks."""
+
+    song: Song
+    hashes: np.ndarray
+    frames: np.ndarray
+
+
+class Catalog:
+    def __init__(self, uri: str, create: bool = False) -> None:
+        self.location = location_for(uri)
+        self.uri = uri
+        self.songs: list[Song] = []
+        self.generation = 0
+        self.offsets = np.zeros(N_HASHES + 1, dtype=np.uint32)
+        self.postings = np.zeros(0, dtype=np.uint32)
+        if self.location.exists():
+            self._load()
+        elif not create:
+            raise CatalogError(f"no catalog at {uri} (register songs first: python -m function register PATH)")
+        self._by_id = {s.song_id: i for i, s in enumerate(self.songs)}
+
+    # --- reading --------------------------------------------------------------------------------
+    def _load(self) -> None:
+        root = self.location.local_dir
+        try:
+            manifest = json.loads((root / "catalog.json").read_text())
+            if manifest.get("format") != FORMAT:
+                raise CatalogError(f"{self.uri}: catalog format {manifest.get('format')}, expected {FORMAT}")
+            if manifest.get("frozen") != FROZEN:
+                raise CatalogError(
+                    f"{self.uri}: built with other fingerprint parameters ({manifest.get('frozen')}); re-register"
+                )
+            self.songs = [Song(**s) for s in manifest["songs"]]
+            self.generation = int(manifest["generation"].lstrip("g"))
+            gen_dir = root / manifest["generation"]
+            self.offsets = np.load(gen_dir / "offsets.npy", mmap_mode="r")
+            self.postings = np.load(gen_dir / "postings.npy", mmap_mode="r")
+        except CatalogError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CatalogError(f"{self.uri}: catalog is corrupt or unreadable: {exc}") from None
+        if self.offsets.shape != (N_HASHES + 1,) or int(self.offsets[-1]) != len(self.postings):
+            raise CatalogError(f"{self.uri}: catalog is corrupt: offsets and postings disagree")
+        if len(self.postings) != manifest.get("postings"):
+            raise CatalogError(f"{self.uri}: catalog is corrupt: expected {manifest.get('postings')} postings")
+
+    def __contains__(self, song_id: str) -> bool:
+        return song_id in self._by_id
+
+    def song(self, index: int) -> Song:
+        return self.songs[index]
+
+    def lookup(self, hashes: np.ndarray, max_postings: int) -> tuple[np.ndarray, np.ndarray]:
+        """(index into `hashes`, packed posting) for every posting of every query hash.
+
+        Hashes with more than `max_postings` postings are skipped: they occur in so many songs
+        that they carry no evidence, and they would dominate the lookup time in a big catalog.
+        """
+        starts = self.offsets[hashes].astype(np.int64)
+        lengths = self.offsets[hashes + 1].astype(np.int64) - starts
+        lengths[lengths > max_postings] = 0
+        total = int(lengths.sum())
+        query_index = np.repeat(np.arange(len(hashes)), lengths)
+        run_start = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        return query_index, self.postings[run_start + np.arange(total)]
+
+    # --- writing --------------------------------------------------------------------------------
+    def add(self, items: list[Fingerprinted]) -> None:
+        """Merge new songs into the index in one pass (callers batch their songs)."""
+        items = [it for it in items if it.song.song_id not in self._by_id]
+        if not items:
+            return
+        if len(self.songs) + len(items) > MAX_SONGS:
+            raise CatalogError(f"{self.uri}: a catalog holds at most {MAX_SONGS} songs")
+        new_hashes, new_postings = [], []
+        for item in items:
+            index = len(self.songs)
+            frames = np.minimum(item.frames, MAX_FRAMES - 1).astype(np.uint32)
+            item.song.hashes = len(item.hashes)
+            self.songs.append(item.song)
+            self._by_id[item.song.song_id] = index
+            new_hashes.append(item.hashes.astype(np.uint32))
+            new_postings.append((np.uint32(index) << np.uint32(SONG_SHIFT)) | frames)
+        self._rebuild(np.concatenate(new_hashes), np.concatenate(new_postings), keep=None)
+
+    def add_source(self, song_id: str, source: str) -> None:
+        song = self.songs[self._by_id[song_id]]
+        if source not in song.sources:
+            song.sources.append(source)
+
+    def remove(self, song_ids: list[str]) -> int:
+        doomed = {self._by_id[s] for s in song_ids if s in self._by_id}
+        if not doomed:
+            return 0
+        remap = np.full(len(self.songs), -1, dtype=np.int64)
+        kept = [i for i in range(len(self.songs)) if i not in doomed]
+        remap[kept] = np.arange(len(kept))
+        self.songs = [self.songs[i] for i in kept]
+        self._by_id = {s.song_id: i for i, s in enumerate(self.songs)}
+        self._rebuild(np.zeros(0, np.uint32), np.zeros(0, np.uint32), keep=remap)
+        return len(doomed)
+
+    def _rebuild(self, new_hashes: np.ndarray, new_postings: np.ndarray, keep: np.ndarray | None) -> None:
+        old_hashes = np.repeat(np.arange(N_HASHES, dtype=np.uint32), np.diff(self.offsets.astype(np.int64)))
+        old_postings = np.asarray(self.postings)
+        if keep is not None:
+            new_index = keep[old_postings >> SONG_SHIFT]
+            alive = new_index >= 0
+            old_hashes = old_hashes[alive]
+            old_postings = (new_index[alive].astype(np.uint32) << np.uint32(SONG_SHIFT)) | (
+                old_postings[alive] & np.uint32(MAX_FRAMES - 1)
+            )
+        hashes = np.concatenate([old_hashes, new_hashes])
+        postings = np.concatenate([old_postings, new_postings])
+        order = np.argsort(hashes, kind="stable")
+        self.postings = postings[order]
+        counts = np.bincount(hashes, minlength=N_HASHES)
+        self.offsets = np.zeros(N_HASHES + 1, dtype=np.uint32)
+        np.cumsum(counts, out=self.offsets[1:])
+
+    def save(self) -> None:
+        root = self.location.local_dir
+        root.mkdir(parents=True, exist_ok=True)
+        previous = f"g{self.generation:06d}"
+        self.generation += 1
+        gen = f"g{self.generation:06d}"
+        (root / gen).mkdir(exist_ok=True)
+        np.save(root / gen / "offsets.npy", np.asarray(self.offsets))
+        np.save(root / gen / "postings.npy", np.asarray(self.postings))
+        manifest = {
+            "format": FORMAT,
+            "frozen": FROZEN,
+            "density": CATALOG_DENSITY.as_dict(),
+            "generation": gen,
+            "postings": int(len(self.postings)),
+            "songs": [asdict(s) for s in self.songs],
+        }
+        tmp = root / "catalog.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, root / "catalog.json")
+        self.location.push([f"{gen}/offsets.npy", f"{gen}/postings.npy", "catalog.json"], deleted=[previous + "/"])
+        shutil.rmtree(root / previous, ignore_errors=True)
+
+    def stats(self) -> dict:
+        root = self.location.local_dir / f"g{self.generation:06d}"
+        index_bytes = sum(p.stat().st_size for p in root.glob("*.npy")) if root.is_dir() else 0
+        return {
+            "songs": len(self.songs),
+            "duration_seconds": round(sum(s.duration_seconds for s in self.songs), 1),
+            "hashes": int(len(self.postings)),
+            "bytes": int(index_bytes),
+        }

@@ -1,0 +1,43 @@
+"""A one-line progress bar on stderr for long jobs (registration, benchmarks)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, total: int, label: str, enabled: bool = True) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.enabled = enabled
+        self.done = 0
+        self.audio_seconds = 0.0
+        self.started = time.perf_counter()
+        self._last_draw = 0.0
+
+    def step(self, audio_seconds: float = 0.0) -> None:
+        self.done += 1
+        self.audio_seconds += audio_seconds
+        now = time.perf_counter()
+        if self.enabled and (now - self._last_draw > 0.2 or self.done == self.total):
+            self._last_draw = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-9)
+        filled = int(30 * self.done / self.total)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        line = (
+            f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
+            f"  {rate:.1f}/s  {self.audio_seconds / elapsed:.0f}x real time  ETA {eta:.0f}s"
+        )
+        sys.stderr.write(line)
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started

@@ -1,0 +1,155 @@
+"""`register` and `recognise`: the recogniser's public face, used by the CLI and the webhook."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from function.audio_decode import INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal
+from function.catalog import Catalog, CatalogError, Fingerprinted, Song
+from function.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint
+from function.matcher import confidence, vote
+from function.song_tags import read_tags
+
+DEFAULT_THRESHOLD = 0.5
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".m4a", ".aac", ".mp4", ".opus"}
+
+__all__ = ["Match", "RegisterResult", "Recogniser", "CatalogError", "get_recogniser", "analyse_file"]
+
+
+@dataclass(frozen=True)
+class Match:
+    song_id: str
+    title: str
+    artist: str
+    album: str
+    offset_seconds: float
+    confidence: float
+    score: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    file: str
+    status: str  # added | duplicate | error
+    song_id: str | None = None
+    title: str | None = None
+    artist: str | None = None
+    error: str | None = None
+    duration_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "duration_seconds"}
+
+
+def content_id(samples: np.ndarray) -> str:
+    """Song identity is its audio: the same recording under two paths or tags is one song."""
+    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
+    return hashlib.sha256(pcm.tobytes()).hexdigest()[:16]
+
+
+def analyse_file(path: str) -> Fingerprinted | RegisterResult:
+    """Decode, fingerprint and tag one file; an error result instead of raising, so one bad
+    file never aborts a registration run (this runs in worker processes)."""
+    try:
+        samples, rate = decode_file(path)
+        internal = to_internal(samples, rate)
+        hashes, frames = fingerprint(internal, CATALOG_DENSITY)
+        tags = read_tags(path)
+    except (DecodeError, OSError, ValueError, MemoryError) as exc:
+        return RegisterResult(file=path, status="error", error=str(exc))
+    song = Song(
+        song_id=content_id(internal),
+        title=tags.title,
+        artist=tags.artist,
+        album=tags.album,
+        duration_seconds=round(len(internal) / INTERNAL_RATE, 2),
+        sources=[str(Path(path).resolve())],
+    )
+    return Fingerprinted(song, hashes, frames)
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given, directories searched recursively for audio files, in a stable order."""
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out.extend(str(f) for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            out.append(str(path))
+    return out
+
+
+class Recogniser:
+    def __init__(self, catalog: Catalog, threshold: float = DEFAULT_THRESHOLD) -> None:
+        self.catalog = catalog
+        self.threshold = threshold
+
+    @classmethod
+    def open(cls, catalog_uri: str, create: bool = False, threshold: float = DEFAULT_THRESHOLD) -> "Recogniser":
+        return cls(Catalog(catalog_uri, create=create), threshold)
+
+    @property
+    def songs(self) -> list[dict]:
+        return [s.public() for s in self.catalog.songs]
+
+    def register(self, paths: list[str], workers: int | None = None, progress: bool = False) -> list[RegisterResult]:
+        from function.register_run import register_files
+
+        return register_files(self.catalog, expand_paths(paths), workers=workers, progress=progress)
+
+    def remove(self, song_ids: list[str]) -> int:
+        removed = self.catalog.remove(song_ids)
+        if removed:
+            self.catalog.save()
+        return removed
+
+    def best_guess(self, samples: np.ndarray, sample_rate: int) -> tuple[Match | None, float]:
+        """The top-voted song whatever its confidence (None only if nothing voted), and that
+        confidence: what a recogniser without rejection would answer."""
+        internal = to_internal(samples, sample_rate)
+        hashes, frames = fingerprint(internal, QUERY_DENSITY)
+        v = vote(self.catalog, hashes, frames, query_frames=int(len(internal) / INTERNAL_RATE / FRAME_SECONDS))
+        if v is None:
+            return None, 0.0
+        c = confidence(v)
+        song = self.catalog.song(v.song_index)
+        match = Match(
+            song_id=song.song_id,
+            title=song.title,
+            artist=song.artist,
+            album=song.album,
+            offset_seconds=round(v.offset_frames * FRAME_SECONDS, 2),
+            confidence=round(c, 4),
+            score=v.score,
+        )
+        return match, c
+
+    def recognise(self, samples: np.ndarray, sample_rate: int) -> Match | None:
+        """The song playing in `samples` (int16 or float mono, 8..48 kHz), or None if it is
+        not confidently one of the catalog's."""
+        match, c = self.best_guess(samples, sample_rate)
+        return match if match is not None and c >= self.threshold else None
+
+    def recognise_pcm(self, pcm: bytes, sample_rate: int) -> Match | None:
+        return self.recognise(pcm16_to_float(pcm[: len(pcm) // 2 * 2]), sample_rate)
+
+
+_cache: dict[str, Recogniser] = {}
+_cache_lock = threading.Lock()
+
+
+def get_recogniser(catalog_uri: str) -> Recogniser:
+    """One catalog per process, loaded on first use and shared by every request after it."""
+    with _cache_lock:
+        if catalog_uri not in _cache:
+            _cache[catalog_uri] = Recogniser.open(catalog_uri)
+        return _cache[catalog_uri]
