@@ -12,7 +12,7 @@ import numpy as np
 from function.audio_decode import INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal
 from function.catalog import Catalog, CatalogError, Fingerprinted, Song
 from function.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint
-from function.matcher import confidence, vote
+from function.matcher import vote
 from function.song_tags import read_tags
 
 DEFAULT_THRESHOLD = 0.5
@@ -117,10 +117,10 @@ class Recogniser:
         confidence: what a recogniser without rejection would answer."""
         internal = to_internal(samples, sample_rate)
         hashes, frames = fingerprint(internal, QUERY_DENSITY)
-        v = vote(self.catalog, hashes, frames, query_frames=int(len(internal) / INTERNAL_RATE / FRAME_SECONDS))
+        v = vote(self.catalog, hashes, frames)
         if v is None:
             return None, 0.0
-        c = confidence(v)
+        c = v.confidence
         song = self.catalog.song(v.song_index)
         match = Match(
             song_id=song.song_id,
