@@ -1,0 +1,19 @@
+"""Where the webhook's state lives: `open_store` picks the backend named by STORAGE_BACKEND."""
+
+from __future__ import annotations
+
+from function.config import Settings
+from function.storage.base import Store, StoreUnavailable
+
+__all__ = ["Store", "StoreUnavailable", "open_store"]
+
+
+def open_store(settings: Settings) -> Store:
+    if settings.storage_backend == "gcp":
+        # Imported here so the local backend and the core never load a cloud SDK.
+        from function.storage.gcp import GcpStore
+
+        return GcpStore(settings.gcs_bucket, settings.gcp_project, settings.firestore_database)
+    from function.storage.local import LocalStore
+
+    return LocalStore(settings.data_dir)

@@ -10,6 +10,7 @@ Invariants every backend keeps:
   Omi retries). A key seen before for that uid returns `duplicate=True` and changes nothing.
 - A chunk at a sample rate different from the uid's buffer drops the old buffer first.
 - At most one unexpired `Lease` per uid exists at a time, across processes and instances.
+  Clearing the buffer or restarting it at another sample rate also ends the lease.
 - All times are Unix seconds (float) passed in by the caller, so tests control the clock.
 """
 
@@ -82,23 +83,26 @@ class Store(Protocol):
         """Claim the uid's buffer for a recognition, or None.
 
         Granted only when at least `min_bytes` are buffered, no unexpired lease is held, and,
-        if an earlier attempt on this buffer missed, at least `stride_bytes` arrived since it.
+        if an earlier attempt on this buffer missed, at least `stride_bytes` arrived since it
+        was claimed.
         """
 
     def read(self, lease: Lease, max_bytes: int) -> bytes:
         """The newest `max_bytes` (at most) of the leased buffer, in arrival order, whole samples.
 
-        Chunks older than that window are deleted: the buffer never grows past it.
+        Chunks older than that window are deleted: the buffer never grows past it. Returns b""
+        when `lease` is no longer the uid's lease (it expired and was taken, or the buffer was
+        cleared).
         """
 
     def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:
         """End the lease. On a match, drop the audio that was read; on a miss, keep only the
-        newest `keep_bytes` of it (plus anything that arrived meanwhile) and remember the
-        attempt so the next claim waits for a stride. A release after the lease expired and
-        was taken by someone else changes nothing."""
+        newest `keep_bytes` of it (whole chunks, so possibly a little more; plus anything that
+        arrived meanwhile) and remember the attempt so the next claim waits for a stride. A
+        release after the lease expired and was taken by someone else changes nothing."""
 
     def clear(self, uid: str) -> bool:
-        """Drop the uid's buffered audio and buffer state. True if there was anything."""
+        """Drop the uid's buffered audio and buffer state. True if any audio was buffered."""
 
     def buffer_info(self, uid: str) -> BufferInfo: ...
 
@@ -107,7 +111,8 @@ class Store(Protocol):
         self, uid: str, song_id: str, now: float, cooldown_seconds: float, hourly_limit: int
     ) -> str:
         """Atomically decide whether to notify: 'ok' (reserved, counted in this UTC hour),
-        'cooldown' (same song notified less than cooldown_seconds ago) or 'limit'."""
+        'cooldown' (same song notified less than cooldown_seconds ago) or 'limit' (the hourly
+        limit is reached, or notifications are deferred)."""
 
     def defer_notifications(self, uid: str, until: float) -> None:
         """Omi answered 429: no notification for this uid before `until`."""

@@ -1,0 +1,136 @@
+"""Decisions both backends take identically, kept here so they cannot drift apart.
+
+Each backend only stores and fetches; what to keep, whom to grant a lease and whether to notify is
+decided by these pure functions, which the shared behavioural suite therefore covers twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence, TypeVar
+
+from function.config import UID_PATTERN
+from function.storage.base import Recognition, StoreUnavailable
+
+# How long an Idempotency-Key is remembered after its chunk arrived. Omi gives up on a chunk after
+# 4 attempts spread over about 3 minutes (1 s, 5 s, 30 s back-off, 15-30 s timeouts), so an hour
+# covers every retry, also after the chunk itself was consumed by a recognition.
+KEY_MEMORY_SECONDS = 3600.0
+
+SAMPLE_BYTES = 2  # PCM16 mono
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def unavailable_on(*errors: type[BaseException]) -> Callable[[F], F]:
+    """Turn a backend's transient failures into StoreUnavailable, so the edge answers 503 and
+    Omi retries instead of losing the chunk to a 500."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except errors as exc:
+                raise StoreUnavailable(f"{method.__name__}: {type(exc).__name__}") from exc
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def check_uid(uid: str) -> str:
+    """The uid becomes part of file paths, object names and document ids: refuse anything else."""
+    if not UID_PATTERN.match(uid):
+        raise ValueError("uid must match " + UID_PATTERN.pattern)
+    return uid
+
+
+def key_hash(key: str | None) -> str:
+    """A name-safe, fixed-length stand-in for an Idempotency-Key; without a key, a fresh one, so
+    such chunks are never taken for duplicates."""
+    raw = key if key is not None else uuid.uuid4().hex
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def utc_day(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class BufferState:
+    buffered_bytes: int
+    new_bytes: int  # arrived since the last claim
+    attempted: bool  # the last recognition on this buffer missed
+    lease_token: str | None
+    lease_expires: float | None
+
+
+def may_claim(state: BufferState, min_bytes: int, stride_bytes: int, now: float) -> bool:
+    if state.lease_token is not None and (state.lease_expires or 0.0) > now:
+        return False
+    if state.buffered_bytes < max(min_bytes, 1):  # never a recognition of nothing
+        return False
+    return not state.attempted or state.new_bytes >= stride_bytes
+
+
+def read_window(sizes: Sequence[int], max_bytes: int) -> tuple[int, int]:
+    """For chunks oldest first: (index of the oldest chunk in the newest `max_bytes`, bytes to skip
+    at its head). Chunks before that index lie wholly outside the window."""
+    limit = max(max_bytes - max_bytes % SAMPLE_BYTES, 0)
+    excess = sum(sizes) - limit
+    first = 0
+    while first < len(sizes) and excess > 0 and sizes[first] <= excess:
+        excess -= sizes[first]
+        first += 1
+    return first, max(excess, 0)
+
+
+def keep_newest(sizes: Sequence[int], keep_bytes: int) -> int:
+    """Index of the oldest chunk to keep so the kept chunks (newest, whole) cover `keep_bytes`."""
+    kept, first = 0, len(sizes)
+    while first > 0 and kept < keep_bytes:
+        first -= 1
+        kept += sizes[first]
+    return first
+
+
+def decide_notification(
+    state: dict | None,
+    song_id: str,
+    now: float,
+    cooldown_seconds: float,
+    hourly_limit: int,
+    deferred_until: float,
+) -> tuple[str, dict]:
+    """The verdict and the uid's notification state after it.
+
+    The state is a JSON-able dict {"hour": UTC hour number, "count": notifications reserved in
+    it, "recent": {song_id: last notified at}}; only songs still within their cooldown are kept,
+    so it stays small.
+    """
+    hour = int(now // 3600)
+    state = state or {}
+    count = state.get("count", 0) if state.get("hour") == hour else 0
+    recent = {song: at for song, at in (state.get("recent") or {}).items() if now - at < cooldown_seconds}
+    if song_id in recent:
+        verdict = "cooldown"
+    elif now < deferred_until or count >= hourly_limit:
+        verdict = "limit"
+    else:
+        verdict = "ok"
+        count += 1
+        recent[song_id] = now
+    return verdict, {"hour": hour, "count": count, "recent": recent}
+
+
+_RECOGNITION_FIELDS = {f.name for f in fields(Recognition)}
+
+
+def recognition_from_dict(data: dict) -> Recognition:
+    """Fields a newer version added are ignored, so old code can read new history."""
+    return Recognition(**{k: v for k, v in data.items() if k in _RECOGNITION_FIELDS})

@@ -1,0 +1,457 @@
+"""The Google Cloud backend: one Cloud Storage object per chunk, state in Firestore.
+
+Layout
+- GCS `buffers/<uid>/chunks/<time_ns:020d>-<keyhash>.pcm`: one immutable object per chunk, created
+  with `if_generation_match=0` (an object name takes about one write per second, so chunks never
+  share one). `buffers/<uid>/buffer.pcm`: the window a recognition reads, composed from chunks.
+- Firestore `users/<uid>`: the buffer's counters, sample rate, cursor, lease and notification
+  state. `users/<uid>/chunks/<keyhash>`: one document per chunk, created create-only, so it is
+  also the Idempotency-Key receipt. Consumed chunks keep their document (the key must outlive
+  the audio, a retry can arrive after a recognition used the chunk) and are excluded by a cursor:
+  the buffer is the chunks with `seq > after_seq`. `expires_at` is meant for a Firestore TTL
+  policy on the `chunks` collection group, which reaps old receipts.
+- `recognitions/<id>` for /metrics and the same document under `users/<uid>/recognitions` for
+  /history: every query then runs on Firestore's automatic single-field indexes, no composite
+  index to deploy. `active_days/<YYYY-MM-DD>` holds the uids seen that day, each added once a day.
+
+Hot path: `append` reads the user document, uploads the object, then commits ONE batch (create
+the chunk document, increment the user's counters): the batch is the commit point, so a failed
+batch leaves only an unlisted object. A document takes about one sustained write per second, and
+Omi sends one chunk per second per uid, so nothing else writes the user document per chunk.
+
+Claims, reads, releases, clears and notification reservations change the user document with a
+compare-and-set (read, then update with an update_time precondition, retried on conflict)
+rather than a client transaction: the library's transactions begin and commit with fixed
+60-second retry deadlines, while every call here carries a deadline of a few seconds, so an
+outage answers 503 quickly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, TypeVar
+
+import requests
+from google.api_core import exceptions as api
+from google.api_core.retry import Retry, if_exception_type
+from google.auth import exceptions as auth
+from google.cloud import firestore, storage
+from google.cloud.firestore_v1 import DELETE_FIELD, ArrayUnion, FieldFilter, Increment, Maximum
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from function.storage._rules import (
+    KEY_MEMORY_SECONDS,
+    BufferState,
+    check_uid,
+    decide_notification,
+    keep_newest,
+    key_hash,
+    may_claim,
+    read_window,
+    recognition_from_dict,
+    unavailable_on,
+    utc_day,
+)
+from function.storage.base import Appended, BufferInfo, Lease, Recognition, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+DEADLINE_SECONDS = 5.0  # one call, retries included
+PING_DEADLINE_SECONDS = 2.0
+COMPOSE_MAX_SOURCES = 32  # GCS limit per compose call
+CAS_ATTEMPTS = 8
+
+_FIRESTORE_RETRY = Retry(
+    initial=0.1,
+    maximum=1.0,
+    multiplier=2.0,
+    predicate=if_exception_type(
+        api.ServiceUnavailable, api.DeadlineExceeded, api.InternalServerError, api.ResourceExhausted
+    ),
+    timeout=DEADLINE_SECONDS,
+)
+_FS = {"retry": _FIRESTORE_RETRY, "timeout": DEADLINE_SECONDS}
+_GCS = {"retry": DEFAULT_RETRY.with_timeout(DEADLINE_SECONDS), "timeout": (2.0, DEADLINE_SECONDS)}
+
+_transient = unavailable_on(
+    api.ServiceUnavailable,
+    api.DeadlineExceeded,
+    api.InternalServerError,
+    api.TooManyRequests,
+    api.BadGateway,
+    api.GatewayTimeout,
+    api.Aborted,
+    api.RetryError,
+    auth.TransportError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ConnectionError,
+    TimeoutError,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    seq: int
+    nbytes: int
+    object: str
+
+
+def _state(data: dict) -> BufferState:
+    return BufferState(
+        buffered_bytes=data.get("buffered_bytes", 0),
+        new_bytes=data.get("new_bytes", 0),
+        attempted=data.get("attempted", False),
+        lease_token=data.get("lease_token"),
+        lease_expires=data.get("lease_expires"),
+    )
+
+
+def _holds(data: dict | None, lease: Lease) -> bool:
+    return data is not None and data.get("lease_token") == lease.token
+
+
+def _consume(dropped: list[_Chunk]) -> dict:
+    """User-document changes that take the oldest chunks of the buffer out of it."""
+    if not dropped:
+        return {}
+    return {
+        "after_seq": dropped[-1].seq,
+        "buffered_bytes": Increment(-sum(c.nbytes for c in dropped)),
+        "chunk_count": Increment(-len(dropped)),
+    }
+
+
+class GcpStore:
+    def __init__(self, bucket: str, project: str, database: str) -> None:
+        self._bucket_name = bucket
+        self._project = project or None
+        self._db = firestore.Client(project=self._project, database=database)
+        # The storage client sits on a requests session, which is not thread-safe: one per thread.
+        self._local = threading.local()
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def _bucket(self) -> storage.Bucket:
+        bucket = getattr(self._local, "bucket", None)
+        if bucket is None:
+            bucket = storage.Client(project=self._project).bucket(self._bucket_name)
+            self._local.bucket = bucket
+        return bucket
+
+    def _user(self, uid: str) -> firestore.DocumentReference:
+        return self._db.collection("users").document(uid)
+
+    @staticmethod
+    def _get(ref: firestore.DocumentReference) -> dict | None:
+        return ref.get(**_FS).to_dict()
+
+    def _mutate(
+        self, ref: firestore.DocumentReference, plan: Callable[[dict | None], tuple[T, dict | None]]
+    ) -> T:
+        """Compare-and-set on one document: `plan` sees its data and returns (result, changes or
+        None); the changes are written only if nobody wrote the document in between, else the
+        plan runs again on fresh data."""
+        for _ in range(CAS_ATTEMPTS):
+            snapshot = ref.get(**_FS)
+            result, changes = plan(snapshot.to_dict())
+            if not changes:
+                return result
+            try:
+                if snapshot.exists:
+                    unchanged = self._db.write_option(last_update_time=snapshot.update_time)
+                    ref.update(changes, option=unchanged, **_FS)
+                else:
+                    ref.create(changes, **_FS)
+            except (api.FailedPrecondition, api.AlreadyExists, api.NotFound):
+                continue
+            return result
+        raise StoreUnavailable(f"{ref.path} kept changing under {CAS_ATTEMPTS} attempts")
+
+    def _chunks(self, uid: str, after: int, upto: int | None = None) -> list[_Chunk]:
+        query = self._user(uid).collection("chunks").where(filter=FieldFilter("seq", ">", after))
+        if upto is not None:
+            query = query.where(filter=FieldFilter("seq", "<=", upto))
+        return [
+            _Chunk(d.get("seq"), d.get("nbytes"), d.get("object"))
+            for d in query.order_by("seq").stream(**_FS)
+        ]
+
+    def _delete_objects(self, names: Iterable[str]) -> None:
+        """Best effort: the state already forgot these objects, so a failure only leaves garbage
+        for the bucket's lifecycle rule, never wrong audio."""
+        bucket = self._bucket()
+        for name in names:
+            try:
+                bucket.blob(name).delete(**_GCS)
+            except api.NotFound:
+                continue
+            except (api.GoogleAPIError, requests.exceptions.RequestException) as exc:
+                log.warning("buffer objects left to the lifecycle rule: %s", type(exc).__name__)
+                return
+
+    def _drop_buffer(self, uid: str, sample_rate: int | None) -> int:
+        """Forget the uid's buffer (a clear, or `sample_rate` replacing another); chunks dropped."""
+
+        def plan(data: dict | None) -> tuple[tuple[int, int, int] | None, dict | None]:
+            if data is None or (sample_rate is not None and data.get("sample_rate") in (None, sample_rate)):
+                return None, None
+            changes = {
+                "sample_rate": sample_rate if sample_rate is not None else DELETE_FIELD,
+                "buffered_bytes": 0,
+                "chunk_count": 0,
+                "new_bytes": 0,
+                "attempted": False,
+                "lease_token": DELETE_FIELD,
+                "lease_expires": DELETE_FIELD,
+                "read_upto": DELETE_FIELD,
+                "after_seq": data.get("last_seq", 0),
+            }
+            return (data.get("chunk_count", 0), data.get("after_seq", 0), data.get("last_seq", 0)), changes
+
+        dropped = self._mutate(self._user(uid), plan)
+        if dropped is None:
+            return 0
+        count, after, last = dropped
+        names = [c.object for c in self._chunks(uid, after, last)]
+        self._delete_objects(names + [f"buffers/{uid}/buffer.pcm"])
+        return count
+
+    def _upload(self, name: str, data: bytes) -> None:
+        try:
+            self._bucket().blob(name).upload_from_string(
+                data, content_type="application/octet-stream", if_generation_match=0, **_GCS
+            )
+        except api.PreconditionFailed:
+            # The name is unique to this call: an earlier try of this very upload got through
+            # and its answer was lost, so the library's retry found the object already there.
+            return
+
+    def _compose(self, uid: str, names: list[str]) -> storage.Blob:
+        """One object holding `names` in order, composed in rounds of at most 32 sources; every
+        round writes new names, since one object name takes about one write per second."""
+        bucket = self._bucket()
+        scratch: list[str] = []
+        try:
+            while len(names) > COMPOSE_MAX_SOURCES:
+                merged = []
+                for start in range(0, len(names), COMPOSE_MAX_SOURCES):
+                    group = names[start : start + COMPOSE_MAX_SOURCES]
+                    if len(group) == 1:
+                        merged.extend(group)
+                        continue
+                    part = bucket.blob(f"buffers/{uid}/compose/{uuid.uuid4().hex}.pcm")
+                    part.compose([bucket.blob(n) for n in group], **_GCS)
+                    scratch.append(part.name)
+                    merged.append(part.name)
+                names = merged
+            target = bucket.blob(f"buffers/{uid}/buffer.pcm")
+            target.compose([bucket.blob(n) for n in names], **_GCS)
+        finally:
+            self._delete_objects(scratch)
+        # Pin the generation: a later recognition recomposing the buffer cannot swap it under us.
+        return bucket.blob(target.name, generation=target.generation)
+
+    # --- audio buffer -------------------------------------------------------------------------
+    @_transient
+    def append(self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float) -> Appended:
+        check_uid(uid)
+        digest = key_hash(key)
+        user_ref = self._user(uid)
+        user = self._get(user_ref) or {}
+        if user.get("sample_rate") not in (None, sample_rate):
+            self._drop_buffer(uid, sample_rate)
+        seq = time.time_ns()
+        name = f"buffers/{uid}/chunks/{seq:020d}-{digest}.pcm"
+        self._upload(name, pcm)
+
+        chunk_ref = user_ref.collection("chunks").document(digest)
+        batch = self._db.batch()
+        batch.create(
+            chunk_ref,
+            {
+                "seq": seq,
+                "nbytes": len(pcm),
+                "object": name,
+                "sample_rate": sample_rate,
+                "expires_at": datetime.now(timezone.utc) + timedelta(seconds=KEY_MEMORY_SECONDS),
+            },
+        )
+        # buffered_bytes is the first field transform both in this order and in field-path order
+        # (the order the client sends them in), so it is transform result 0 of write 1.
+        changes: dict[str, Any] = {
+            "buffered_bytes": Increment(len(pcm)),
+            "chunk_count": Increment(1),
+            "last_audio_at": Maximum(now),
+            "last_seq": Maximum(seq),
+            "new_bytes": Increment(len(pcm)),
+            "sample_rate": sample_rate,
+        }
+        day = utc_day(now)
+        first_today = user.get("active_day") != day
+        if first_today:
+            changes["active_day"] = day
+        batch.set(user_ref, changes, merge=True)
+        if first_today:
+            day_ref = self._db.collection("active_days").document(day)
+            batch.set(day_ref, {"day": day, "uids": ArrayUnion([uid])}, merge=True)
+        try:
+            results = batch.commit(**_FS)
+        except api.AlreadyExists:
+            if (self._get(chunk_ref) or {}).get("object") == name:
+                # Our own batch, retried by the library after its first answer was lost.
+                return Appended(False, (self._get(user_ref) or {}).get("buffered_bytes", 0), sample_rate)
+            self._delete_objects([name])
+            current = self._get(user_ref) or {}
+            return Appended(True, current.get("buffered_bytes", 0), current.get("sample_rate") or sample_rate)
+        return Appended(False, results[1].transform_results[0].integer_value, sample_rate)
+
+    @_transient
+    def claim(
+        self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float
+    ) -> Lease | None:
+        def plan(data: dict | None) -> tuple[Lease | None, dict | None]:
+            if data is None or data.get("sample_rate") is None:
+                return None, None
+            if not may_claim(_state(data), min_bytes, stride_bytes, now):
+                return None, None
+            lease = Lease(uid, uuid.uuid4().hex, data["sample_rate"], now + lease_seconds)
+            return lease, {
+                "lease_token": lease.token,
+                "lease_expires": lease.expires_at,
+                "read_upto": DELETE_FIELD,
+                "new_bytes": 0,
+            }
+
+        return self._mutate(self._user(uid), plan)
+
+    @_transient
+    def read(self, lease: Lease, max_bytes: int) -> bytes:
+        def plan(data: dict | None) -> tuple[tuple[list[_Chunk], list[_Chunk], int] | None, dict | None]:
+            if not _holds(data, lease):
+                return None, None
+            chunks = self._chunks(lease.uid, data.get("after_seq", 0))
+            first, skip = read_window([c.nbytes for c in chunks], max_bytes)
+            window = chunks[first:]
+            changes = {"read_upto": window[-1].seq if window else DELETE_FIELD, **_consume(chunks[:first])}
+            return (chunks[:first], window, skip), changes
+
+        planned = self._mutate(self._user(lease.uid), plan)
+        if planned is None:
+            return b""
+        dropped, window, skip = planned
+        self._delete_objects([c.object for c in dropped])
+        if not window:
+            return b""
+        names = [c.object for c in window]
+        source = self._bucket().blob(names[0]) if len(names) == 1 else self._compose(lease.uid, names)
+        return source.download_as_bytes(start=skip or None, **_GCS)
+
+    @_transient
+    def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:
+        def plan(data: dict | None) -> tuple[list[_Chunk], dict | None]:
+            if not _holds(data, lease):
+                return [], None
+            dropped: list[_Chunk] = []
+            if data.get("read_upto") is not None:
+                read = self._chunks(lease.uid, data.get("after_seq", 0), data["read_upto"])
+                first = len(read) if matched else keep_newest([c.nbytes for c in read], keep_bytes)
+                dropped = read[:first]
+            return dropped, {
+                "lease_token": DELETE_FIELD,
+                "lease_expires": DELETE_FIELD,
+                "read_upto": DELETE_FIELD,
+                "attempted": not matched,
+                **_consume(dropped),
+            }
+
+        self._delete_objects([c.object for c in self._mutate(self._user(lease.uid), plan)])
+
+    @_transient
+    def clear(self, uid: str) -> bool:
+        return self._drop_buffer(uid, None) > 0
+
+    @_transient
+    def buffer_info(self, uid: str) -> BufferInfo:
+        data = self._get(self._user(uid)) or {}
+        return BufferInfo(
+            uid=uid,
+            buffered_bytes=data.get("buffered_bytes", 0),
+            sample_rate=data.get("sample_rate"),
+            chunks=data.get("chunk_count", 0),
+            last_audio_at=data.get("last_audio_at"),
+        )
+
+    # --- notifications ------------------------------------------------------------------------
+    @_transient
+    def reserve_notification(
+        self, uid: str, song_id: str, now: float, cooldown_seconds: float, hourly_limit: int
+    ) -> str:
+        def plan(data: dict | None) -> tuple[str, dict | None]:
+            data = data or {}
+            deferred_until = data.get("deferred_until", 0.0)
+            verdict, state = decide_notification(
+                data.get("notify"), song_id, now, cooldown_seconds, hourly_limit, deferred_until
+            )
+            return verdict, {"notify": state} if verdict == "ok" else None
+
+        return self._mutate(self._user(uid), plan)
+
+    @_transient
+    def defer_notifications(self, uid: str, until: float) -> None:
+        self._user(uid).set({"deferred_until": Maximum(until)}, merge=True, **_FS)
+
+    @_transient
+    def notifications_deferred_until(self, uid: str) -> float:
+        return float((self._get(self._user(uid)) or {}).get("deferred_until", 0.0))
+
+    # --- history and metrics ------------------------------------------------------------------
+    @_transient
+    def record(self, recognition: Recognition) -> None:
+        data = asdict(recognition)
+        doc_id = uuid.uuid4().hex
+        batch = self._db.batch()
+        batch.set(self._db.collection("recognitions").document(doc_id), data)
+        batch.set(self._user(recognition.uid).collection("recognitions").document(doc_id), data)
+        batch.commit(**_FS)
+
+    @_transient
+    def history(self, uid: str, limit: int = 50) -> list[Recognition]:
+        newest_first = firestore.Query.DESCENDING
+        query = self._user(uid).collection("recognitions").order_by("at", direction=newest_first)
+        return [recognition_from_dict(d.to_dict()) for d in query.limit(limit).stream(**_FS)]
+
+    @_transient
+    def recognitions_since(self, since: float) -> list[Recognition]:
+        query = self._db.collection("recognitions").where(filter=FieldFilter("at", ">=", since))
+        query = query.order_by("at")
+        return [recognition_from_dict(d.to_dict()) for d in query.stream(**_FS)]
+
+    @_transient
+    def active_users(self, since: float) -> int:
+        query = self._db.collection("users").where(filter=FieldFilter("last_audio_at", ">=", since))
+        return int(query.count().get(**_FS)[0][0].value)
+
+    @_transient
+    def daily_active_users(self, since: float) -> dict[str, int]:
+        query = self._db.collection("active_days").where(filter=FieldFilter("day", ">=", utc_day(since)))
+        return {d.get("day"): len(d.get("uids")) for d in query.order_by("day").stream(**_FS)}
+
+    @_transient
+    def ping(self) -> None:
+        retry = _FIRESTORE_RETRY.with_timeout(PING_DEADLINE_SECONDS)
+        self._db.collection("health").document("ping").get(retry=retry, timeout=PING_DEADLINE_SECONDS)
+        blobs = self._bucket().client.list_blobs(
+            self._bucket_name,
+            prefix="health/",
+            max_results=1,
+            retry=DEFAULT_RETRY.with_timeout(PING_DEADLINE_SECONDS),
+            timeout=(1.0, PING_DEADLINE_SECONDS),
+        )
+        list(blobs)

@@ -1,0 +1,370 @@
+"""The embedded backend: each chunk a file under DATA_DIR, all state in one SQLite database.
+
+Several gunicorn workers (processes) with several threads each share DATA_DIR, so every change is
+one `BEGIN IMMEDIATE` transaction (one writer at a time, readers never blocked thanks to WAL) on
+a per-thread connection. A chunk file is written under a temporary name and renamed into place
+before its row is committed: the row is the commit point, so a crash leaves at worst an unlisted
+file, never a listed file that is missing or half written. Files whose rows are deleted are
+unlinked only after the deleting transaction committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from function.storage._rules import (
+    KEY_MEMORY_SECONDS,
+    BufferState,
+    check_uid,
+    decide_notification,
+    keep_newest,
+    key_hash,
+    may_claim,
+    read_window,
+    recognition_from_dict,
+    unavailable_on,
+    utc_day,
+)
+from function.storage.base import Appended, BufferInfo, Lease, Recognition
+
+# A writer waits this long for another to finish before the request is answered 503.
+BUSY_TIMEOUT_SECONDS = 5.0
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS users (
+        uid TEXT PRIMARY KEY,
+        sample_rate INTEGER,
+        new_bytes INTEGER NOT NULL DEFAULT 0,
+        attempted INTEGER NOT NULL DEFAULT 0,
+        lease_token TEXT,
+        lease_expires REAL,
+        read_upto INTEGER,
+        last_audio_at REAL,
+        deferred_until REAL NOT NULL DEFAULT 0,
+        notify TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS users_by_audio ON users (last_audio_at)",
+    # AUTOINCREMENT: ids are never reused, so `read_upto` cannot come to cover a later chunk.
+    """CREATE TABLE IF NOT EXISTS chunks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        uid TEXT NOT NULL,
+        nbytes INTEGER NOT NULL,
+        name TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS chunks_by_uid ON chunks (uid, id, nbytes)",
+    # Idempotency keys outlive their chunks: a retry may arrive after a recognition consumed it.
+    """CREATE TABLE IF NOT EXISTS receipts (
+        uid TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (uid, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS receipts_by_age ON receipts (at)",
+    """CREATE TABLE IF NOT EXISTS recognitions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, uid TEXT NOT NULL, at REAL NOT NULL, body TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS recognitions_by_uid ON recognitions (uid, at)",
+    "CREATE INDEX IF NOT EXISTS recognitions_by_time ON recognitions (at)",
+    """CREATE TABLE IF NOT EXISTS active_days (
+        day TEXT NOT NULL, uid TEXT NOT NULL, PRIMARY KEY (day, uid)
+    ) WITHOUT ROWID""",
+)
+
+_transient = unavailable_on(sqlite3.OperationalError, OSError)
+
+
+class LocalStore:
+    def __init__(self, data_dir: str) -> None:
+        self._root = Path(data_dir)
+        self._chunks = self._root / "chunks"
+        self._chunks.mkdir(parents=True, exist_ok=True)
+        self._db_path = str(self._root / "state.sqlite3")
+        self._local = threading.local()
+        self._connection().execute("PRAGMA journal_mode=WAL")
+        with self._transaction() as (db, _):
+            for statement in _SCHEMA:
+                db.execute(statement)
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        """One connection per thread, and a fresh one after a fork: SQLite connections must not
+        cross either."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            # WAL survives a process crash; NORMAL only risks the last commits on power loss.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            local.conn, local.pid = conn, os.getpid()
+        return local.conn
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[tuple[sqlite3.Connection, list[str]]]:
+        """Yields the connection and a list of chunk names to unlink once the commit succeeded."""
+        db = self._connection()
+        doomed: list[str] = []
+        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield db, doomed
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        for name in doomed:
+            (self._chunks / name).unlink(missing_ok=True)
+
+    @staticmethod
+    def _user(db: sqlite3.Connection, uid: str) -> sqlite3.Row | None:
+        return db.execute("SELECT * FROM users WHERE uid = ?", (uid,)).fetchone()
+
+    @staticmethod
+    def _buffered(db: sqlite3.Connection, uid: str) -> tuple[int, int]:
+        total, count = db.execute(
+            "SELECT COALESCE(SUM(nbytes), 0), COUNT(*) FROM chunks WHERE uid = ?", (uid,)
+        ).fetchone()
+        return total, count
+
+    @staticmethod
+    def _drop(db: sqlite3.Connection, doomed: list[str], chunks: Sequence[sqlite3.Row]) -> None:
+        db.executemany("DELETE FROM chunks WHERE id = ?", [(c["id"],) for c in chunks])
+        doomed.extend(c["name"] for c in chunks)
+
+    def _drop_buffer(self, db: sqlite3.Connection, doomed: list[str], uid: str) -> int:
+        chunks = db.execute("SELECT id, name FROM chunks WHERE uid = ?", (uid,)).fetchall()
+        self._drop(db, doomed, chunks)
+        db.execute(
+            "UPDATE users SET sample_rate = NULL, new_bytes = 0, attempted = 0, lease_token = NULL,"
+            " lease_expires = NULL, read_upto = NULL WHERE uid = ?",
+            (uid,),
+        )
+        return len(chunks)
+
+    @staticmethod
+    def _holder(db: sqlite3.Connection, lease: Lease) -> sqlite3.Row | None:
+        user = LocalStore._user(db, lease.uid)
+        return user if user is not None and user["lease_token"] == lease.token else None
+
+    def _write_file(self, name: str, data: bytes) -> Path:
+        path = self._chunks / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return path
+
+    # --- audio buffer -------------------------------------------------------------------------
+    @_transient
+    def append(self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float) -> Appended:
+        check_uid(uid)
+        digest = key_hash(key)
+        name = f"{uid}/{time.time_ns():020d}-{digest}.pcm"
+        path = self._write_file(name, pcm)
+        try:
+            appended = self._commit_chunk(uid, digest, name, sample_rate, len(pcm), now)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if appended.duplicate:
+            path.unlink(missing_ok=True)
+        return appended
+
+    def _commit_chunk(
+        self, uid: str, digest: str, name: str, sample_rate: int, nbytes: int, now: float
+    ) -> Appended:
+        with self._transaction() as (db, doomed):
+            db.execute("DELETE FROM receipts WHERE at < ?", (now - KEY_MEMORY_SECONDS,))
+            fresh = db.execute(
+                "INSERT OR IGNORE INTO receipts (uid, key, at) VALUES (?, ?, ?)", (uid, digest, now)
+            ).rowcount
+            user = self._user(db, uid)
+            if not fresh:
+                rate = user["sample_rate"] if user is not None and user["sample_rate"] else sample_rate
+                return Appended(True, self._buffered(db, uid)[0], rate)
+            if user is not None and user["sample_rate"] not in (None, sample_rate):
+                self._drop_buffer(db, doomed, uid)
+            db.execute("INSERT INTO chunks (uid, nbytes, name) VALUES (?, ?, ?)", (uid, nbytes, name))
+            db.execute(
+                "INSERT INTO users (uid, sample_rate, new_bytes, last_audio_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (uid) DO UPDATE SET sample_rate = excluded.sample_rate,"
+                " new_bytes = new_bytes + excluded.new_bytes,"
+                " last_audio_at = MAX(COALESCE(last_audio_at, excluded.last_audio_at),"
+                " excluded.last_audio_at)",
+                (uid, sample_rate, nbytes, now),
+            )
+            db.execute("INSERT OR IGNORE INTO active_days (day, uid) VALUES (?, ?)", (utc_day(now), uid))
+            return Appended(False, self._buffered(db, uid)[0], sample_rate)
+
+    @_transient
+    def claim(
+        self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float
+    ) -> Lease | None:
+        with self._transaction() as (db, _):
+            user = self._user(db, uid)
+            if user is None or user["sample_rate"] is None:
+                return None
+            state = BufferState(
+                buffered_bytes=self._buffered(db, uid)[0],
+                new_bytes=user["new_bytes"],
+                attempted=bool(user["attempted"]),
+                lease_token=user["lease_token"],
+                lease_expires=user["lease_expires"],
+            )
+            if not may_claim(state, min_bytes, stride_bytes, now):
+                return None
+            lease = Lease(uid, uuid.uuid4().hex, user["sample_rate"], now + lease_seconds)
+            db.execute(
+                "UPDATE users SET lease_token = ?, lease_expires = ?, read_upto = NULL, new_bytes = 0"
+                " WHERE uid = ?",
+                (lease.token, lease.expires_at, uid),
+            )
+            return lease
+
+    @_transient
+    def read(self, lease: Lease, max_bytes: int) -> bytes:
+        with self._transaction() as (db, doomed):
+            if self._holder(db, lease) is None:
+                return b""
+            chunks = db.execute(
+                "SELECT id, nbytes, name FROM chunks WHERE uid = ? ORDER BY id", (lease.uid,)
+            ).fetchall()
+            first, skip = read_window([c["nbytes"] for c in chunks], max_bytes)
+            self._drop(db, doomed, chunks[:first])
+            window = chunks[first:]
+            db.execute(
+                "UPDATE users SET read_upto = ? WHERE uid = ?",
+                (window[-1]["id"] if window else None, lease.uid),
+            )
+            # Read while still holding the write lock: a concurrent clear cannot unlink them first.
+            parts = []
+            for index, chunk in enumerate(window):
+                with open(self._chunks / chunk["name"], "rb") as f:
+                    f.seek(skip if index == 0 else 0)
+                    parts.append(f.read())
+            return b"".join(parts)
+
+    @_transient
+    def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:
+        with self._transaction() as (db, doomed):
+            user = self._holder(db, lease)
+            if user is None:
+                return
+            if user["read_upto"] is not None:
+                read = db.execute(
+                    "SELECT id, nbytes, name FROM chunks WHERE uid = ? AND id <= ? ORDER BY id",
+                    (lease.uid, user["read_upto"]),
+                ).fetchall()
+                first = len(read) if matched else keep_newest([c["nbytes"] for c in read], keep_bytes)
+                self._drop(db, doomed, read[:first])
+            db.execute(
+                "UPDATE users SET lease_token = NULL, lease_expires = NULL, read_upto = NULL,"
+                " attempted = ? WHERE uid = ?",
+                (0 if matched else 1, lease.uid),
+            )
+
+    @_transient
+    def clear(self, uid: str) -> bool:
+        with self._transaction() as (db, doomed):
+            return self._user(db, uid) is not None and self._drop_buffer(db, doomed, uid) > 0
+
+    @_transient
+    def buffer_info(self, uid: str) -> BufferInfo:
+        with self._transaction(write=False) as (db, _):
+            user = self._user(db, uid)
+            buffered, count = self._buffered(db, uid)
+        return BufferInfo(
+            uid=uid,
+            buffered_bytes=buffered,
+            sample_rate=user["sample_rate"] if user is not None else None,
+            chunks=count,
+            last_audio_at=user["last_audio_at"] if user is not None else None,
+        )
+
+    # --- notifications ------------------------------------------------------------------------
+    @_transient
+    def reserve_notification(
+        self, uid: str, song_id: str, now: float, cooldown_seconds: float, hourly_limit: int
+    ) -> str:
+        with self._transaction() as (db, _):
+            user = self._user(db, uid)
+            verdict, state = decide_notification(
+                json.loads(user["notify"]) if user is not None and user["notify"] else None,
+                song_id,
+                now,
+                cooldown_seconds,
+                hourly_limit,
+                deferred_until=user["deferred_until"] if user is not None else 0.0,
+            )
+            if verdict == "ok":
+                db.execute(
+                    "INSERT INTO users (uid, notify) VALUES (?, ?)"
+                    " ON CONFLICT (uid) DO UPDATE SET notify = excluded.notify",
+                    (uid, json.dumps(state)),
+                )
+            return verdict
+
+    @_transient
+    def defer_notifications(self, uid: str, until: float) -> None:
+        with self._transaction() as (db, _):
+            db.execute(
+                "INSERT INTO users (uid, deferred_until) VALUES (?, ?)"
+                " ON CONFLICT (uid) DO UPDATE SET"
+                " deferred_until = MAX(deferred_until, excluded.deferred_until)",
+                (uid, until),
+            )
+
+    @_transient
+    def notifications_deferred_until(self, uid: str) -> float:
+        row = self._connection().execute("SELECT deferred_until FROM users WHERE uid = ?", (uid,)).fetchone()
+        return row["deferred_until"] if row is not None else 0.0
+
+    # --- history and metrics ------------------------------------------------------------------
+    @_transient
+    def record(self, recognition: Recognition) -> None:
+        with self._transaction() as (db, _):
+            db.execute(
+                "INSERT INTO recognitions (uid, at, body) VALUES (?, ?, ?)",
+                (recognition.uid, recognition.at, json.dumps(asdict(recognition))),
+            )
+
+    @_transient
+    def history(self, uid: str, limit: int = 50) -> list[Recognition]:
+        rows = self._connection().execute(
+            "SELECT body FROM recognitions WHERE uid = ? ORDER BY at DESC, id DESC LIMIT ?", (uid, limit)
+        )
+        return [recognition_from_dict(json.loads(row["body"])) for row in rows]
+
+    @_transient
+    def recognitions_since(self, since: float) -> list[Recognition]:
+        rows = self._connection().execute(
+            "SELECT body FROM recognitions WHERE at >= ? ORDER BY at, id", (since,)
+        )
+        return [recognition_from_dict(json.loads(row["body"])) for row in rows]
+
+    @_transient
+    def active_users(self, since: float) -> int:
+        return self._connection().execute(
+            "SELECT COUNT(*) FROM users WHERE last_audio_at >= ?", (since,)
+        ).fetchone()[0]
+
+    @_transient
+    def daily_active_users(self, since: float) -> dict[str, int]:
+        rows = self._connection().execute(
+            "SELECT day, COUNT(*) FROM active_days WHERE day >= ? GROUP BY day ORDER BY day",
+            (utc_day(since),),
+        )
+        return {day: count for day, count in rows}
+
+    @_transient
+    def ping(self) -> None:
+        self._connection().execute("SELECT 1").fetchone()

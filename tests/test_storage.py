@@ -1,0 +1,397 @@
+"""One behavioural suite for every storage backend: the core may rely on exactly this."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from function.storage.base import Recognition, Store, StoreUnavailable
+
+RATE = 16000
+CHUNK = 3200  # 0.1 s of PCM16 at 16 kHz: small, so the suite stays fast
+HOUR = 3600.0
+T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC, a whole hour
+
+
+def pcm(fill: int, size: int = CHUNK) -> bytes:
+    return bytes([fill % 256]) * size
+
+
+def fill(store: Store, uid: str, count: int, now: float = T0, first: int = 0) -> list[bytes]:
+    chunks = [pcm(first + i) for i in range(count)]
+    for i, chunk in enumerate(chunks):
+        store.append(uid, f"key-{first + i}", RATE, chunk, now + i)
+    return chunks
+
+
+def stored_chunk_objects(backend_env: dict[str, str], uid: str) -> int:
+    """Chunk files (local) or chunk objects (gcp) physically present for the uid."""
+    if backend_env["STORAGE_BACKEND"] == "local":
+        return len(list((Path(backend_env["DATA_DIR"]) / "chunks" / uid).glob("*.pcm")))
+    from google.cloud import storage
+
+    client = storage.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"])
+    return len(list(client.list_blobs(backend_env["GCS_BUCKET"], prefix=f"buffers/{uid}/chunks/")))
+
+
+# --- appending --------------------------------------------------------------------------------
+def test_append_counts_bytes_and_chunks(store: Store) -> None:
+    first = store.append("u1", "k1", RATE, pcm(1), T0)
+    second = store.append("u1", "k2", RATE, pcm(2, 1000), T0 + 1)
+
+    info = store.buffer_info("u1")
+
+    assert (first.duplicate, first.buffered_bytes, first.sample_rate) == (False, CHUNK, RATE)
+    assert (second.duplicate, second.buffered_bytes) == (False, CHUNK + 1000)
+    assert (info.buffered_bytes, info.chunks) == (CHUNK + 1000, 2)
+    assert (info.sample_rate, info.last_audio_at) == (RATE, T0 + 1)
+
+
+def test_unknown_uid_has_an_empty_buffer(store: Store) -> None:
+    info = store.buffer_info("nobody")
+
+    assert (info.buffered_bytes, info.chunks, info.sample_rate, info.last_audio_at) == (0, 0, None, None)
+
+
+def test_duplicate_key_is_stored_once(store: Store, backend_env: dict[str, str]) -> None:
+    store.append("u1", "k1", RATE, pcm(1), T0)
+
+    again = store.append("u1", "k1", RATE, pcm(1), T0 + 1)
+
+    info = store.buffer_info("u1")
+    assert (again.duplicate, again.buffered_bytes, again.sample_rate) == (True, CHUNK, RATE)
+    assert (info.buffered_bytes, info.chunks) == (CHUNK, 1)
+    assert stored_chunk_objects(backend_env, "u1") == 1
+
+
+def test_same_key_for_another_uid_is_not_a_duplicate(store: Store) -> None:
+    store.append("u1", "k1", RATE, pcm(1), T0)
+
+    other = store.append("u2", "k1", RATE, pcm(1), T0)
+
+    assert other.duplicate is False
+    assert store.buffer_info("u2").chunks == 1
+
+
+def test_chunks_without_key_are_always_appended(store: Store) -> None:
+    store.append("u1", None, RATE, pcm(1), T0)
+
+    again = store.append("u1", None, RATE, pcm(1), T0)
+
+    assert again.duplicate is False
+    assert (store.buffer_info("u1").buffered_bytes, store.buffer_info("u1").chunks) == (2 * CHUNK, 2)
+
+
+def test_key_is_remembered_after_its_chunk_was_consumed(store: Store) -> None:
+    fill(store, "u1", 3)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 5)
+    store.read(lease, 10 * CHUNK)
+    store.release(lease, matched=True, keep_bytes=0, now=T0 + 6)
+
+    retry = store.append("u1", "key-0", RATE, pcm(0), T0 + 7)
+
+    assert retry.duplicate is True
+    assert store.buffer_info("u1").buffered_bytes == 0
+
+
+def test_sample_rate_change_starts_a_new_buffer(store: Store, backend_env: dict[str, str]) -> None:
+    fill(store, "u1", 2)
+
+    switched = store.append("u1", "k8", 8000, pcm(9, 1600), T0 + 5)
+
+    info = store.buffer_info("u1")
+    assert (switched.duplicate, switched.buffered_bytes, switched.sample_rate) == (False, 1600, 8000)
+    assert (info.buffered_bytes, info.chunks, info.sample_rate) == (1600, 1, 8000)
+    assert stored_chunk_objects(backend_env, "u1") == 1
+
+
+# --- leases -----------------------------------------------------------------------------------
+def test_claim_below_min_bytes_is_refused(store: Store) -> None:
+    fill(store, "u1", 2)
+
+    assert store.claim("u1", 3 * CHUNK, 0, 30, T0 + 5) is None
+
+
+def test_claim_on_unknown_uid_is_refused(store: Store) -> None:
+    assert store.claim("nobody", 1, 0, 30, T0) is None
+
+
+def test_one_lease_at_a_time(store: Store) -> None:
+    fill(store, "u1", 3)
+
+    first = store.claim("u1", 3 * CHUNK, 0, 30, T0 + 5)
+    second = store.claim("u1", 3 * CHUNK, 0, 30, T0 + 6)
+
+    assert first is not None
+    assert (first.uid, first.sample_rate, first.expires_at) == ("u1", RATE, T0 + 35)
+    assert second is None
+
+
+def test_expired_lease_is_taken_over_and_the_old_holder_changes_nothing(store: Store) -> None:
+    fill(store, "u1", 3)
+    stale = store.claim("u1", CHUNK, 0, 30, T0 + 5)
+
+    fresh = store.claim("u1", CHUNK, 0, 30, T0 + 36)
+    stale_read = store.read(stale, 10 * CHUNK)
+    store.release(stale, matched=True, keep_bytes=0, now=T0 + 37)
+
+    assert fresh is not None and fresh.token != stale.token
+    assert stale_read == b""
+    assert store.buffer_info("u1").buffered_bytes == 3 * CHUNK
+    assert store.claim("u1", CHUNK, 0, 30, T0 + 38) is None
+
+
+# --- reading and releasing --------------------------------------------------------------------
+def test_read_returns_the_newest_audio_in_arrival_order(store: Store, backend_env: dict[str, str]) -> None:
+    chunks = fill(store, "u1", 5)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 10)
+
+    audio = store.read(lease, 3 * CHUNK)
+
+    info = store.buffer_info("u1")
+    assert audio == b"".join(chunks[2:])
+    assert (info.buffered_bytes, info.chunks) == (3 * CHUNK, 3)
+    assert stored_chunk_objects(backend_env, "u1") == 3
+
+
+def test_read_cap_inside_a_chunk_keeps_whole_samples_of_the_newest_audio(store: Store) -> None:
+    chunks = fill(store, "u1", 4)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 10)
+
+    audio = store.read(lease, 2 * CHUNK + 1001)
+
+    assert audio == b"".join(chunks)[-(2 * CHUNK + 1000) :]
+    assert store.buffer_info("u1").chunks == 3
+
+
+def test_read_of_many_chunks_composes_them_in_order(store: Store) -> None:
+    chunks = fill(store, "u1", 70)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 100)
+
+    audio = store.read(lease, 100 * CHUNK)
+
+    assert audio == b"".join(chunks)
+
+
+def test_release_after_a_match_drops_what_was_read_and_keeps_later_audio(store: Store) -> None:
+    fill(store, "u1", 3)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 5)
+    store.read(lease, 10 * CHUNK)
+    late = store.append("u1", "late", RATE, pcm(77), T0 + 6)
+
+    store.release(lease, matched=True, keep_bytes=0, now=T0 + 7)
+
+    info = store.buffer_info("u1")
+    assert late.duplicate is False
+    assert (info.buffered_bytes, info.chunks) == (CHUNK, 1)
+    again = store.claim("u1", CHUNK, 5 * CHUNK, 30, T0 + 8)
+    assert store.read(again, 10 * CHUNK) == pcm(77)
+
+
+def test_release_after_a_miss_keeps_the_newest_audio_and_waits_for_a_stride(store: Store) -> None:
+    chunks = fill(store, "u1", 4)
+    lease = store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 5)
+    store.read(lease, 10 * CHUNK)
+
+    store.release(lease, matched=False, keep_bytes=2 * CHUNK, now=T0 + 6)
+
+    info = store.buffer_info("u1")
+    assert (info.buffered_bytes, info.chunks) == (2 * CHUNK, 2)
+    assert store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 7) is None
+    more = fill(store, "u1", 1, now=T0 + 8, first=10)
+    assert store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 9) is None
+    more += fill(store, "u1", 1, now=T0 + 10, first=11)
+    again = store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 11)
+    assert again is not None
+    assert store.read(again, 10 * CHUNK) == b"".join(chunks[2:] + more)
+
+
+def test_release_without_read_only_ends_the_lease(store: Store) -> None:
+    fill(store, "u1", 2)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 5)
+
+    store.release(lease, matched=False, keep_bytes=0, now=T0 + 6)
+
+    assert store.buffer_info("u1").buffered_bytes == 2 * CHUNK
+    assert store.claim("u1", CHUNK, 0, 30, T0 + 7) is not None
+
+
+def test_clear_drops_the_buffer(store: Store, backend_env: dict[str, str]) -> None:
+    fill(store, "u1", 3)
+    store.claim("u1", CHUNK, 0, 30, T0 + 5)
+
+    cleared = store.clear("u1")
+
+    info = store.buffer_info("u1")
+    assert cleared is True
+    assert (info.buffered_bytes, info.chunks, info.sample_rate) == (0, 0, None)
+    assert stored_chunk_objects(backend_env, "u1") == 0
+    assert store.clear("u1") is False
+    assert store.claim("u1", 1, 0, 30, T0 + 6) is None
+    assert store.append("u1", "after", RATE, pcm(5), T0 + 7).buffered_bytes == CHUNK
+
+
+# --- notifications ----------------------------------------------------------------------------
+def test_reserve_notification_cooldown_and_hourly_limit(store: Store) -> None:
+    end_of_hour = T0 + HOUR - 10
+
+    verdicts = [
+        store.reserve_notification("u1", "song-a", end_of_hour, 600, 2),
+        store.reserve_notification("u1", "song-a", end_of_hour + 1, 600, 2),
+        store.reserve_notification("u1", "song-b", end_of_hour + 2, 600, 2),
+        store.reserve_notification("u1", "song-c", end_of_hour + 3, 600, 2),
+        store.reserve_notification("u1", "song-c", T0 + HOUR + 1, 600, 2),
+        store.reserve_notification("u1", "song-a", T0 + HOUR + 2, 600, 2),
+        store.reserve_notification("u1", "song-a", T0 + HOUR + 600, 600, 2),
+    ]
+
+    assert verdicts == ["ok", "cooldown", "ok", "limit", "ok", "cooldown", "ok"]
+
+
+def test_notification_limits_are_per_uid(store: Store) -> None:
+    store.reserve_notification("u1", "song-a", T0, 600, 1)
+
+    assert store.reserve_notification("u2", "song-a", T0, 600, 1) == "ok"
+
+
+def test_deferred_notifications(store: Store) -> None:
+    before = store.notifications_deferred_until("u1")
+
+    store.defer_notifications("u1", T0 + 100)
+    store.defer_notifications("u1", T0 + 50)
+
+    assert before == 0.0
+    assert store.notifications_deferred_until("u1") == T0 + 100
+    assert store.reserve_notification("u1", "song-a", T0 + 99, 600, 10) == "limit"
+    assert store.reserve_notification("u1", "song-a", T0 + 100, 600, 10) == "ok"
+
+
+# --- history and metrics ----------------------------------------------------------------------
+def recognition(uid: str, at: float, **fields: object) -> Recognition:
+    defaults = {"latency_ms": 12.5, "audio_seconds": 10.0, "matched": False}
+    return Recognition(**{"uid": uid, "at": at, **defaults, **fields})
+
+
+def test_history_is_newest_first(store: Store) -> None:
+    hit = recognition(
+        "u1",
+        T0 + 3,
+        matched=True,
+        song_id="s1",
+        title="Title",
+        artist="Artist",
+        offset_seconds=12.0,
+        confidence=0.9,
+        score=42,
+        notification="sent",
+        extra={"why": ["a", 1]},
+    )
+    for r in (recognition("u1", T0 + 1), hit, recognition("u1", T0 + 2), recognition("u2", T0 + 4)):
+        store.record(r)
+
+    history = store.history("u1")
+
+    assert [r.at for r in history] == [T0 + 3, T0 + 2, T0 + 1]
+    assert history[0] == hit
+    assert [r.at for r in store.history("u1", limit=2)] == [T0 + 3, T0 + 2]
+    assert store.history("nobody") == []
+
+
+def test_recognitions_since_covers_all_uids(store: Store) -> None:
+    for r in (recognition("u1", T0), recognition("u2", T0 + 10), recognition("u1", T0 + 20)):
+        store.record(r)
+
+    recent = store.recognitions_since(T0 + 10)
+
+    assert sorted((r.uid, r.at) for r in recent) == [("u1", T0 + 20), ("u2", T0 + 10)]
+
+
+def test_active_users(store: Store) -> None:
+    store.append("u1", "k", RATE, pcm(1), T0)
+    store.append("u2", "k", RATE, pcm(1), T0 + 100)
+    store.append("u2", "k2", RATE, pcm(1), T0 + 200)
+
+    assert store.active_users(T0 + 50) == 1
+    assert store.active_users(T0) == 2
+    assert store.active_users(T0 + 201) == 0
+
+
+def test_daily_active_users(store: Store) -> None:
+    day = 86400.0
+    store.append("u1", "a", RATE, pcm(1), T0)
+    store.append("u1", "b", RATE, pcm(1), T0 + day)
+    store.append("u2", "c", RATE, pcm(1), T0 + day + 5)
+    store.append("u2", "d", RATE, pcm(1), T0 + day + 6)
+
+    everything = store.daily_active_users(T0)
+    last_day = store.daily_active_users(T0 + day + 3600)
+
+    assert everything == {"2027-01-15": 1, "2027-01-16": 2}
+    assert last_day == {"2027-01-16": 2}
+
+
+def test_ping_answers(store: Store) -> None:
+    store.ping()
+
+
+# --- concurrency ------------------------------------------------------------------------------
+def test_concurrent_threads_lose_no_chunk(store: Store) -> None:
+    def worker(name: str) -> None:
+        for i in range(20):
+            store.append("u1", f"{name}-{i}", RATE, pcm(i), T0 + i)
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    info = store.buffer_info("u1")
+    assert (info.buffered_bytes, info.chunks) == (40 * CHUNK, 40)
+
+
+def _append_from_process(data_dir: str, name: str) -> None:
+    from function.storage.local import LocalStore
+
+    store = LocalStore(data_dir)
+    for i in range(20):
+        store.append("u1", f"{name}-{i}", RATE, pcm(i), T0 + i)
+
+
+def test_local_concurrent_processes_lose_no_chunk(tmp_path: Path) -> None:
+    from function.storage.local import LocalStore
+
+    data_dir = str(tmp_path / "data")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_from_process, args=(data_dir, name)) for name in ("a", "b")]
+
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+
+    info = LocalStore(data_dir).buffer_info("u1")
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert (info.buffered_bytes, info.chunks) == (40 * CHUNK, 40)
+
+
+# --- outages ----------------------------------------------------------------------------------
+def test_gcp_ping_fails_fast_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import free_port
+
+    from function.storage.gcp import GcpStore
+
+    dead = free_port()
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{dead}")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{dead}")
+    store = GcpStore("bucket", "dead-project", "(default)")
+    started = time.monotonic()
+
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+
+    assert time.monotonic() - started < 10
