@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from function import simulate
 from function.audio_decode import DecodeError, decode_query_file
 from function.catalog import CatalogError
 from function.recogniser import Recogniser
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("song_ids", nargs="+")
     _catalog_arg(p)
     p.set_defaults(run=_remove)
+
+    p = sub.add_parser("simulate", help="replay an audio file as an Omi device streams it")
+    simulate.add_arguments(p)
+    p.set_defaults(run=simulate.run)
     return parser
 
 

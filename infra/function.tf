@@ -1,0 +1,81 @@
+resource "google_cloudfunctions2_function" "webhook" {
+  name     = var.function_name
+  location = var.region
+
+  build_config {
+    runtime     = "python312"
+    entry_point = "omi_webhook"
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory                 = var.memory
+    available_cpu                    = var.cpu
+    max_instance_request_concurrency = var.concurrency
+    max_instance_count               = var.max_instances
+    min_instance_count               = var.min_instances
+    timeout_seconds                  = var.timeout_seconds
+    ingress_settings                 = "ALLOW_ALL"
+    all_traffic_on_latest_revision   = true
+    service_account_email            = google_service_account.function.email
+
+    # Every setting function/config.py reads, except DATA_DIR (local backend only) and the two
+    # secrets below; tests/test_deploy_files.py fails when a new setting is missing here.
+    environment_variables = {
+      STORAGE_BACKEND            = "gcp"
+      GCS_BUCKET                 = google_storage_bucket.songs.name
+      CATALOG_URI                = "gs://${google_storage_bucket.songs.name}/catalog"
+      GOOGLE_CLOUD_PROJECT       = var.project_id
+      FIRESTORE_DATABASE         = var.firestore_database
+      MIN_AUDIO_SECONDS          = tostring(var.min_audio_seconds)
+      MAX_BUFFER_SECONDS         = tostring(var.max_buffer_seconds)
+      RECOGNITION_STRIDE_SECONDS = tostring(var.recognition_stride_seconds)
+      RECOGNITION_LEASE_SECONDS  = tostring(var.recognition_lease_seconds)
+      MAX_CHUNK_BYTES            = tostring(var.max_chunk_bytes)
+      OMI_APP_ID                 = var.omi_app_id
+      OMI_API_URL                = var.omi_api_url
+      NOTIFY_TIMEOUT_SECONDS     = tostring(var.notify_timeout_seconds)
+      NOTIFY_COOLDOWN_SECONDS    = tostring(var.notify_cooldown_seconds)
+      NOTIFY_HOURLY_LIMIT        = tostring(var.notify_hourly_limit)
+      SERVICE_NAME               = var.function_name
+      LOG_LEVEL                  = var.log_level
+    }
+
+    secret_environment_variables {
+      key        = "OMI_APP_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.omi_app_secret.secret_id
+      version    = "latest"
+    }
+
+    secret_environment_variables {
+      key        = "WEBHOOK_TOKEN"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.webhook_token.secret_id
+      version    = "latest"
+    }
+  }
+
+  depends_on = [
+    google_project_service.required,
+    google_firestore_database.state,
+    google_secret_manager_secret_version.omi_app_secret,
+    google_secret_manager_secret_version.webhook_token,
+    google_secret_manager_secret_iam_member.function_omi_app_secret,
+    google_secret_manager_secret_iam_member.function_webhook_token,
+  ]
+}
+
+# Omi's backend calls the webhook without Google credentials, so the service must be public;
+# the webhook token in the URL is what authenticates the caller.
+resource "google_cloud_run_service_iam_member" "public_invoker" {
+  location = google_cloudfunctions2_function.webhook.location
+  service  = google_cloudfunctions2_function.webhook.name
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}

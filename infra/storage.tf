@@ -1,0 +1,75 @@
+# One bucket, two prefixes: buffers/ holds each user's 1-s chunks and composed buffers, which are
+# worthless after a day (a user who stopped talking mid-song); catalog/ holds the fingerprint
+# catalog, which must live forever, so the lifecycle rule is scoped to buffers/ only.
+resource "google_storage_bucket" "songs" {
+  name                        = local.bucket_name
+  location                    = var.region
+  storage_class               = "STANDARD"
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+
+  lifecycle_rule {
+    condition {
+      age            = 1
+      matches_prefix = ["buffers/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  # Chunks are created and deleted every second; soft delete would bill each for 7 more days.
+  soft_delete_policy {
+    retention_duration_seconds = 0
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+# The function's source archive, uploaded under its content hash so that a code change makes a
+# new object and so a new deployment.
+resource "google_storage_bucket" "source" {
+  name                        = "${local.bucket_name}-source"
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+
+  depends_on = [google_project_service.required]
+}
+
+data "archive_file" "source" {
+  type        = "zip"
+  source_dir  = "${path.module}/.."
+  output_path = "${path.module}/.build/function-source.zip"
+  excludes = [
+    ".build",
+    ".ci",
+    ".git",
+    ".pytest_cache",
+    ".venv",
+    "bench",
+    "data",
+    "infra",
+    "scripts",
+    "tests",
+    "**/__pycache__/**",
+  ]
+}
+
+resource "google_storage_bucket_object" "source" {
+  name   = "function-source-${data.archive_file.source.output_md5}.zip"
+  bucket = google_storage_bucket.source.name
+  source = data.archive_file.source.output_path
+}
+
+resource "google_firestore_database" "state" {
+  count = var.create_firestore_database ? 1 : 0
+
+  name        = var.firestore_database
+  location_id = var.firestore_location
+  type        = "FIRESTORE_NATIVE"
+  # Destroying the stack must not silently delete users' history.
+  deletion_policy = "ABANDON"
+
+  depends_on = [google_project_service.required]
+}

@@ -1,0 +1,173 @@
+variable "project_id" {
+  description = "Google Cloud project that hosts the function, its bucket, Firestore database and secrets."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the function and both buckets. Pick one close to the Omi backend (it runs in the US)."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "function_name" {
+  description = "Name of the Cloud Run function; also the prefix of its secrets and service account."
+  type        = string
+  default     = "omi-song-recognition"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{3,22}[a-z0-9]$", var.function_name))
+    error_message = "function_name must be 5-24 lowercase letters, digits or hyphens, starting with a letter (it prefixes the service account id, which is capped at 30 characters)."
+  }
+}
+
+variable "bucket_name" {
+  description = "Bucket for audio buffers (buffers/) and the fingerprint catalog (catalog/). Empty: <project_id>-omi-songs."
+  type        = string
+  default     = ""
+}
+
+variable "firestore_database" {
+  description = "Firestore database (native mode) holding per-user buffer state, history and metrics."
+  type        = string
+  default     = "(default)"
+}
+
+variable "create_firestore_database" {
+  description = "Create the Firestore database. Set false if the project already has one of that name (a project has at most one (default))."
+  type        = bool
+  default     = true
+}
+
+variable "firestore_location" {
+  description = "Firestore location: a multi-region such as nam5 or eur3, or a region. Cannot be changed later."
+  type        = string
+  default     = "nam5"
+}
+
+variable "omi_app_id" {
+  description = "Omi app id (the app the user enables), used in the notification API path."
+  type        = string
+
+  validation {
+    condition     = length(var.omi_app_id) > 0
+    error_message = "omi_app_id is required: Omi only delivers notifications through an app the user has enabled."
+  }
+}
+
+variable "omi_app_secret" {
+  description = "Omi app secret (Bearer key for the integration API). Stored in Secret Manager, never in the function's plain environment."
+  type        = string
+  sensitive   = true
+
+  validation {
+    condition     = length(var.omi_app_secret) > 0
+    error_message = "omi_app_secret is required."
+  }
+}
+
+variable "webhook_token" {
+  description = "Shared token the webhook requires in its URL (?token=...). Omi sends no signature, so this is the only thing keeping strangers from filling your buffers. Generate with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+  type        = string
+  sensitive   = true
+
+  validation {
+    condition     = length(var.webhook_token) >= 16 && can(regex("^[A-Za-z0-9_-]+$", var.webhook_token))
+    error_message = "webhook_token must be at least 16 URL-safe characters (letters, digits, _ and -)."
+  }
+}
+
+variable "omi_api_url" {
+  description = "Base URL of the Omi API for notifications."
+  type        = string
+  default     = "https://api.omi.me"
+}
+
+variable "min_audio_seconds" {
+  description = "Buffered audio needed before a recognition is attempted."
+  type        = number
+  default     = 10
+}
+
+variable "max_buffer_seconds" {
+  description = "Most audio kept per user; the oldest goes first."
+  type        = number
+  default     = 60
+}
+
+variable "recognition_stride_seconds" {
+  description = "New audio needed after a miss before the next attempt."
+  type        = number
+  default     = 5
+}
+
+variable "recognition_lease_seconds" {
+  description = "How long a recognition claim lasts if its instance dies; keep it above the slowest recognition."
+  type        = number
+  default     = 30
+}
+
+variable "max_chunk_bytes" {
+  description = "Largest accepted request body (bytes); larger gets 413. Default: 64 s of 16 kHz PCM16."
+  type        = number
+  default     = 2048000
+}
+
+variable "notify_timeout_seconds" {
+  description = "Timeout of one call to the Omi notification API."
+  type        = number
+  default     = 5
+}
+
+variable "notify_cooldown_seconds" {
+  description = "The same song is not notified again to the same user within this time."
+  type        = number
+  default     = 600
+}
+
+variable "notify_hourly_limit" {
+  description = "Notifications per user per UTC hour; Omi allows 10."
+  type        = number
+  default     = 10
+}
+
+variable "log_level" {
+  description = "Log level of the function's structured logs."
+  type        = string
+  default     = "INFO"
+}
+
+variable "memory" {
+  description = "Memory per instance. Recognition holds the catalog index and up to max_buffer_seconds of audio per concurrent request."
+  type        = string
+  default     = "1Gi"
+}
+
+variable "cpu" {
+  description = "vCPUs per instance; recognition is CPU-bound, and a concurrency above 1 needs at least 1 vCPU."
+  type        = string
+  default     = "1"
+}
+
+variable "concurrency" {
+  description = "Requests one instance serves at once. Most requests are 1-s appends that wait on storage, so several share a CPU well."
+  type        = number
+  default     = 8
+}
+
+variable "max_instances" {
+  description = "Upper bound on instances, and so on cost."
+  type        = number
+  default     = 10
+}
+
+variable "min_instances" {
+  description = "Instances kept warm; 1 avoids a cold start (and a slow first chunk) at the price of an always-on instance."
+  type        = number
+  default     = 0
+}
+
+variable "timeout_seconds" {
+  description = "Request timeout. Omi's client waits 15-30 s and retries after that, so a request must finish well within 15 s."
+  type        = number
+  default     = 30
+}
