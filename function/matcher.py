@@ -8,8 +8,11 @@ Confidence compares that pile with the tallest pile of any *other* song for the 
 runner-up measures what chance (and this query's own texture: sustained notes, drum loops)
 reaches against this catalog, so it adapts to catalog size and query content where a fixed score
 threshold cannot. Out-of-catalog music, speech and noise leave every pile about as tall as the
-next; a real match stands out. A floor on the runner-up keeps tiny catalogs (one or two songs,
-where no other pile exists) from turning a few chance votes into certainty.
+next; a real match stands out. In a small catalog there may be no other song to compare with,
+so the runner-up is never taken below what chance alone would pile up for the best song: its
+hits spread evenly over its possible offsets give a Poisson rate, whose once-per-song maximum,
+with a margin for music's own repetitiveness (chance piles on real music reached twice that
+maximum), is the floor.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import poisson
 
 from function.catalog import SONG_SHIFT, Catalog
-from function.fingerprint import MAX_FRAMES
+from function.fingerprint import FRAME_SECONDS, MAX_FRAMES
 
 OFFSET_BIAS = 1 << 17  # keeps (song frame - query frame) non-negative inside the packed key
 OFFSET_BITS = 18
 MAX_POSTINGS_PER_HASH = 4000
 MIN_SCORE = 5
 RUNNER_UP_FLOOR = 6
+CHANCE_MARGIN = 1.5
 # Tuned on held-out corpus music: a best/runner-up ratio of 1.75 (confidence 0.5) accepted
 # no out-of-catalog query while keeping 90 % of 0 dB queries (see BENCHMARKS.md).
 RATIO_AT_HALF = 1.75
@@ -37,13 +42,15 @@ class Vote:
     offset_frames: int
     score: int
     runner_up: int  # tallest pile of any other song
+    chance_pile: float  # tallest pile chance alone would give the best song
 
     @property
     def confidence(self) -> float:
         """Best/runner-up ratio r mapped onto [0, 1): 0 at r <= 1, 0.5 at RATIO_AT_HALF."""
         if self.score < MIN_SCORE:
             return 0.0
-        excess = self.score / max(self.runner_up, RUNNER_UP_FLOOR) - 1.0
+        rival = max(self.runner_up, CHANCE_MARGIN * self.chance_pile, RUNNER_UP_FLOOR)
+        excess = self.score / rival - 1.0
         return max(0.0, excess / (excess + RATIO_AT_HALF - 1.0))
 
 
@@ -64,9 +71,12 @@ def vote(catalog: Catalog, hashes: np.ndarray, frames: np.ndarray) -> Vote | Non
     best = int(np.argmax(smoothed))
     best_song = int(keys[best] >> OFFSET_BITS)
     others = smoothed[(keys >> OFFSET_BITS) != best_song]
+    piles = catalog.song(best_song).duration_seconds / FRAME_SECONDS + int(frames.max()) + 1
+    rate = 3.0 * np.count_nonzero(song == best_song) / piles  # three offsets per smoothed pile
     return Vote(
         song_index=best_song,
         offset_frames=int((keys[best] & ((1 << OFFSET_BITS) - 1)) - OFFSET_BIAS),
         score=int(smoothed[best]),
         runner_up=int(others.max()) if len(others) else 0,
+        chance_pile=float(poisson.isf(1.0 / piles, rate)),
     )
