@@ -1,0 +1,203 @@
+"""What happens to one chunk of a user's audio: store it, maybe recognise, maybe notify, record.
+
+No HTTP and no cloud SDK here: the edge (`function/http_edge.py`) turns requests into calls,
+the `Store` keeps every piece of state, so any number of instances can run this at once.
+
+Recognition cadence: a recognition is claimed once MIN_AUDIO_SECONDS are buffered. After a miss
+the newest MIN_AUDIO_SECONDS - RECOGNITION_STRIDE_SECONDS are kept and the store only grants the
+next claim after a stride of new audio, so every attempt again sees MIN_AUDIO_SECONDS of audio,
+the window slides by a stride, and a user playing no music costs one attempt per stride rather
+than one per 1-s chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Protocol
+
+from function.config import Settings
+from function.logs import log
+from function.notifier import Notifier, song_message
+from function.recogniser import CatalogError, Match
+from function.storage.base import Lease, Recognition, Store, StoreUnavailable
+
+
+class Recognises(Protocol):
+    def recognise_pcm(self, pcm: bytes, sample_rate: int) -> Match | None: ...
+
+
+@dataclass(frozen=True)
+class Service:
+    """Everything a request needs, built once per process by main.py."""
+
+    settings: Settings
+    store: Store
+    notifier: Notifier
+    recogniser: Callable[[], Recognises]  # loads lazily; raises CatalogError if there is no catalog
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    duplicate: bool
+    buffered_bytes: int
+    sample_rate: int
+    recognition: dict | None  # set when this request ran (or tried to run) a recognition
+
+    @property
+    def buffered_seconds(self) -> float:
+        return round(self.buffered_bytes / (2 * self.sample_rate), 3)
+
+
+def audio_bytes(seconds: float, sample_rate: int) -> int:
+    """Whole 16-bit samples."""
+    return int(round(seconds * sample_rate)) * 2
+
+
+def ingest_chunk(service: Service, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float) -> ChunkResult:
+    appended = service.store.append(uid, key, sample_rate, pcm, now)
+    result = ChunkResult(appended.duplicate, appended.buffered_bytes, appended.sample_rate, None)
+    log(
+        "DEBUG" if result.duplicate else "INFO",
+        "duplicate chunk acknowledged" if result.duplicate else "chunk stored",
+        uid=uid,
+        bytes=len(pcm),
+        seconds=result.buffered_seconds,
+        sample_rate=result.sample_rate,
+    )
+    # The claim is a transaction; skip it while it cannot be granted. Because a miss keeps
+    # MIN_AUDIO_SECONDS - stride, "enough audio" also means "a stride of new audio" here.
+    if result.duplicate or result.buffered_bytes < audio_bytes(service.settings.min_audio_seconds, result.sample_rate):
+        return result
+    return replace(result, recognition=_maybe_recognise(service, uid, result.sample_rate, now))
+
+
+class _Skipped(Exception):
+    """The claimed attempt produced no verdict; `status` and `reason` go back in the response."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _maybe_recognise(service: Service, uid: str, rate: int, now: float) -> dict | None:
+    s = service.settings
+    lease = service.store.claim(
+        uid,
+        min_bytes=audio_bytes(s.min_audio_seconds, rate),
+        stride_bytes=audio_bytes(s.stride_seconds, rate),
+        lease_seconds=s.lease_seconds,
+        now=now,
+    )
+    if lease is None:
+        return None
+    try:
+        recognition = _attempt(service, lease, now)
+    except _Skipped as skipped:
+        return {"status": skipped.status, "reason": skipped.reason}
+    if recognition.matched:
+        notification, error = _notify(service, recognition, now)
+        recognition = replace(recognition, notification=notification, notification_error=error)
+    _record(service, recognition)
+    return _public(recognition)
+
+
+def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
+    """Read, recognise, and always release the lease, whatever happens in between."""
+    s, store, uid, rate = service.settings, service.store, lease.uid, lease.sample_rate
+    max_bytes = audio_bytes(s.max_buffer_seconds, rate)
+    keep_bytes = max(0, audio_bytes(s.min_audio_seconds - s.stride_seconds, rate))
+    match: Match | None = None
+    try:
+        try:
+            recogniser = service.recogniser()
+        except CatalogError as exc:
+            # Keep the audio (trimmed to the cap) for when a catalog appears; the miss this
+            # release records means loading is retried a stride later, not on every chunk.
+            keep_bytes = max_bytes
+            store.read(lease, max_bytes)
+            log("ERROR", "recognition skipped: catalog unavailable", uid=uid, reason=str(exc))
+            raise _Skipped("unavailable", "the song catalog is not available") from exc
+        pcm = store.read(lease, max_bytes)
+        started = time.perf_counter()
+        try:
+            match = recogniser.recognise_pcm(pcm, rate)
+        except Exception as exc:  # the chunk is stored: a failed attempt must not make Omi resend it
+            log("ERROR", "recognition failed", exc=exc, uid=uid, bytes=len(pcm))
+            raise _Skipped("error", "recognition failed") from exc
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    finally:
+        store.release(lease, matched=match is not None, keep_bytes=keep_bytes, now=now)
+    seconds = round(len(pcm) / (2 * rate), 3)
+    if match is None:
+        log("INFO", "no match", uid=uid, seconds=seconds, latency_ms=latency_ms)
+        return Recognition(uid=uid, at=now, latency_ms=latency_ms, audio_seconds=seconds, matched=False)
+    log(
+        "INFO",
+        "song recognised",
+        uid=uid,
+        seconds=seconds,
+        latency_ms=latency_ms,
+        song=song_message(match.title, match.artist),
+        confidence=match.confidence,
+    )
+    return Recognition(
+        uid=uid,
+        at=now,
+        latency_ms=latency_ms,
+        audio_seconds=seconds,
+        matched=True,
+        song_id=match.song_id,
+        title=match.title,
+        artist=match.artist,
+        album=match.album,
+        offset_seconds=match.offset_seconds,
+        confidence=match.confidence,
+        score=match.score,
+    )
+
+
+def _notify(service: Service, recognised: Recognition, now: float) -> tuple[str, str | None]:
+    """Once per song while it plays, within Omi's hourly allowance; never raises, because the
+    recognition stands whatever happens to its notification."""
+    s, store, uid = service.settings, service.store, recognised.uid
+    try:
+        if store.notifications_deferred_until(uid) > now:
+            return "skipped_deferred", None
+        decision = store.reserve_notification(uid, recognised.song_id or "", now, s.notify_cooldown_seconds, s.notify_hourly_limit)
+        if decision != "ok":
+            return f"skipped_{decision}", None
+        result = service.notifier.send(uid, song_message(recognised.title or "", recognised.artist or ""))
+        if result.status == "rate_limited":
+            store.defer_notifications(uid, now + (result.retry_after_seconds or 0.0))
+        return result.status, result.reason
+    except StoreUnavailable as exc:
+        log("ERROR", "notification skipped: storage unavailable", uid=uid, reason=str(exc))
+        return "failed", "storage unavailable"
+
+
+def _record(service: Service, recognition: Recognition) -> None:
+    """The history is best effort once the audio is safely stored: a storage hiccup here must
+    not turn a delivered chunk into a 503 that Omi would resend."""
+    try:
+        service.store.record(recognition)
+    except StoreUnavailable as exc:
+        log("ERROR", "recognition not recorded: storage unavailable", uid=recognition.uid, reason=str(exc))
+
+
+def _public(r: Recognition) -> dict:
+    out: dict = {"status": "match" if r.matched else "no_match", "latency_ms": r.latency_ms, "audio_seconds": r.audio_seconds}
+    if r.matched:
+        out.update(
+            song_id=r.song_id,
+            title=r.title,
+            artist=r.artist,
+            album=r.album,
+            offset_seconds=r.offset_seconds,
+            confidence=r.confidence,
+            notification=r.notification,
+        )
+        if r.notification_error:
+            out["notification_error"] = r.notification_error
+    return out

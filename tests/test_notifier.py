@@ -1,0 +1,114 @@
+"""The Omi notification client against a real HTTP server on loopback (tests/omi_server.py)."""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+import pytest
+
+from function.config import Settings
+from function.notifier import Notifier, song_message
+from tests.omi_server import OmiApi, omi_api  # noqa: F401  (fixture)
+
+SECRET = "s3cret-key-never-logged"
+
+
+def notifier_for(api: OmiApi, **overrides: str) -> Notifier:
+    env = {"OMI_APP_ID": "app123", "OMI_APP_SECRET": SECRET, "OMI_API_URL": api.url, "NOTIFY_TIMEOUT_SECONDS": "0.3"}
+    env.update(overrides)
+    return Notifier(Settings.from_env(env))
+
+
+def test_sends_the_v2_integration_request_omi_expects(omi_api: OmiApi) -> None:
+    notifier = notifier_for(omi_api)
+
+    result = notifier.send("user_1", song_message("Hv2", "Colobot"))
+
+    assert result.status == "sent"
+    [request] = omi_api.notifications()
+    assert request.method == "POST"
+    assert request.path == "/v2/integrations/app123/notification"
+    assert request.query == {"uid": "user_1", "message": "🎵 Hv2 by Colobot"}
+    assert request.headers["Authorization"] == f"Bearer {SECRET}"
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 500])
+def test_an_error_answer_is_a_failure_with_its_status(omi_api: OmiApi, status: int) -> None:
+    omi_api.answer(status)
+
+    result = notifier_for(omi_api).send("u", "🎵 x by y")
+
+    assert result.status == "failed"
+    assert f"HTTP {status}" in result.reason
+    assert SECRET not in result.reason
+
+
+def test_429_reports_retry_after_in_seconds(omi_api: OmiApi) -> None:
+    omi_api.answer(429, headers={"Retry-After": "120"})
+
+    result = notifier_for(omi_api).send("u", "m")
+
+    assert result.status == "rate_limited"
+    assert result.retry_after_seconds == 120
+
+
+def test_429_reads_retry_after_as_an_http_date(omi_api: OmiApi) -> None:
+    omi_api.answer(429, headers={"Retry-After": formatdate(time.time() + 300, usegmt=True)})
+
+    result = notifier_for(omi_api).send("u", "m")
+
+    assert 290 <= result.retry_after_seconds <= 301
+
+
+def test_429_without_retry_after_waits_for_the_next_utc_hour(omi_api: OmiApi) -> None:
+    omi_api.answer(429)
+
+    result = notifier_for(omi_api).send("u", "m")
+
+    until = time.time() + result.retry_after_seconds
+    assert 0 < result.retry_after_seconds <= 3600
+    assert until % 3600 == pytest.approx(0, abs=2) or until % 3600 == pytest.approx(3600, abs=2)
+
+
+def test_a_server_that_hangs_past_the_timeout_is_a_failure(omi_api: OmiApi) -> None:
+    omi_api.hang(5)
+    started = time.monotonic()
+
+    result = notifier_for(omi_api, NOTIFY_TIMEOUT_SECONDS="0.3").send("u", "m")
+
+    assert result.status == "failed"
+    assert "timed out" in result.reason
+    assert time.monotonic() - started < 2
+
+
+def test_an_unreachable_api_is_a_failure(omi_api: OmiApi) -> None:
+    url = omi_api.url
+    omi_api.stop()
+
+    result = notifier_for(omi_api, OMI_API_URL=url).send("u", "m")
+
+    assert result.status == "failed"
+
+
+def test_without_credentials_it_only_logs(omi_api: OmiApi, capsys: pytest.CaptureFixture[str]) -> None:
+    notifier = Notifier(Settings.from_env({"OMI_API_URL": omi_api.url}))
+
+    result = notifier.send("u", "🎵 Hv2 by Colobot")
+
+    assert result.status == "logged"
+    assert omi_api.received == []
+    assert "🎵 Hv2 by Colobot" in capsys.readouterr().out
+
+
+def test_the_secret_never_reaches_the_log(omi_api: OmiApi, capsys: pytest.CaptureFixture[str]) -> None:
+    notifier = notifier_for(omi_api)
+    for status in (200, 401, 429, 500):
+        omi_api.answer(status)
+        notifier.send("u", "m")
+
+    assert SECRET not in capsys.readouterr().out
+
+
+def test_song_message_without_an_artist_names_the_title_only() -> None:
+    assert song_message("Hv2", "") == "🎵 Hv2"
