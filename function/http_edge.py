@@ -27,6 +27,7 @@ from function.config import SUPPORTED_SAMPLE_RATES, UID_PATTERN
 from function.ingest import Service, ingest_chunk
 from function.logs import log
 from function.metrics import metrics
+from function.recogniser import CatalogError
 from function.storage.base import Recognition, StoreUnavailable
 
 ACTIVE_WINDOW_SECONDS = 600.0
@@ -138,23 +139,27 @@ def setup_check(request: flask.Request, service: Service, _: str) -> flask.Respo
 
 
 def health(request: flask.Request, service: Service, _: str) -> flask.Response:
+    """Healthy only if storage answers and the catalog loads: either missing means no song will
+    ever be named, which a deployment check should see (audio is still buffered meanwhile)."""
+    body = {"service": service.settings.service_name, "storage": service.settings.storage_backend}
     try:
         service.store.ping()
-        active = service.store.active_users(time.time() - ACTIVE_WINDOW_SECONDS)
+        body["active_users"] = service.store.active_users(time.time() - ACTIVE_WINDOW_SECONDS)
+        service.recogniser()
     except StoreUnavailable as exc:
         log("ERROR", "health check: storage unavailable", reason=str(exc))
-        response = flask.jsonify({"status": "unhealthy", "service": service.settings.service_name, "reason": "storage unavailable"})
-        response.status_code = 503
-        return response
-    return flask.jsonify(
-        {
-            "status": "healthy",
-            "service": service.settings.service_name,
-            "active_users": active,
-            "storage": service.settings.storage_backend,
-            "notifications": "omi" if service.settings.notifications_enabled else "log_only",
-        }
-    )
+        return _unhealthy(body, "storage unavailable")
+    except CatalogError as exc:
+        log("ERROR", "health check: catalog unavailable", reason=str(exc))
+        return _unhealthy(body, f"catalog unavailable: {exc}")
+    body.update(status="healthy", notifications="omi" if service.settings.notifications_enabled else "log_only")
+    return flask.jsonify(body)
+
+
+def _unhealthy(body: dict, reason: str) -> flask.Response:
+    response = flask.jsonify({"status": "unhealthy", "reason": reason, **body})
+    response.status_code = 503
+    return response
 
 
 def _song(r: Recognition) -> dict:

@@ -192,6 +192,19 @@ def test_health_counts_users_heard_in_the_last_ten_minutes(webhook_env, store) -
     assert response.json["active_users"] == 2
 
 
+def test_health_is_503_with_the_reason_when_the_catalog_is_missing(webhook_env, tmp_path: Path) -> None:
+    webhook_env.setenv("CATALOG_URI", str(tmp_path / "no-catalog-here"))
+    client = build_client()
+
+    response = client.get("/health")
+    posted = post_chunk(client, "alice", ONE_SECOND)
+
+    assert response.status_code == 503
+    assert response.json["status"] == "unhealthy"
+    assert "no catalog" in response.json["reason"]
+    assert posted.status_code == 200 and posted.json["buffered_seconds"] == 1.0
+
+
 def test_stats_describe_the_buffer(webhook_env) -> None:
     client = build_client()
     post_chunk(client, "alice", noise_pcm(1.0, 8000), rate=8000)
@@ -282,8 +295,9 @@ def local_backend(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
     monkeypatch.setenv("DATA_DIR", str(data_dir))
 
 
-def test_a_storage_outage_is_503_and_the_retried_chunk_is_then_stored(monkeypatch, tmp_path: Path) -> None:
+def test_a_storage_outage_is_503_and_the_retried_chunk_is_then_stored(monkeypatch, tmp_path: Path, catalog_uri: str) -> None:
     local_backend(monkeypatch, tmp_path / "data")
+    monkeypatch.setenv("CATALOG_URI", catalog_uri)
     client = build_client()
     assert client.get("/health").status_code == 200
     chunks = tmp_path / "data" / "chunks"
