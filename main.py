@@ -50,4 +50,4 @@ def _get_service() -> Service:
 
 @functions_framework.http
 def omi_webhook(request: flask.Request) -> flask.Response:
-    return handle(request, _get_service)
+    return handle(request, _get_service, SETTINGS.webhook_token)

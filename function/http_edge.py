@@ -15,6 +15,7 @@ because such a body is certainly not the audio we expect.
 
 from __future__ import annotations
 
+import hmac
 import re
 import time
 from datetime import datetime, timezone
@@ -230,7 +231,22 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 ]
 
 
-def _route(request: flask.Request, get_service: Callable[[], Service]) -> flask.Response:
+# Omi's setup check is called without our token (the app manifest holds a bare URL), and an
+# uptime check needs /health; everything else carries audio or personal data.
+PUBLIC = {(setup_check, "GET"), (health, "GET")}
+
+
+def check_token(request: flask.Request, handler: Handler, token: str) -> None:
+    """With WEBHOOK_TOKEN set, every non-public request must carry it as `?token=`, compared in
+    constant time, before anything touches storage."""
+    if not token or (handler, request.method) in PUBLIC:
+        return
+    given = query_params(request).get("token", "")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise BadRequest(401, "missing or wrong token")
+
+
+def _route(request: flask.Request, get_service: Callable[[], Service], token: str) -> flask.Response:
     path = request.path.rstrip("/") or "/"
     for pattern, methods in ROUTES:
         found = pattern.fullmatch(path)
@@ -241,15 +257,16 @@ def _route(request: flask.Request, get_service: Callable[[], Service]) -> flask.
             response = error(405, f"{request.method} is not allowed on {path}; use {', '.join(methods)}")
             response.headers["Allow"] = ", ".join(methods)
             return response
+        check_token(request, handler, token)
         return handler(request, get_service(), found.group(1) if found.groups() else "")
     return error(404, f"no such endpoint: {path}")
 
 
-def handle(request: flask.Request, get_service: Callable[[], Service]) -> flask.Response:
+def handle(request: flask.Request, get_service: Callable[[], Service], token: str = "") -> flask.Response:
     """Answer one request; the only place exceptions become status codes. The service is
     fetched inside, so failing to open storage is a 503 like any other storage outage."""
     try:
-        return _route(request, get_service)
+        return _route(request, get_service, token)
     except BadRequest as exc:
         log("WARNING", "request refused", status=exc.status, reason=exc.reason, path=request.path)
         return error(exc.status, exc.reason)
