@@ -148,13 +148,7 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
         latency_ms=latency_ms,
         audio_seconds=seconds,
         matched=True,
-        song_id=match.song_id,
-        title=match.title,
-        artist=match.artist,
-        album=match.album,
-        offset_seconds=match.offset_seconds,
-        confidence=match.confidence,
-        score=match.score,
+        **match.to_dict(),
     )
 
 
