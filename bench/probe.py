@@ -1,0 +1,124 @@
+"""One catalog size, measured in a fresh single-threaded process: query latency, the process's
+peak RSS, and the hash lookup beside the baselines' lookups.
+
+A fresh process per size keeps the peak RSS that of a query process (not of the benchmark that
+built the catalog) and keeps the timings free of the evaluation pool. Run by bench/speed.py:
+    python -m bench.probe CATALOG_DIR QUERIES.npz SQLITE_MAX_POSTINGS
+It prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from function.audio_decode import to_internal
+from function.catalog import N_HASHES, SONG_SHIFT, Catalog
+from function.fingerprint import FRAME_SECONDS, MAX_FRAMES, QUERY_DENSITY, fingerprint
+from function.matcher import MAX_POSTINGS_PER_HASH
+from function.recogniser import Recogniser
+
+SQLITE_QUERIES = 5  # each one scans the whole table: a few are enough for a median
+
+
+def _ms(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return (time.perf_counter() - t0) * 1000
+
+
+def _linear_scan(catalog: Catalog, fingerprints: list[np.ndarray]) -> list[float]:
+    """Every posting is compared with the query's hashes: a numpy stand-in for a table scan, and
+    a generous one (a boolean table makes each comparison one gather)."""
+    every_hash = np.repeat(np.arange(N_HASHES, dtype=np.uint32), np.diff(np.asarray(catalog.offsets).astype(np.int64)))
+    postings = np.asarray(catalog.postings)
+
+    def scan(hashes: np.ndarray) -> np.ndarray:
+        wanted = np.zeros(N_HASHES, dtype=bool)
+        wanted[hashes] = True
+        return postings[np.flatnonzero(wanted[every_hash])]
+
+    return [_ms(lambda h=h: scan(h)) for h in fingerprints]
+
+
+def _sqlite_scan(catalog: Catalog, fingerprints: list[np.ndarray]) -> tuple[list[float], float]:
+    """abracadabra's storage: `hash(hash int, offset real, song_id text)` with no index, queried
+    with `WHERE hash IN (...)`, so every query scans the table. Returns timings and build seconds."""
+    offsets = np.asarray(catalog.offsets).astype(np.int64)
+    postings = np.asarray(catalog.postings)
+    hashes = np.repeat(np.arange(N_HASHES, dtype=np.int64), np.diff(offsets))
+    song_ids = np.array([s.song_id for s in catalog.songs])
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(str(Path(tmp) / "hash.db"))
+        db.execute("CREATE TABLE hash (hash int, offset real, song_id text)")
+        started = time.perf_counter()
+        for a in range(0, len(postings), 1_000_000):
+            p = postings[a : a + 1_000_000]
+            rows = zip(
+                hashes[a : a + 1_000_000].tolist(),
+                ((p & (MAX_FRAMES - 1)) * FRAME_SECONDS).tolist(),
+                song_ids[p >> SONG_SHIFT].tolist(),
+            )
+            db.executemany("INSERT INTO hash VALUES (?, ?, ?)", rows)
+        db.commit()
+        build = time.perf_counter() - started
+
+        def query(h: np.ndarray) -> None:
+            in_values = ",".join(map(str, np.unique(h).tolist()))
+            db.execute(f"SELECT hash, offset, song_id FROM hash WHERE hash IN ({in_values})").fetchall()
+
+        timings = [_ms(lambda h=h: query(h)) for h in fingerprints[:SQLITE_QUERIES]]
+        db.close()
+    return timings, build
+
+
+def main(catalog_dir: str, queries_file: str, sqlite_max_postings: int) -> dict:
+    data = np.load(queries_file)
+    samples, rate, truth = data["samples"], int(data["rate"]), data["truth"]
+    started = time.perf_counter()
+    recogniser = Recogniser.open(catalog_dir)
+    open_ms = (time.perf_counter() - started) * 1000
+    cold_ms = _ms(lambda: recogniser.recognise(samples[0], rate))  # pages the memory-mapped index in
+    latencies, correct = [], 0
+    for x, t in zip(samples, truth):
+        t0 = time.perf_counter()
+        match = recogniser.recognise(x, rate)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        correct += match is not None and match.song_id == t
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    catalog = recogniser.catalog
+    fingerprints = [fingerprint(to_internal(x, rate), QUERY_DENSITY)[0] for x in samples]
+    ours = [_ms(lambda h=h: catalog.lookup(h, MAX_POSTINGS_PER_HASH)) for h in fingerprints]
+    linear = _linear_scan(catalog, fingerprints)
+    sqlite_ms, sqlite_build = ([], None)
+    if len(catalog.postings) <= sqlite_max_postings:
+        sqlite_ms, sqlite_build = _sqlite_scan(catalog, fingerprints)
+    stats = catalog.stats()
+    return {
+        "songs": stats["songs"],
+        "postings": stats["hashes"],
+        "index_bytes": stats["bytes"],
+        "audio_minutes": stats["duration_seconds"] / 60,
+        "open_ms": open_ms,
+        "cold_query_ms": cold_ms,
+        "latency_ms": latencies,
+        "correct": int(correct),
+        "queries": len(samples),
+        "peak_rss_mib": peak_rss,
+        "lookup_ms": ours,
+        "linear_scan_ms": linear,
+        "sqlite_scan_ms": sqlite_ms,
+        "sqlite_build_seconds": sqlite_build,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]))))

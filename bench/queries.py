@@ -1,0 +1,268 @@
+"""Queries: excerpts of real audio, degraded the way a wearable hears them, as PCM16 mono.
+
+The design is paired: one excerpt (song, offset, noise segment, impulse response) is rendered
+under every condition of its group, so the accuracy-vs-SNR curve and the 16 kHz-vs-8 kHz gap
+compare the same music and the same noise, and differences are not draws of the dice.
+Mixing happens at 16 kHz; the 8 kHz query is the 16 kHz one downsampled, as a device would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from scipy.signal import fftconvolve, resample_poly
+
+from bench.corpus import Corpus
+
+WORK_RATE = 16000
+RATES = (16000, 8000)
+SNRS: tuple[float | None, ...] = (None, 10.0, 5.0, 0.0, -5.0, -10.0)  # None: no noise added
+NOISE_ONLY_DBFS = -20.0  # ambient recording at a normal level, nothing else
+LOW_NOISE_DBFS = -60.0  # a quiet room: the microphone's floor
+MIN_EXCERPT_DBFS = -45.0  # quieter excerpts (fades, rests) have no meaningful SNR: redraw
+SPEECH_GAP_SECONDS = 0.3
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One cell of the results table. `kind`: music (in catalog), ooc, speech, noise, silence."""
+
+    kind: str
+    seconds: float
+    rate: int
+    snr: float | None = None
+    reverb: bool = False
+    level_dbfs: float | None = None  # noise-only queries: their level
+
+    @property
+    def positive(self) -> bool:
+        return self.kind == "music"
+
+    @property
+    def name(self) -> str:
+        parts = [self.kind, f"{self.seconds:g}s", f"{self.rate // 1000}k", "reverb" if self.reverb else "dry"]
+        if self.snr is not None:
+            parts.append(f"{self.snr:+g}dB")
+        elif self.kind in ("music", "ooc"):
+            parts.append("clean")
+        if self.level_dbfs is not None:
+            parts.append(f"{self.level_dbfs:g}dBFS")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """A source excerpt and the conditions it is rendered under; all randomness is in `seed`."""
+
+    kind: str
+    sources: tuple[str, ...]  # one music file, or the speech clips to join
+    seconds: float
+    conditions: tuple[Condition, ...]
+    seed: tuple[int, ...]
+    source_seconds: float = 0.0  # the music file's duration, to draw the offset
+    noise: tuple[str, ...] = field(default=())  # recordings to draw from; empty: synthesise
+    impulse_responses: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Query:
+    condition: Condition
+    samples: np.ndarray  # int16 mono at condition.rate
+    source: str | None  # the music file, for positives and out-of-catalog music
+    start_seconds: float  # where the excerpt starts in `source`
+
+
+def _music_conditions(seconds: float, rates: tuple[int, ...], reverbs: tuple[bool, ...]) -> tuple[Condition, ...]:
+    return tuple(Condition("music", seconds, r, snr, rv) for r in rates for rv in reverbs for snr in SNRS)
+
+
+def plan(corpus: Corpus, n: int, seed: int) -> list[Excerpt]:
+    """Every excerpt of the run: n per positive group, 2n out-of-catalog, n speech and noise."""
+    noise = tuple(str(p) for p in corpus.noise)
+    irs = tuple(str(p) for p in corpus.impulse_responses)
+    groups: list[tuple[str, float, tuple[Condition, ...], int]] = [
+        ("music", 10.0, _music_conditions(10.0, RATES, (False, True)), n),
+        ("music", 5.0, _music_conditions(5.0, (16000,), (False,)), n),
+        ("music", 15.0, _music_conditions(15.0, (16000,), (False,)), n),
+    ]
+    if corpus.held_out:
+        ooc = (Condition("ooc", 10.0, 16000), Condition("ooc", 10.0, 8000), Condition("ooc", 10.0, 16000, 0.0))
+        groups.append(("ooc", 10.0, ooc, 2 * n))
+    if corpus.speech:
+        groups.append(("speech", 10.0, (Condition("speech", 10.0, 16000), Condition("speech", 10.0, 8000)), n))
+    groups += [
+        ("noise", 10.0, (Condition("noise", 10.0, 16000, level_dbfs=NOISE_ONLY_DBFS),), n),
+        ("noise", 10.0, (Condition("noise", 10.0, 16000, level_dbfs=LOW_NOISE_DBFS),), max(1, n // 2)),
+        # Digital silence is one input whatever the seed: a few repeats only guard against state.
+        ("silence", 10.0, (Condition("silence", 10.0, 16000), Condition("silence", 10.0, 8000)), min(n, 3)),
+    ]
+    excerpts = []
+    for g, (kind, seconds, conditions, count) in enumerate(groups):
+        tracks = corpus.held_out if kind == "ooc" else corpus.catalog
+        for i in range(count):
+            rng = np.random.default_rng([seed, g, i])
+            sources: tuple[str, ...] = ()
+            duration = 0.0
+            if kind in ("music", "ooc"):
+                track = tracks[rng.integers(len(tracks))]
+                sources, duration = (str(track.path),), track.seconds
+            elif kind == "speech":
+                sources = tuple(str(corpus.speech[j]) for j in rng.integers(len(corpus.speech), size=12))
+            excerpts.append(
+                Excerpt(kind, sources, seconds, conditions, (seed, g, i), duration, noise, irs)
+            )
+    return excerpts
+
+
+def _resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return x.astype(np.float32)
+    g = gcd(rate, target)
+    return resample_poly(x, target // g, rate // g).astype(np.float32)
+
+
+def read_audio(path: str, start: float = 0.0, seconds: float | None = None) -> np.ndarray:
+    """Mono float32 at WORK_RATE; seeks instead of decoding the whole file."""
+    with soundfile.SoundFile(path) as f:
+        first = int(start * f.samplerate)
+        f.seek(max(0, min(first, f.frames)))
+        frames = -1 if seconds is None else int(round(seconds * f.samplerate))
+        data = f.read(frames, dtype="float32", always_2d=True)
+        rate = f.samplerate
+    return _resample(data.mean(axis=1), rate, WORK_RATE)
+
+
+@lru_cache(maxsize=32)
+def _whole(path: str) -> np.ndarray:
+    return read_audio(path)
+
+
+@lru_cache(maxsize=8)
+def _impulse_response(path: str) -> np.ndarray:
+    """First channel, starting at the direct sound, so the reverberant query stays time-aligned."""
+    with soundfile.SoundFile(path) as f:
+        data, rate = f.read(dtype="float32", always_2d=True)[:, 0], f.samplerate
+    ir = _resample(data, rate, WORK_RATE)
+    ir = ir[int(np.argmax(np.abs(ir))) :]
+    return ir / np.sqrt(np.sum(ir**2))
+
+
+def _synthetic_impulse_response(rng: np.random.Generator, rt60: float = 0.6) -> np.ndarray:
+    t = np.arange(int(rt60 * WORK_RATE)) / WORK_RATE
+    ir = rng.standard_normal(len(t)) * 10 ** (-3 * t / rt60)
+    ir[0] = 1.0 + np.abs(ir).max()
+    return (ir / np.sqrt(np.sum(ir**2))).astype(np.float32)
+
+
+def _synthetic_noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Brown-ish noise (integrated white, high-passed): most energy low, like street rumble."""
+    brown = np.cumsum(rng.standard_normal(n))
+    brown -= np.convolve(brown, np.ones(800) / 800, mode="same")
+    return (brown + 0.3 * rng.standard_normal(n)).astype(np.float32)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def _dbfs(x: np.ndarray) -> float:
+    return 20 * np.log10(max(_rms(x), 1e-12))
+
+
+def _noise_segment(excerpt: Excerpt, rng: np.random.Generator, n: int) -> np.ndarray:
+    if not excerpt.noise:
+        return _synthetic_noise(rng, n)
+    recording = _whole(excerpt.noise[rng.integers(len(excerpt.noise))])
+    start = rng.integers(max(1, len(recording) - n))
+    return np.resize(recording[start:], n)  # np.resize tiles a recording shorter than the query
+
+
+def _mix(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    gain = _rms(signal) / (max(_rms(noise), 1e-12) * 10 ** (snr_db / 20))
+    return signal + gain * noise
+
+
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Scale down only if the mix would clip (a device's gain control), then quantise."""
+    peak = float(np.max(np.abs(x))) if len(x) else 0.0
+    if peak > 1.0:
+        x = x / peak
+    return np.round(x * 32767).astype(np.int16)
+
+
+def _music(excerpt: Excerpt, rng: np.random.Generator, context: float) -> tuple[np.ndarray, float]:
+    """The excerpt and `context` seconds before it (to fill the reverb tail), and its start."""
+    n = int(excerpt.seconds * WORK_RATE)
+    latest = max(0.0, excerpt.source_seconds - excerpt.seconds - 0.05)
+    for _ in range(10):
+        start = float(rng.uniform(0, latest))
+        lead = min(context, start)
+        audio = read_audio(excerpt.sources[0], start - lead, excerpt.seconds + lead)
+        if _dbfs(audio[int(lead * WORK_RATE) :]) > MIN_EXCERPT_DBFS:
+            break
+    audio = np.pad(audio, (0, max(0, int(lead * WORK_RATE) + n - len(audio))))
+    return audio, start
+
+
+def _speech(excerpt: Excerpt, n: int) -> np.ndarray:
+    gap = np.zeros(int(SPEECH_GAP_SECONDS * WORK_RATE), np.float32)
+    pieces: list[np.ndarray] = []
+    for path in excerpt.sources:
+        pieces += [read_audio(path), gap]
+        if sum(map(len, pieces)) >= n:
+            break
+    return np.resize(np.concatenate(pieces), n)
+
+
+def render(excerpt: Excerpt) -> list[Query]:
+    """Every condition's query from one excerpt, deterministic in `excerpt.seed`."""
+    rng = np.random.default_rng(excerpt.seed)
+    n = int(excerpt.seconds * WORK_RATE)
+    start, lead = 0.0, 0
+    ir = np.ones(1, np.float32)
+    if any(c.reverb for c in excerpt.conditions):
+        ir = (
+            _impulse_response(excerpt.impulse_responses[rng.integers(len(excerpt.impulse_responses))])
+            if excerpt.impulse_responses
+            else _synthetic_impulse_response(rng)
+        )
+    if excerpt.kind in ("music", "ooc"):
+        audio, start = _music(excerpt, rng, context=len(ir) / WORK_RATE)
+        lead = len(audio) - n
+    elif excerpt.kind == "speech":
+        audio = _speech(excerpt, n)
+    else:
+        audio = np.zeros(n, np.float32)
+    noise = _noise_segment(excerpt, rng, n)
+    dry = audio[lead:]
+    wet = None
+    queries = []
+    for c in excerpt.conditions:
+        if c.reverb and wet is None:
+            # Convolve with the audio before the excerpt too: a room is never silent at t=0.
+            wet = fftconvolve(audio, ir)[lead : lead + n]
+            wet *= _rms(dry) / max(_rms(wet), 1e-12)
+        x = wet if c.reverb else dry
+        if c.snr is not None:
+            x = _mix(x, noise, c.snr)
+        if c.level_dbfs is not None:
+            x = noise * (10 ** (c.level_dbfs / 20) / max(_rms(noise), 1e-12))
+        x = _resample(x, WORK_RATE, c.rate)
+        source = excerpt.sources[0] if excerpt.kind in ("music", "ooc") else None
+        queries.append(Query(c, to_pcm16(x), source, start))
+    return queries
+
+
+def subset(excerpts: list[Excerpt], keep: set[Condition]) -> list[Excerpt]:
+    """The excerpts restricted to some conditions (for the latency set), empty ones dropped."""
+    out = []
+    for e in excerpts:
+        conditions = tuple(c for c in e.conditions if c in keep)
+        if conditions:
+            out.append(replace(e, conditions=conditions))
+    return out
