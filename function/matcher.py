@@ -25,9 +25,11 @@ from scipy.stats import poisson
 from function.catalog import SONG_SHIFT, Catalog
 from function.fingerprint import FRAME_SECONDS, MAX_FRAMES
 
-OFFSET_BIAS = 1 << 17  # keeps (song frame - query frame) non-negative inside the packed key
-OFFSET_BITS = 18
-MAX_POSTINGS_PER_HASH = 4000
+FRAME_MASK = np.uint32(MAX_FRAMES - 1)
+# Hashes whose posting lists are this many times the catalog's mean length occur in so many
+# songs that they carry no evidence, while costing most of the voting time in a big catalog.
+POPULAR_HASH_FACTOR = 40
+MIN_POSTINGS_CAP = 256
 MIN_SCORE = 5
 RUNNER_UP_FLOOR = 6
 CHANCE_MARGIN = 1.5
@@ -54,29 +56,49 @@ class Vote:
         return max(0.0, excess / (excess + RATIO_AT_HALF - 1.0))
 
 
+def postings_cap(catalog: Catalog) -> int:
+    """Longest posting list worth reading: POPULAR_HASH_FACTOR times the mean."""
+    return max(MIN_POSTINGS_CAP, int(POPULAR_HASH_FACTOR * len(catalog.postings) / (len(catalog.offsets) - 1)))
+
+
 def vote(catalog: Catalog, hashes: np.ndarray, frames: np.ndarray) -> Vote | None:
-    """The best (song, offset) pile for a query's landmarks, or None if nothing was found."""
+    """The best (song, offset) pile for a query's landmarks, or None if nothing was found.
+
+    A posting packs (song << 16 | song frame); adding (bias - query frame) to it gives
+    (song << 16 | offset + bias) in one uint32 add, so the whole vote is a sort of uint32 keys.
+    `bias` is the query's length in frames, which keeps offsets non-negative; the rare posting
+    whose offset would overflow into the song bits (songs past ~33 minutes) is dropped.
+    """
     if len(hashes) == 0 or not catalog.songs:
         return None
-    query_index, postings = catalog.lookup(hashes, MAX_POSTINGS_PER_HASH)
+    query_index, postings = catalog.lookup(hashes, postings_cap(catalog))
     if len(postings) == 0:
         return None
-    song = (postings >> SONG_SHIFT).astype(np.int64)
-    offset = (postings & (MAX_FRAMES - 1)).astype(np.int64) - frames[query_index].astype(np.int64)
-    keys, counts = np.unique((song << OFFSET_BITS) | (offset + OFFSET_BIAS), return_counts=True)
+    bias = int(frames.max()) + 1
+    if bias >= MAX_FRAMES:
+        raise ValueError(f"query longer than {MAX_FRAMES * FRAME_SECONDS:.0f} s")
+    delta = (bias - frames.astype(np.int64))[query_index].astype(np.uint32)
+    fits = (postings & FRAME_MASK) + delta <= FRAME_MASK
+    keys = np.sort(postings[fits] + delta[fits])
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    piles, counts = keys[starts], np.diff(np.append(starts, len(keys)))
+    # Piles are sorted and distinct, so a pile's neighbouring offsets are its neighbours in
+    # the array (when they exist at all): no search needed to add them in.
     smoothed = counts.copy()
-    for step in (-1, 1):
-        neighbour = np.minimum(np.searchsorted(keys, keys + step), len(keys) - 1)
-        smoothed += np.where(keys[neighbour] == keys + step, counts[neighbour], 0)
+    adjacent = piles[1:] == piles[:-1] + 1
+    smoothed[:-1] += np.where(adjacent, counts[1:], 0)
+    smoothed[1:] += np.where(adjacent, counts[:-1], 0)
     best = int(np.argmax(smoothed))
-    best_song = int(keys[best] >> OFFSET_BITS)
-    others = smoothed[(keys >> OFFSET_BITS) != best_song]
-    piles = catalog.song(best_song).duration_seconds / FRAME_SECONDS + int(frames.max()) + 1
-    rate = 3.0 * np.count_nonzero(song == best_song) / piles  # three offsets per smoothed pile
+    best_song = int(piles[best] >> SONG_SHIFT)
+    pile_song = piles >> SONG_SHIFT
+    others = smoothed[pile_song != best_song]
+    first, last = np.searchsorted(keys, [best_song << SONG_SHIFT, (best_song + 1) << SONG_SHIFT])
+    offsets = catalog.song(best_song).duration_seconds / FRAME_SECONDS + bias
+    rate = 3.0 * (last - first) / offsets  # three offsets per smoothed pile
     return Vote(
         song_index=best_song,
-        offset_frames=int((keys[best] & ((1 << OFFSET_BITS) - 1)) - OFFSET_BIAS),
+        offset_frames=int(piles[best] & FRAME_MASK) - bias,
         score=int(smoothed[best]),
         runner_up=int(others.max()) if len(others) else 0,
-        chance_pile=float(poisson.isf(1.0 / piles, rate)),
+        chance_pile=float(poisson.isf(1.0 / offsets, rate)),
     )

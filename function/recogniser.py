@@ -16,6 +16,9 @@ from function.matcher import vote
 from function.song_tags import read_tags
 
 DEFAULT_THRESHOLD = 0.5
+# A song is named from seconds of audio; longer queries (whole recordings given to the CLI)
+# are cut to their first two minutes, which also keeps every offset within the vote's range.
+MAX_QUERY_SECONDS = 120
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".m4a", ".aac", ".mp4", ".opus"}
 
 __all__ = ["Match", "RegisterResult", "Recogniser", "CatalogError", "get_recogniser", "analyse_file"]
@@ -115,7 +118,7 @@ class Recogniser:
     def best_guess(self, samples: np.ndarray, sample_rate: int) -> tuple[Match | None, float]:
         """The top-voted song whatever its confidence (None only if nothing voted), and that
         confidence: what a recogniser without rejection would answer."""
-        internal = to_internal(samples, sample_rate)
+        internal = to_internal(samples[: int(MAX_QUERY_SECONDS * sample_rate)], sample_rate)
         hashes, frames = fingerprint(internal, QUERY_DENSITY)
         v = vote(self.catalog, hashes, frames)
         if v is None:
