@@ -10,6 +10,7 @@ It prints one JSON object on stdout.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sqlite3
 import sys
@@ -22,10 +23,22 @@ import numpy as np
 from function.audio_decode import to_internal
 from function.catalog import N_HASHES, SONG_SHIFT, Catalog
 from function.fingerprint import FRAME_SECONDS, MAX_FRAMES, QUERY_DENSITY, fingerprint
-from function.matcher import MAX_POSTINGS_PER_HASH
+from function.matcher import postings_cap
 from function.recogniser import Recogniser
 
 SQLITE_QUERIES = 5  # each one scans the whole table: a few are enough for a median
+
+
+def _peak_rss_mib() -> float:
+    """This process's own peak. ru_maxrss is not: Linux carries it over from the parent across
+    the fork and exec, and the parent holds the 10,000-song catalog it has just built."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _ms(f) -> float:
@@ -80,6 +93,7 @@ def _sqlite_scan(catalog: Catalog, fingerprints: list[np.ndarray]) -> tuple[list
 
 
 def main(catalog_dir: str, queries_file: str, sqlite_max_postings: int) -> dict:
+    load = os.getloadavg()[0]  # the cores are shared: a busy machine shows in the timings
     data = np.load(queries_file)
     samples, rate, truth = data["samples"], int(data["rate"]), data["truth"]
     started = time.perf_counter()
@@ -92,11 +106,12 @@ def main(catalog_dir: str, queries_file: str, sqlite_max_postings: int) -> dict:
         match = recogniser.recognise(x, rate)
         latencies.append((time.perf_counter() - t0) * 1000)
         correct += match is not None and match.song_id == t
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_rss = _peak_rss_mib()
 
     catalog = recogniser.catalog
     fingerprints = [fingerprint(to_internal(x, rate), QUERY_DENSITY)[0] for x in samples]
-    ours = [_ms(lambda h=h: catalog.lookup(h, MAX_POSTINGS_PER_HASH)) for h in fingerprints]
+    ours = [_ms(lambda h=h: catalog.lookup(h, postings_cap(catalog))) for h in fingerprints]
+    retrieved = [len(catalog.lookup(h, postings_cap(catalog))[1]) for h in fingerprints]
     linear = _linear_scan(catalog, fingerprints)
     sqlite_ms, sqlite_build = ([], None)
     if len(catalog.postings) <= sqlite_max_postings:
@@ -113,6 +128,9 @@ def main(catalog_dir: str, queries_file: str, sqlite_max_postings: int) -> dict:
         "correct": int(correct),
         "queries": len(samples),
         "peak_rss_mib": peak_rss,
+        "load_average": load,
+        "query_hashes": [len(h) for h in fingerprints],
+        "postings_per_query": retrieved,
         "lookup_ms": ours,
         "linear_scan_ms": linear,
         "sqlite_scan_ms": sqlite_ms,
