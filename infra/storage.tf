@@ -73,3 +73,19 @@ resource "google_firestore_database" "state" {
 
   depends_on = [google_project_service.required]
 }
+
+# Chunk receipts (users/<uid>/chunks/<key>) outlive their audio so that Omi's retries stay
+# duplicates after a recognition consumed the chunk; a TTL on `expires_at` reaps them.
+resource "google_firestore_field" "chunk_receipts_ttl" {
+  project    = var.project_id
+  database   = var.firestore_database
+  collection = "chunks"
+  field      = "expires_at"
+
+  ttl_config {}
+
+  # TTL fields need no single-field index: keep writes cheap.
+  index_config {}
+
+  depends_on = [google_firestore_database.state]
+}
