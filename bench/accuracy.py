@@ -90,11 +90,11 @@ def curves(results: list[ConditionResult]) -> list[Curve]:
     for r in results:
         c = r.condition
         if c.positive and c.snr is not None:
-            by_curve.setdefault((c.seconds, c.rate, c.reverb), []).append(r)
+            by_curve.setdefault((c.seconds, c.rate, c.room), []).append(r)
     out = []
-    for (seconds, rate, reverb), rs in by_curve.items():
+    for (seconds, rate, room), rs in by_curve.items():
         snrs = [r.condition.snr for r in rs]
         ours, base = [r.ours for r in rs], [r.baseline for r in rs]
-        label = f"{seconds:g}s {rate // 1000}k {'reverb' if reverb else 'dry'}"
+        label = f"{seconds:g}s {rate // 1000}k {room}"
         out.append(Curve(label, snrs, ours, base, crossing(snrs, ours), crossing(snrs, base)))
     return out

@@ -26,6 +26,8 @@ NOISE_ONLY_DBFS = -20.0  # ambient recording at a normal level, nothing else
 LOW_NOISE_DBFS = -60.0  # a quiet room: the microphone's floor
 MIN_EXCERPT_DBFS = -45.0  # quieter excerpts (fades, rests) have no meaningful SNR: redraw
 SPEECH_GAP_SECONDS = 0.3
+DRY = "dry"
+SYNTHETIC_ROOM = "synthetic-room"  # without the corpus's impulse responses
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Condition:
     seconds: float
     rate: int
     snr: float | None = None
-    reverb: bool = False
+    room: str = DRY  # DRY, or the impulse response's name: a great hall and a street differ a lot
     level_dbfs: float | None = None  # noise-only queries: their level
 
     @property
@@ -44,8 +46,12 @@ class Condition:
         return self.kind == "music"
 
     @property
+    def reverb(self) -> bool:
+        return self.room != DRY
+
+    @property
     def name(self) -> str:
-        parts = [self.kind, f"{self.seconds:g}s", f"{self.rate // 1000}k", "reverb" if self.reverb else "dry"]
+        parts = [self.kind, f"{self.seconds:g}s", f"{self.rate // 1000}k", self.room]
         if self.snr is not None:
             parts.append(f"{self.snr:+g}dB")
         elif self.kind in ("music", "ooc"):
@@ -77,18 +83,23 @@ class Query:
     start_seconds: float  # where the excerpt starts in `source`
 
 
-def _music_conditions(seconds: float, rates: tuple[int, ...], reverbs: tuple[bool, ...]) -> tuple[Condition, ...]:
-    return tuple(Condition("music", seconds, r, snr, rv) for r in rates for rv in reverbs for snr in SNRS)
+def room_name(impulse_response: str) -> str:
+    return Path(impulse_response).stem
+
+
+def _music_conditions(seconds: float, rates: tuple[int, ...], rooms: tuple[str, ...]) -> tuple[Condition, ...]:
+    return tuple(Condition("music", seconds, r, snr, room) for r in rates for room in rooms for snr in SNRS)
 
 
 def plan(corpus: Corpus, n: int, seed: int) -> list[Excerpt]:
     """Every excerpt of the run: n per positive group, 2n out-of-catalog, n speech and noise."""
     noise = tuple(str(p) for p in corpus.noise)
     irs = tuple(str(p) for p in corpus.impulse_responses)
+    rooms = (DRY,) + (tuple(room_name(p) for p in irs) or (SYNTHETIC_ROOM,))
     groups: list[tuple[str, float, tuple[Condition, ...], int]] = [
-        ("music", 10.0, _music_conditions(10.0, RATES, (False, True)), n),
-        ("music", 5.0, _music_conditions(5.0, (16000,), (False,)), n),
-        ("music", 15.0, _music_conditions(15.0, (16000,), (False,)), n),
+        ("music", 10.0, _music_conditions(10.0, RATES, rooms), n),
+        ("music", 5.0, _music_conditions(5.0, (16000,), (DRY,)), n),
+        ("music", 15.0, _music_conditions(15.0, (16000,), (DRY,)), n),
     ]
     if corpus.held_out:
         ooc = (Condition("ooc", 10.0, 16000), Condition("ooc", 10.0, 8000), Condition("ooc", 10.0, 16000, 0.0))
@@ -152,7 +163,8 @@ def _impulse_response(path: str) -> np.ndarray:
     return ir / np.sqrt(np.sum(ir**2))
 
 
-def _synthetic_impulse_response(rng: np.random.Generator, rt60: float = 0.6) -> np.ndarray:
+def _synthetic_impulse_response(rt60: float = 0.6) -> np.ndarray:
+    rng = np.random.default_rng(0)
     t = np.arange(int(rt60 * WORK_RATE)) / WORK_RATE
     ir = rng.standard_normal(len(t)) * 10 ** (-3 * t / rt60)
     ir[0] = 1.0 + np.abs(ir).max()
@@ -219,35 +231,35 @@ def _speech(excerpt: Excerpt, n: int) -> np.ndarray:
     return np.resize(np.concatenate(pieces), n)
 
 
+def _room_responses(excerpt: Excerpt) -> dict[str, np.ndarray]:
+    rooms = {c.room for c in excerpt.conditions if c.reverb}
+    by_name = {room_name(p): p for p in excerpt.impulse_responses}
+    return {r: _synthetic_impulse_response() if r == SYNTHETIC_ROOM else _impulse_response(by_name[r]) for r in rooms}
+
+
 def render(excerpt: Excerpt) -> list[Query]:
     """Every condition's query from one excerpt, deterministic in `excerpt.seed`."""
     rng = np.random.default_rng(excerpt.seed)
     n = int(excerpt.seconds * WORK_RATE)
     start, lead = 0.0, 0
-    ir = np.ones(1, np.float32)
-    if any(c.reverb for c in excerpt.conditions):
-        ir = (
-            _impulse_response(excerpt.impulse_responses[rng.integers(len(excerpt.impulse_responses))])
-            if excerpt.impulse_responses
-            else _synthetic_impulse_response(rng)
-        )
+    responses = _room_responses(excerpt)
     if excerpt.kind in ("music", "ooc"):
-        audio, start = _music(excerpt, rng, context=len(ir) / WORK_RATE)
+        longest = max((len(ir) for ir in responses.values()), default=0)
+        audio, start = _music(excerpt, rng, context=longest / WORK_RATE)
         lead = len(audio) - n
     elif excerpt.kind == "speech":
         audio = _speech(excerpt, n)
     else:
         audio = np.zeros(n, np.float32)
     noise = _noise_segment(excerpt, rng, n)
-    dry = audio[lead:]
-    wet = None
+    rooms = {DRY: audio[lead:]}
+    for room, ir in responses.items():
+        # Convolve with the audio before the excerpt too: a room is never silent at t=0.
+        wet = fftconvolve(audio, ir)[lead : lead + n]
+        rooms[room] = wet * (_rms(rooms[DRY]) / max(_rms(wet), 1e-12))
     queries = []
     for c in excerpt.conditions:
-        if c.reverb and wet is None:
-            # Convolve with the audio before the excerpt too: a room is never silent at t=0.
-            wet = fftconvolve(audio, ir)[lead : lead + n]
-            wet *= _rms(dry) / max(_rms(wet), 1e-12)
-        x = wet if c.reverb else dry
+        x = rooms[c.room]
         if c.snr is not None:
             x = _mix(x, noise, c.snr)
         if c.level_dbfs is not None:

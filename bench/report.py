@@ -12,8 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.accuracy import ConditionResult, Curve  # noqa: E402
+from bench.queries import DRY  # noqa: E402
 
 CLEAN_X = 15.0  # where "no added noise" sits on the SNR axis of the plot
+BUSY_CORES = 0.25  # CPU other processes used during a timing, in cores: above this, say so
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def _size(run: Run, songs: int) -> dict | None:
 
 def _targets(run: Run) -> list[list[str]]:
     """The issue's targets on 10-s queries (16 kHz, dry) beside what was measured."""
-    ten = dict(kind="music", seconds=10.0, rate=16000, reverb=False)
+    ten = dict(kind="music", seconds=10.0, rate=16000, room=DRY)
     rows = []
     for snr, target in ((None, 0.995), (5.0, 0.98), (0.0, 0.95)):
         r = _find(run.results, snr=snr, **ten)
@@ -71,11 +73,14 @@ def _targets(run: Run) -> list[list[str]]:
     for r in run.results:
         c = r.condition
         if c.positive and c.seconds == 10.0 and c.rate == 8000:
-            wide = _find(run.results, kind="music", seconds=10.0, rate=16000, reverb=c.reverb, snr=c.snr)
+            wide = _find(run.results, kind="music", seconds=10.0, rate=16000, room=c.room, snr=c.snr)
             if wide:
                 gaps.append(wide.ours - r.ours)
     if gaps:
-        worst = max(gaps)
+        # Paired queries (the 8 kHz one is the 16 kHz one downsampled): the mean gap is the
+        # figure; one condition's gap of a few queries in 150 is within chance.
+        mean, worst = float(np.mean(gaps)), max(gaps)
+        rows.append([f"8 kHz vs 16 kHz, mean gap (16k minus 8k) over {len(gaps)} 10-s conditions", "<= 2 points", f"{100 * mean:.1f} points", "met" if mean <= 0.02 else "MISSED"])
         rows.append(["8 kHz vs 16 kHz, worst 10-s condition", "<= 2 points", f"{100 * worst:.1f} points", "met" if worst <= 0.02 else "MISSED"])
     negatives = [r for r in run.results if not r.condition.positive]
     if negatives:
@@ -151,12 +156,17 @@ def markdown(run: Run) -> str:
         "",
         f"Registration, one core (workers=1), decoding and saving included: {reg['songs']} songs, "
         f"{reg['audio_seconds'] / 60:.1f} min of audio in {reg['wall_seconds']:.1f} s = "
-        f"{reg['songs_per_second']:.2f} songs/s, {reg['real_time_factor']:.0f}x real time.",
+        f"{reg['songs_per_second']:.2f} songs/s, {reg['real_time_factor']:.0f}x real time "
+        f"(other processes used {reg['other_cores']:.2f} of the {run.machine['cores']} cores meanwhile).",
         "",
         "Query latency: 10-s 16 kHz queries at 0 dB SNR, one thread, each catalog size in a fresh process "
         "(the first, cold query excluded). Catalogs beyond the real one add synthetic songs: real songs' "
-        "hashes with shuffled times (the real hash popularity, no true matches). Lookup: fetching every "
-        "query hash's postings; ratios are the baseline's median over ours.",
+        "hashes with shuffled times (every hash's posting count grows with the catalog as with more real "
+        "music, but nothing aligns in time, so no true matches). Postings: those a query retrieves (hashes "
+        "with more than the matcher's cap are skipped). Peak RSS: the query process's high-water mark, "
+        "including the memory-mapped index pages it touched (file-backed, shared, reclaimable). Lookup: "
+        "fetching every query hash's postings; ratios are the baseline's median over ours. Other jobs: CPU "
+        "that other processes took during the timing (the two cores are shared).",
         "",
     ]
     rows = []
@@ -173,17 +183,24 @@ def markdown(run: Run) -> str:
             f"{np.median(lat):.1f}",
             f"{np.percentile(lat, 95):.1f}",
             f"{s['cold_query_ms']:.0f}",
+            f"{np.median(s['postings_per_query']):,.0f}",
             f"{s['correct']}/{s['queries']}",
             f"{s['peak_rss_mib']:.0f} MiB",
             f"{ours:.2f}",
             f"{linear:.1f} ({linear / ours:.0f}x)",
             "not run" if sqlite is None else f"{sqlite:.0f} ({sqlite / ours:.0f}x)",
+            f"{s['other_cores']:.2f}",
         ])
     lines += _table(
-        ["songs", "postings", "index", "per audio min", "median ms", "p95 ms", "cold ms", "found", "peak RSS",
-         "lookup ms (ours)", "linear scan ms", "SQLite scan ms (abracadabra)"],
+        ["songs", "postings", "index", "per audio min", "median ms", "p95 ms", "cold ms", "postings/query",
+         "found", "peak RSS", "lookup ms (ours)", "linear scan ms", "SQLite scan ms (abracadabra)", "other jobs (cores)"],
         rows,
     )
+    others = [run.registration["other_cores"]] + [s["other_cores"] for s in run.scaling]
+    if max(others) > BUSY_CORES:
+        lines += ["", f"**The machine was busy**: other processes used up to {max(others):.2f} of the "
+                  f"{run.machine['cores']} shared cores while a speed figure was taken, so those timings are upper "
+                  "bounds; rerun on an idle machine for the engine's own figures."]
     lines += ["", "Accuracy vs SNR: `accuracy_vs_snr.png`.", ""]
     return "\n".join(lines)
 
@@ -193,11 +210,11 @@ def plot(curves: list[Curve], results: list[ConditionResult], path: Path) -> Non
     fig, ax = plt.subplots(figsize=(8, 5))
     for curve in curves:
         seconds, rate, room = curve.label.split()
-        clean = _find(results, kind="music", seconds=float(seconds[:-1]), rate=int(rate[:-1]) * 1000, reverb=room == "reverb", snr=None)
+        clean = _find(results, kind="music", seconds=float(seconds[:-1]), rate=int(rate[:-1]) * 1000, room=room, snr=None)
         xs = ([CLEAN_X] if clean else []) + curve.snrs
         ys = ([clean.ours] if clean else []) + curve.ours
         style = "-" if rate == "16k" else "--"  # 8 kHz dashed: its gap to 16 kHz is a target
-        ax.plot(xs, np.asarray(ys) * 100, style, marker="s" if room == "reverb" else "o", label=curve.label)
+        ax.plot(xs, np.asarray(ys) * 100, style, marker="o" if room == DRY else "s", label=curve.label)
         if curve.label == "10s 16k dry":
             base = ([clean.baseline] if clean else []) + curve.baseline
             ax.plot(xs, np.asarray(base) * 100, ":", color="grey", label="10s 16k dry, no rejection")

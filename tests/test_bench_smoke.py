@@ -31,7 +31,7 @@ def test_quick_benchmark_writes_report_and_plot(tmp_path: Path) -> None:
     assert proc.stdout.strip() == report.strip()
     for row in (
         "| music 10s 16k dry clean |",
-        "| music 10s 8k reverb -10dB |",
+        "| music 10s 8k synthetic-room -10dB |",
         "| music 5s 16k dry +0dB |",
         "| music 15s 16k dry -5dB |",
         "| ooc 10s 16k dry clean |",
