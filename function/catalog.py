@@ -104,19 +104,25 @@ class Catalog:
     def song(self, index: int) -> Song:
         return self.songs[index]
 
-    def lookup(self, hashes: np.ndarray, max_postings: int) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(self, hashes: np.ndarray, max_postings: int, budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(index into `hashes`, packed posting) for every posting of every query hash.
 
         Hashes with more than `max_postings` postings are skipped: they occur in so many songs
         that they carry no evidence, and they would dominate the lookup time in a big catalog.
+        With a `budget`, the most common of the remaining hashes are skipped too until at most
+        that many postings are read: the rarest hashes say the most about which song it is.
         """
         starts = self.offsets[hashes].astype(np.int64)
         lengths = self.offsets[hashes + 1].astype(np.int64) - starts
         lengths[lengths > max_postings] = 0
-        total = int(lengths.sum())
-        query_index = np.repeat(np.arange(len(hashes)), lengths)
-        run_start = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-        return query_index, self.postings[run_start + np.arange(total)]
+        if budget is not None and lengths.sum() > budget:
+            order = np.argsort(lengths, kind="stable")
+            lengths[order[np.cumsum(lengths[order]) > budget]] = 0
+        read = np.flatnonzero(lengths)
+        query_index = np.repeat(read, lengths[read])
+        # Each hash's postings are one contiguous run: copying runs beats gathering by index.
+        runs = [self.postings[a : a + n] for a, n in zip(starts[read].tolist(), lengths[read].tolist())]
+        return query_index, np.concatenate(runs) if runs else np.zeros(0, np.uint32)
 
     # --- writing --------------------------------------------------------------------------------
     def add(self, items: list[Fingerprinted]) -> None:

@@ -30,6 +30,8 @@ FRAME_MASK = np.uint32(MAX_FRAMES - 1)
 # songs that they carry no evidence, while costing most of the voting time in a big catalog.
 POPULAR_HASH_FACTOR = 40
 MIN_POSTINGS_CAP = 256
+# Postings one query may read: bounds the vote's time in a large catalog (see Catalog.lookup).
+POSTINGS_BUDGET = 1_200_000
 MIN_SCORE = 5
 RUNNER_UP_FLOOR = 6
 CHANCE_MARGIN = 1.5
@@ -71,7 +73,7 @@ def vote(catalog: Catalog, hashes: np.ndarray, frames: np.ndarray) -> Vote | Non
     """
     if len(hashes) == 0 or not catalog.songs:
         return None
-    query_index, postings = catalog.lookup(hashes, postings_cap(catalog))
+    query_index, postings = catalog.lookup(hashes, postings_cap(catalog), POSTINGS_BUDGET)
     if len(postings) == 0:
         return None
     bias = int(frames.max()) + 1
