@@ -19,17 +19,33 @@ import threading
 
 import flask
 import functions_framework
+from werkzeug.exceptions import HTTPException
 
 from function import logs
-from function.config import Settings
-from function.http_edge import handle
+from function.config import SUPPORTED_SAMPLE_RATES, Settings
+from function.http_edge import error, handle
 from function.ingest import Service
 from function.notifier import Notifier
-from function.recogniser import get_recogniser
+from function.ratelimit import AudioRateLimiter
+from function.recogniser import CatalogError, get_recogniser
 from function.storage import open_store
 
 SETTINGS = Settings.from_env()
 logs.configure(SETTINGS.log_level)
+
+
+def _load_catalog() -> None:
+    """Load the catalog while the instance boots: the first recognition then does not pay for
+    it, and a missing or corrupt catalog is an error line at start-up rather than a surprise on
+    the first song. Not fatal: audio is still buffered, /health reports the reason, and each
+    recognition tries to load it again."""
+    try:
+        get_recogniser(SETTINGS.catalog_uri)
+    except (CatalogError, OSError) as exc:
+        logs.log("ERROR", "catalog unavailable at start-up: no song will be named until it loads", reason=str(exc))
+
+
+_load_catalog()
 
 _service: Service | None = None
 _service_lock = threading.Lock()
@@ -44,8 +60,20 @@ def _get_service() -> Service:
                 store=open_store(SETTINGS),
                 notifier=Notifier(SETTINGS),
                 recogniser=lambda: get_recogniser(SETTINGS.catalog_uri),
+                # The slowest rate we accept, so the longest acceptable chunk always fits.
+                limiter=AudioRateLimiter(SETTINGS.rate_limit, SETTINGS.max_chunk_bytes / (2 * min(SUPPORTED_SAMPLE_RATES))),
             )
         return _service
+
+
+def _json_http_error(exc: HTTPException) -> flask.Response:
+    """Requests functions-framework answers itself, before `omi_webhook` (a path its router
+    cannot match, such as one holding a newline), get JSON like every other answer, not HTML."""
+    return error(exc.code or 500, f"{exc.name}: {exc.description}")
+
+
+# main.py runs inside the app context that functions-framework creates for it.
+flask.current_app.register_error_handler(HTTPException, _json_http_error)
 
 
 @functions_framework.http

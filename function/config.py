@@ -40,6 +40,7 @@ class Settings:
     notify_cooldown_seconds: float = 600.0  # NOTIFY_COOLDOWN_SECONDS: same song, same user
     notify_hourly_limit: int = 10  # NOTIFY_HOURLY_LIMIT: Omi allows 10 per user per UTC hour
     webhook_token: str = ""  # WEBHOOK_TOKEN: when set, required as ?token= (see http_edge)
+    rate_limit: float = 8.0  # RATE_LIMIT_AUDIO_SECONDS_PER_SECOND per uid and instance; 0: off
     service_name: str = "omi-song-recognition"  # SERVICE_NAME
     log_level: str = "INFO"  # LOG_LEVEL
 
@@ -89,6 +90,7 @@ class Settings:
             notify_cooldown_seconds=number("NOTIFY_COOLDOWN_SECONDS", d.notify_cooldown_seconds, 0, 86400),
             notify_hourly_limit=int(number("NOTIFY_HOURLY_LIMIT", d.notify_hourly_limit, 0, 1000)),
             webhook_token=text("WEBHOOK_TOKEN", d.webhook_token),
+            rate_limit=number("RATE_LIMIT_AUDIO_SECONDS_PER_SECOND", d.rate_limit, 0, 1000),
             service_name=text("SERVICE_NAME", d.service_name),
             log_level=text("LOG_LEVEL", d.log_level).upper(),
         )

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 import flask
 
 from function.config import SUPPORTED_SAMPLE_RATES, UID_PATTERN
+from function.dashboard_view import dashboard
 from function.ingest import Service, ingest_chunk
 from function.logs import log
 from function.metrics import metrics
@@ -41,10 +42,11 @@ Handler = Callable[[flask.Request, Service, str], flask.Response]
 
 
 class BadRequest(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
 
 
 def error(status: int, reason: str) -> flask.Response:
@@ -122,6 +124,10 @@ def post_audio(request: flask.Request, service: Service, _: str) -> flask.Respon
         raise BadRequest(415, f"unsupported Content-Type {request.mimetype!r}: send application/octet-stream")
     key = _idempotency_key(request)
     pcm = _body(request, service.settings.max_chunk_bytes)
+    wait = service.limiter.admit(uid, len(pcm) / (2 * rate), time.time())
+    if wait:
+        limit = service.settings.rate_limit
+        raise BadRequest(429, f"over {limit:g} s of audio per second for this uid", retry_after=int(wait))
     result = ingest_chunk(service, uid, key, rate, pcm, time.time())
     payload: dict = {
         "status": "ok",
@@ -228,6 +234,7 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
     (re.compile(r"/buffer/([^/]+)"), {"DELETE": clear_buffer}),
     (re.compile(r"/history/([^/]+)"), {"GET": history}),
     (re.compile(r"/metrics"), {"GET": metrics_view}),
+    (re.compile(r"/dashboard"), {"GET": dashboard}),
 ]
 
 
@@ -269,7 +276,10 @@ def handle(request: flask.Request, get_service: Callable[[], Service], token: st
         return _route(request, get_service, token)
     except BadRequest as exc:
         log("WARNING", "request refused", status=exc.status, reason=exc.reason, path=request.path)
-        return error(exc.status, exc.reason)
+        response = error(exc.status, exc.reason)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except StoreUnavailable as exc:
         log("ERROR", "storage unavailable", exc=exc, path=request.path)
         return error(503, "storage unavailable, retry later")

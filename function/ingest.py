@@ -19,8 +19,12 @@ from typing import Callable, Protocol
 from function.config import Settings
 from function.logs import log
 from function.notifier import Notifier, song_message
+from function.ratelimit import AudioRateLimiter
 from function.recogniser import CatalogError, Match
-from function.storage.base import Lease, Recognition, Store, StoreUnavailable
+from function.storage.base import Lease, PendingNotification, Recognition, Store, StoreUnavailable
+
+# Back-off between retries of a failed notification stops growing here.
+MAX_RETRY_INTERVAL_SECONDS = 60.0
 
 
 class Recognises(Protocol):
@@ -35,6 +39,7 @@ class Service:
     store: Store
     notifier: Notifier
     recogniser: Callable[[], Recognises]  # loads lazily; raises CatalogError if there is no catalog
+    limiter: AudioRateLimiter
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,8 @@ def ingest_chunk(service: Service, uid: str, key: str | None, sample_rate: int, 
         seconds=result.buffered_seconds,
         sample_rate=result.sample_rate,
     )
+    if appended.notification_retry_at is not None and appended.notification_retry_at <= now:
+        _retry_notification(service, uid, now)
     # The claim is a transaction; skip it while it cannot be granted. Because a miss keeps
     # MIN_AUDIO_SECONDS - stride, "enough audio" also means "a stride of new audio" here.
     if result.duplicate or result.buffered_bytes < audio_bytes(service.settings.min_audio_seconds, result.sample_rate):
@@ -96,10 +103,14 @@ def _maybe_recognise(service: Service, uid: str, rate: int, now: float) -> dict 
         recognition = _attempt(service, lease, now)
     except _Skipped as skipped:
         return {"status": skipped.status, "reason": skipped.reason}
+    retry = None
     if recognition.matched:
-        notification, error = _notify(service, recognition, now)
+        notification, error, retry = _notify(service, recognition, now)
         recognition = replace(recognition, notification=notification, notification_error=error)
     _record(service, recognition)
+    if retry is not None:
+        # Only now: a retry updates the history entry, which must exist by then.
+        _best_effort(uid, service.store.release_notification, uid, retry, now)
     return _public(recognition)
 
 
@@ -152,32 +163,72 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
     )
 
 
-def _notify(service: Service, recognised: Recognition, now: float) -> tuple[str, str | None]:
+def _notify(service: Service, recognised: Recognition, now: float) -> tuple[str, str | None, PendingNotification | None]:
     """Once per song while it plays, within Omi's hourly allowance; never raises, because the
-    recognition stands whatever happens to its notification."""
+    recognition stands whatever happens to its notification. A send worth retrying comes
+    back as the pending notification to hand to the store once the history holds the entry."""
     s, store, uid = service.settings, service.store, recognised.uid
     try:
         if store.notifications_deferred_until(uid) > now:
-            return "skipped_deferred", None
-        decision = store.reserve_notification(uid, recognised.song_id or "", now, s.notify_cooldown_seconds, s.notify_hourly_limit)
+            return "skipped_deferred", None, None
+        song_id = recognised.song_id or ""
+        decision = store.reserve_notification(uid, song_id, now, s.notify_cooldown_seconds, s.notify_hourly_limit)
         if decision != "ok":
-            return f"skipped_{decision}", None
-        result = service.notifier.send(uid, song_message(recognised.title or "", recognised.artist or ""))
-        if result.status == "rate_limited":
-            store.defer_notifications(uid, now + (result.retry_after_seconds or 0.0))
-        return result.status, result.reason
+            return f"skipped_{decision}", None, None
+        message = song_message(recognised.title or "", recognised.artist or "")
+        first = PendingNotification(song_id, message, recognised.at, 0, now, now + s.notify_cooldown_seconds)
+        return _send(service, uid, first, now)
     except StoreUnavailable as exc:
         log("ERROR", "notification skipped: storage unavailable", uid=uid, reason=str(exc))
-        return "failed", "storage unavailable"
+        return "failed", "storage unavailable", None
+
+
+def _send(service: Service, uid: str, attempt: PendingNotification, now: float) -> tuple[str, str | None, PendingNotification | None]:
+    """One send; a failure worth retrying is rescheduled with exponential back-off (1, 2, 4 s
+    ... at most a minute, or Omi's Retry-After) while the song's cooldown lasts."""
+    result = service.notifier.send(uid, attempt.message)
+    if result.status == "rate_limited":
+        service.store.defer_notifications(uid, now + (result.retry_after_seconds or 0.0))
+    if not result.retryable:
+        return result.status, result.reason, None
+    attempts = attempt.attempts + 1
+    at = now + max(min(2.0 ** (attempts - 1), MAX_RETRY_INTERVAL_SECONDS), result.retry_after_seconds or 0.0)
+    if at >= attempt.expires_at:
+        return "failed", f"{result.reason} (gave up after {attempts} attempts)", None
+    status = "rate_limited" if result.status == "rate_limited" else "retrying"
+    return status, result.reason, replace(attempt, attempts=attempts, retry_at=at)
+
+
+def _retry_notification(service: Service, uid: str, now: float) -> None:
+    """Retry the uid's failed notification on the back of its audio. The store hands it to one
+    caller only, so concurrent requests cannot send it twice."""
+    try:
+        verdict, pending = service.store.take_notification(uid, now, service.settings.notify_hourly_limit)
+        if pending is None:
+            return
+        if verdict == "expired":
+            status, error, retry = "failed", f"gave up after {pending.attempts} attempts", None
+        else:
+            status, error, retry = _send(service, uid, pending, now)
+        log("INFO", "notification retried", uid=uid, notification=pending.message, status=status, attempts=pending.attempts)
+        service.store.set_notification(uid, pending.recognised_at, status, error)
+        if retry is not None:
+            service.store.release_notification(uid, retry, now)
+    except StoreUnavailable as exc:
+        log("ERROR", "notification retry skipped: storage unavailable", uid=uid, reason=str(exc))
 
 
 def _record(service: Service, recognition: Recognition) -> None:
     """The history is best effort once the audio is safely stored: a storage hiccup here must
     not turn a delivered chunk into a 503 that Omi would resend."""
+    _best_effort(recognition.uid, service.store.record, recognition)
+
+
+def _best_effort(uid: str, write: Callable[..., None], *args: object) -> None:
     try:
-        service.store.record(recognition)
+        write(*args)
     except StoreUnavailable as exc:
-        log("ERROR", "recognition not recorded: storage unavailable", uid=recognition.uid, reason=str(exc))
+        log("ERROR", f"{write.__name__} skipped: storage unavailable", uid=uid, reason=str(exc))
 
 
 def _public(r: Recognition) -> dict:

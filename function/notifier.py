@@ -27,6 +27,10 @@ class NotifyResult:
     status: str  # sent | failed | rate_limited | logged
     reason: str | None = None
     retry_after_seconds: float | None = None
+    # Certainly not delivered and may succeed later: a refused connection, a 429 or a 5xx. A
+    # timed-out answer is not: Omi may have shown the notification already, and a retry
+    # could show it twice.
+    retryable: bool = False
 
 
 def song_message(title: str, artist: str) -> str:
@@ -67,20 +71,25 @@ class Notifier:
                 params={"uid": uid, "message": message},
                 headers={"Authorization": f"Bearer {s.omi_app_secret}", "Content-Type": "application/json"},
             )
+        except httpx.ConnectTimeout:
+            return self._failed(uid, "no connection within the timeout", retryable=True)
         except httpx.TimeoutException:
             return self._failed(uid, f"timed out after {s.notify_timeout_seconds:g} s")
+        except httpx.ConnectError as exc:
+            return self._failed(uid, f"ConnectError: {exc}", retryable=True)
         except httpx.HTTPError as exc:
             return self._failed(uid, f"{type(exc).__name__}: {exc}")
         if response.status_code == 429:
             wait = _retry_after(response.headers.get("Retry-After"), time.time())
             log("WARNING", "notification rate limited by Omi", uid=uid, retry_after_seconds=wait)
-            return NotifyResult("rate_limited", "HTTP 429", retry_after_seconds=wait)
+            return NotifyResult("rate_limited", "HTTP 429", retry_after_seconds=wait, retryable=True)
         if response.is_success:
             log("INFO", "notification sent", uid=uid, notification=message)
             return NotifyResult("sent")
-        return self._failed(uid, f"HTTP {response.status_code}: {response.text[:200]}")
+        retryable = response.status_code >= 500
+        return self._failed(uid, f"HTTP {response.status_code}: {response.text[:200]}", retryable)
 
     @staticmethod
-    def _failed(uid: str, reason: str) -> NotifyResult:
-        log("WARNING", "notification failed", uid=uid, reason=reason)
-        return NotifyResult("failed", reason)
+    def _failed(uid: str, reason: str, retryable: bool = False) -> NotifyResult:
+        log("WARNING", "notification failed", uid=uid, reason=reason, retryable=retryable)
+        return NotifyResult("failed", reason, retryable=retryable)

@@ -27,23 +27,24 @@ resource "google_cloudfunctions2_function" "webhook" {
     # Every setting function/config.py reads, except DATA_DIR (local backend only) and the two
     # secrets below; tests/test_deploy_files.py fails when a new setting is missing here.
     environment_variables = {
-      STORAGE_BACKEND            = "gcp"
-      GCS_BUCKET                 = google_storage_bucket.songs.name
-      CATALOG_URI                = "gs://${google_storage_bucket.songs.name}/catalog"
-      GOOGLE_CLOUD_PROJECT       = var.project_id
-      FIRESTORE_DATABASE         = var.firestore_database
-      MIN_AUDIO_SECONDS          = tostring(var.min_audio_seconds)
-      MAX_BUFFER_SECONDS         = tostring(var.max_buffer_seconds)
-      RECOGNITION_STRIDE_SECONDS = tostring(var.recognition_stride_seconds)
-      RECOGNITION_LEASE_SECONDS  = tostring(var.recognition_lease_seconds)
-      MAX_CHUNK_BYTES            = tostring(var.max_chunk_bytes)
-      OMI_APP_ID                 = var.omi_app_id
-      OMI_API_URL                = var.omi_api_url
-      NOTIFY_TIMEOUT_SECONDS     = tostring(var.notify_timeout_seconds)
-      NOTIFY_COOLDOWN_SECONDS    = tostring(var.notify_cooldown_seconds)
-      NOTIFY_HOURLY_LIMIT        = tostring(var.notify_hourly_limit)
-      SERVICE_NAME               = var.function_name
-      LOG_LEVEL                  = var.log_level
+      STORAGE_BACKEND                     = "gcp"
+      GCS_BUCKET                          = google_storage_bucket.songs.name
+      CATALOG_URI                         = "gs://${google_storage_bucket.songs.name}/catalog"
+      GOOGLE_CLOUD_PROJECT                = var.project_id
+      FIRESTORE_DATABASE                  = var.firestore_database
+      MIN_AUDIO_SECONDS                   = tostring(var.min_audio_seconds)
+      MAX_BUFFER_SECONDS                  = tostring(var.max_buffer_seconds)
+      RECOGNITION_STRIDE_SECONDS          = tostring(var.recognition_stride_seconds)
+      RECOGNITION_LEASE_SECONDS           = tostring(var.recognition_lease_seconds)
+      MAX_CHUNK_BYTES                     = tostring(var.max_chunk_bytes)
+      OMI_APP_ID                          = var.omi_app_id
+      OMI_API_URL                         = var.omi_api_url
+      NOTIFY_TIMEOUT_SECONDS              = tostring(var.notify_timeout_seconds)
+      NOTIFY_COOLDOWN_SECONDS             = tostring(var.notify_cooldown_seconds)
+      NOTIFY_HOURLY_LIMIT                 = tostring(var.notify_hourly_limit)
+      RATE_LIMIT_AUDIO_SECONDS_PER_SECOND = tostring(var.rate_limit_audio_seconds_per_second)
+      SERVICE_NAME                        = var.function_name
+      LOG_LEVEL                           = var.log_level
     }
 
     secret_environment_variables {

@@ -130,6 +130,12 @@ variable "notify_hourly_limit" {
   default     = 10
 }
 
+variable "rate_limit_audio_seconds_per_second" {
+  description = "Per uid and instance: more audio than this per wall-clock second, sustained, gets 429 with Retry-After; 0 disables."
+  type        = number
+  default     = 8
+}
+
 variable "log_level" {
   description = "Log level of the function's structured logs."
   type        = string

@@ -19,6 +19,8 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -79,9 +81,16 @@ def _wait_until_answering(url: str, process: subprocess.Popen, log: Path) -> Non
     raise RuntimeError(f"{url} did not answer within {EMULATOR_START_SECONDS:.0f} s")
 
 
-@pytest.fixture(scope="session")
-def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    logs = tmp_path_factory.mktemp("emulators")
+@dataclass(frozen=True)
+class Emulators:
+    env: dict[str, str]  # FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST
+    firestore: subprocess.Popen
+    gcs: subprocess.Popen
+
+
+@contextmanager
+def running_emulators(logs: Path) -> Iterator[Emulators]:
+    """A Firestore emulator and a fake-gcs-server on free ports, answering, until the end."""
     firestore_port, gcs_port = free_port(), free_port()
     gcs_url = f"http://127.0.0.1:{gcs_port}"
     started: list[tuple[subprocess.Popen, str, Path]] = []
@@ -95,10 +104,17 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         started.append((_start(command, log), f"{gcs_url}/storage/v1/b", log))
         for process, url, log in started:
             _wait_until_answering(url, process, log)
-        yield {"FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{firestore_port}", "STORAGE_EMULATOR_HOST": gcs_url}
+        env = {"FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{firestore_port}", "STORAGE_EMULATOR_HOST": gcs_url}
+        yield Emulators(env, started[0][0], started[1][0])
     finally:
         for process, _, _ in started:
             _stop(process)
+
+
+@pytest.fixture(scope="session")
+def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    with running_emulators(tmp_path_factory.mktemp("emulators")) as running:
+        yield running.env
 
 
 @pytest.fixture(params=["local", "gcp"], ids=["local", "gcp"])

@@ -34,12 +34,14 @@ class Reply:
 
 
 class OmiApi:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """`port`: 0 for any free one; a fixed one to bring the API "back up" where a client
+        already points."""
         self.received: list[Received] = []
         self._reply = Reply()
         self._lock = threading.Lock()
         self._release = threading.Event()
-        server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -5,11 +5,8 @@ noisy excerpt as Omi streams it, notifying through a loopback Omi API, on both b
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -18,17 +15,11 @@ import httpx
 import pytest
 
 from tests.omi_server import OmiApi, omi_api  # noqa: F401  (fixture)
-from tests.webhook_support import ROOT, Track, music_pcm, street_noise, tracks  # noqa: F401  (fixtures)
+from tests.webhook_support import ROOT, Track, music_pcm, running_function, street_noise, tracks  # noqa: F401  (fixtures)
 
 RATE = 16000
 SECONDS = 20
 SNR_DB = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -46,7 +37,6 @@ def registered_catalog(tmp_path: Path, tracks: list[Track]) -> str:
 
 @pytest.fixture
 def webhook_url(backend_env, registered_catalog: str, omi_api: OmiApi, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
     env = {
         **os.environ,
         "CATALOG_URI": registered_catalog,
@@ -55,32 +45,8 @@ def webhook_url(backend_env, registered_catalog: str, omi_api: OmiApi, tmp_path:
         "OMI_API_URL": omi_api.url,
         "NOTIFY_TIMEOUT_SECONDS": "2",
     }
-    log = (tmp_path / "function.log").open("wb")
-    process = subprocess.Popen(
-        ["functions-framework", "--target", "omi_webhook", "--source", "main.py", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (tmp_path / "function.log").read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "functions-framework did not start"
-            time.sleep(0.2)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-        log.close()
+    with running_function(env, tmp_path / "function.log") as served:
+        yield served.url
 
 
 def test_a_noisy_excerpt_streamed_like_omi_notifies_once(

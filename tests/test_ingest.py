@@ -182,17 +182,6 @@ def test_a_rejected_notification_is_recorded_and_the_audio_still_acknowledged(we
     assert (entry["title"], entry["notified"], entry["notification_error"][:8]) == (tracks[0].title, False, "HTTP 401")
 
 
-def test_a_server_error_from_omi_is_a_failed_notification(webhook_env, omi_api: OmiApi, tracks) -> None:
-    with_omi(webhook_env, omi_api)
-    omi_api.answer(500)
-    client = build_client()
-
-    recognition = play(client, "alice", tracks[0])
-
-    assert (recognition["status"], recognition["notification"]) == ("match", "failed")
-    assert len(omi_api.notifications()) == 1
-
-
 def test_an_omi_api_that_hangs_costs_one_timeout_and_a_failed_notification(webhook_env, omi_api: OmiApi, tracks) -> None:
     with_omi(webhook_env, omi_api, NOTIFY_TIMEOUT_SECONDS="0.3")
     omi_api.hang(5)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from function.storage.base import Recognition, Store, StoreUnavailable
+from function.storage.base import PendingNotification, Recognition, Store, StoreUnavailable
 
 RATE = 16000
 CHUNK = 3200  # 0.1 s of PCM16 at 16 kHz: small, so the suite stays fast
@@ -270,6 +270,63 @@ def test_deferred_notifications(store: Store) -> None:
     assert store.reserve_notification("u1", "song-a", T0 + 100, 600, 10) == "ok"
 
 
+def failed_send(store: Store, uid: str = "u1", song: str = "song-a", limit: int = 1) -> PendingNotification:
+    """Reserve a notification at T0 whose send failed, and hand it back for a retry at T0 + 5."""
+    assert store.reserve_notification(uid, song, T0, 600, limit) == "ok"
+    pending = PendingNotification(song, f"🎵 {song}", T0, attempts=1, retry_at=T0 + 5, expires_at=T0 + 600)
+    store.release_notification(uid, pending, T0 + 1)
+    return pending
+
+
+def test_a_released_notification_is_taken_once_when_due(store: Store) -> None:
+    pending = failed_send(store)
+
+    early = store.take_notification("u1", T0 + 4, 10)
+    taken = [store.take_notification("u1", T0 + 5, 10), store.take_notification("u1", T0 + 5, 10)]
+
+    assert early == ("wait", None)
+    assert taken == [("ok", pending), ("none", None)]
+
+
+def test_appending_reports_when_a_pending_notification_is_due(store: Store) -> None:
+    before = store.append("u1", "k1", RATE, pcm(1), T0)
+    failed_send(store)
+
+    after = store.append("u1", "k2", RATE, pcm(2), T0 + 2)
+    duplicate = store.append("u1", "k2", RATE, pcm(2), T0 + 3)
+
+    assert before.notification_retry_at is None
+    assert after.notification_retry_at == duplicate.notification_retry_at == T0 + 5
+
+
+def test_a_released_notification_keeps_its_cooldown_and_frees_its_hourly_slot(store: Store) -> None:
+    failed_send(store, limit=1)
+
+    same_song = store.reserve_notification("u1", "song-a", T0 + 2, 600, 1)
+    other_song = store.reserve_notification("u1", "song-b", T0 + 3, 600, 1)
+    retry = store.take_notification("u1", T0 + 5, 1)
+
+    assert (same_song, other_song) == ("cooldown", "ok")
+    assert retry == ("wait", None)  # song-b took the hour's only slot
+    assert store.take_notification("u1", T0 + HOUR, 1)[0] == "expired"
+
+
+def test_a_pending_notification_waits_out_a_deferral(store: Store) -> None:
+    pending = failed_send(store)
+    store.defer_notifications("u1", T0 + 60)
+
+    assert store.take_notification("u1", T0 + 59, 10) == ("wait", None)
+    assert store.take_notification("u1", T0 + 60, 10) == ("ok", pending)
+
+
+def test_an_expired_pending_notification_is_dropped(store: Store) -> None:
+    pending = failed_send(store)
+
+    assert store.take_notification("u1", T0 + 600, 10) == ("expired", pending)
+    assert store.take_notification("u1", T0 + 601, 10) == ("none", None)
+    assert store.append("u1", "k1", RATE, pcm(1), T0 + 602).notification_retry_at is None
+
+
 # --- history and metrics ----------------------------------------------------------------------
 def recognition(uid: str, at: float, **fields: object) -> Recognition:
     defaults = {"latency_ms": 12.5, "audio_seconds": 10.0, "matched": False}
@@ -299,6 +356,17 @@ def test_history_is_newest_first(store: Store) -> None:
     assert history[0] == hit
     assert [r.at for r in store.history("u1", limit=2)] == [T0 + 3, T0 + 2]
     assert store.history("nobody") == []
+
+
+def test_set_notification_updates_that_history_entry_only(store: Store) -> None:
+    store.record(recognition("u1", T0 + 1, matched=True, song_id="s1", notification="retrying", notification_error="HTTP 500"))
+    store.record(recognition("u1", T0 + 2, matched=True, song_id="s2", notification="skipped_cooldown"))
+
+    store.set_notification("u1", T0 + 1, "sent", None)
+
+    assert [(r.notification, r.notification_error) for r in store.history("u1")] == [("skipped_cooldown", None), ("sent", None)]
+    assert [r.notification for r in store.recognitions_since(T0)] == ["sent", "skipped_cooldown"]
+    assert store.history("u1")[1].song_id == "s1"
 
 
 def test_recognitions_since_covers_all_uids(store: Store) -> None:

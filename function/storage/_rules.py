@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence, TypeVar
 
 from function.config import UID_PATTERN
-from function.storage.base import Recognition, StoreUnavailable
+from function.storage.base import PendingNotification, Recognition, StoreUnavailable
 
 # How long an Idempotency-Key is remembered after its chunk arrived. Omi gives up on a chunk after
 # 4 attempts spread over about 3 minutes (1 s, 5 s, 30 s back-off, 15-30 s timeouts), so an hour
@@ -110,12 +110,12 @@ def decide_notification(
     """The verdict and the uid's notification state after it.
 
     The state is a JSON-able dict {"hour": UTC hour number, "count": notifications reserved in
-    it, "recent": {song_id: last notified at}}; only songs still within their cooldown are kept,
-    so it stays small.
+    it, "recent": {song_id: last notified at}, and "pending" (see `release_reservation`)}; only
+    songs still within their cooldown are kept, so it stays small.
     """
     hour = int(now // 3600)
     state = state or {}
-    count = state.get("count", 0) if state.get("hour") == hour else 0
+    count = _count(state, now)
     recent = {song: at for song, at in (state.get("recent") or {}).items() if now - at < cooldown_seconds}
     if song_id in recent:
         verdict = "cooldown"
@@ -125,7 +125,41 @@ def decide_notification(
         verdict = "ok"
         count += 1
         recent[song_id] = now
-    return verdict, {"hour": hour, "count": count, "recent": recent}
+    return verdict, {**state, "hour": hour, "count": count, "recent": recent}
+
+
+def _count(state: dict, now: float) -> int:
+    return state.get("count", 0) if state.get("hour") == int(now // 3600) else 0
+
+
+def release_reservation(state: dict | None, pending: PendingNotification, now: float) -> dict:
+    """The state after a failed send: one fewer counted this hour (Omi did not count it
+    either), the song's cooldown entry kept, and `pending` remembered (the "pending" key)."""
+    state = state or {}
+    return {**state, "hour": int(now // 3600), "count": max(0, _count(state, now) - 1), "pending": asdict(pending)}
+
+
+def take_pending(
+    state: dict | None, now: float, hourly_limit: int, deferred_until: float
+) -> tuple[str, PendingNotification | None, dict | None]:
+    """The verdict of `Store.take_notification`, the pending notification and the state to
+    write (None: unchanged)."""
+    state = state or {}
+    if not state.get("pending"):
+        return "none", None, None
+    pending = PendingNotification(**state["pending"])
+    rest = {k: v for k, v in state.items() if k != "pending"}
+    if now >= pending.expires_at:
+        return "expired", pending, rest
+    count = _count(state, now)
+    if now < pending.retry_at or now < deferred_until or count >= hourly_limit:
+        return "wait", None, None
+    return "ok", pending, {**rest, "hour": int(now // 3600), "count": count + 1}
+
+
+def retry_at(state: dict | None) -> float | None:
+    pending = (state or {}).get("pending")
+    return pending["retry_at"] if pending else None
 
 
 _RECOGNITION_FIELDS = {f.name for f in fields(Recognition)}

@@ -29,6 +29,22 @@ class Appended:
     duplicate: bool
     buffered_bytes: int  # audio bytes now buffered for the uid (after this chunk)
     sample_rate: int  # the buffer's sample rate
+    # When a failed notification may be retried; read with the state `append` reads anyway, so
+    # the core learns of it without another storage call.
+    notification_retry_at: float | None = None
+
+
+@dataclass(frozen=True)
+class PendingNotification:
+    """A notification whose send failed in a way worth retrying (Omi down, 5xx, 429). It keeps
+    its song's cooldown reservation, so only its retry can notify that song meanwhile."""
+
+    song_id: str
+    message: str
+    recognised_at: float  # the history entry to update (`Recognition.at`)
+    attempts: int
+    retry_at: float
+    expires_at: float  # end of the song's cooldown: past it, the song has likely stopped
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,8 @@ class Recognition:
     offset_seconds: float | None = None
     confidence: float | None = None
     score: int | None = None
-    notification: str = "none"  # none | sent | failed | skipped_cooldown | skipped_limit | logged
+    # none | sent | failed | retrying | rate_limited | skipped_cooldown | skipped_limit | logged
+    notification: str = "none"
     notification_error: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -113,6 +130,19 @@ class Store(Protocol):
         """Atomically decide whether to notify: 'ok' (reserved, counted in this UTC hour),
         'cooldown' (same song notified less than cooldown_seconds ago) or 'limit' (the hourly
         limit is reached, or notifications are deferred)."""
+
+    def release_notification(self, uid: str, pending: PendingNotification, now: float) -> None:
+        """The send of a reserved notification failed: give its slot in the hourly count back
+        and keep `pending` (replacing any other) for `take_notification` to retry."""
+
+    def take_notification(self, uid: str, now: float, hourly_limit: int) -> tuple[str, PendingNotification | None]:
+        """Atomically claim the uid's pending notification for one retry: ('ok', it) reserved,
+        counted and no longer pending, so no other caller can send it; ('expired', it) past
+        its `expires_at` and dropped; ('wait', None) not due yet, deferred or over the hourly
+        limit; ('none', None)."""
+
+    def set_notification(self, uid: str, recognised_at: float, notification: str, error: str | None) -> None:
+        """Update the notification status of the uid's history entry recorded `recognised_at`."""
 
     def defer_notifications(self, uid: str, until: float) -> None:
         """Omi answered 429: no notification for this uid before `until`."""

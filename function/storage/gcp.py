@@ -54,10 +54,13 @@ from function.storage._rules import (
     may_claim,
     read_window,
     recognition_from_dict,
+    release_reservation,
+    retry_at,
+    take_pending,
     unavailable_on,
     utc_day,
 )
-from function.storage.base import Appended, BufferInfo, Lease, Recognition, StoreUnavailable
+from function.storage.base import Appended, BufferInfo, Lease, PendingNotification, Recognition, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +268,7 @@ class GcpStore:
         digest = key_hash(key)
         user_ref = self._user(uid)
         user = self._get(user_ref) or {}
+        retry = retry_at(user.get("notify"))
         if user.get("sample_rate") not in (None, sample_rate):
             self._drop_buffer(uid, sample_rate)
         seq = time.time_ns()
@@ -306,11 +310,11 @@ class GcpStore:
         except api.AlreadyExists:
             if (self._get(chunk_ref) or {}).get("object") == name:
                 # Our own batch, retried by the library after its first answer was lost.
-                return Appended(False, (self._get(user_ref) or {}).get("buffered_bytes", 0), sample_rate)
+                return Appended(False, (self._get(user_ref) or {}).get("buffered_bytes", 0), sample_rate, retry)
             self._delete_objects([name])
             current = self._get(user_ref) or {}
-            return Appended(True, current.get("buffered_bytes", 0), current.get("sample_rate") or sample_rate)
-        return Appended(False, results[1].transform_results[0].integer_value, sample_rate)
+            return Appended(True, current.get("buffered_bytes", 0), current.get("sample_rate") or sample_rate, retry)
+        return Appended(False, results[1].transform_results[0].integer_value, sample_rate, retry)
 
     @_transient
     def claim(
@@ -402,6 +406,33 @@ class GcpStore:
             return verdict, {"notify": state} if verdict == "ok" else None
 
         return self._mutate(self._user(uid), plan)
+
+    @_transient
+    def release_notification(self, uid: str, pending: PendingNotification, now: float) -> None:
+        def plan(data: dict | None) -> tuple[None, dict]:
+            return None, {"notify": release_reservation((data or {}).get("notify"), pending, now)}
+
+        self._mutate(self._user(uid), plan)
+
+    @_transient
+    def take_notification(self, uid: str, now: float, hourly_limit: int) -> tuple[str, PendingNotification | None]:
+        def plan(data: dict | None) -> tuple[tuple[str, PendingNotification | None], dict | None]:
+            data = data or {}
+            deferred_until = data.get("deferred_until", 0.0)
+            verdict, pending, state = take_pending(data.get("notify"), now, hourly_limit, deferred_until)
+            return (verdict, pending), None if state is None else {"notify": state}
+
+        return self._mutate(self._user(uid), plan)
+
+    @_transient
+    def set_notification(self, uid: str, recognised_at: float, notification: str, error: str | None) -> None:
+        mine = self._user(uid).collection("recognitions").where(filter=FieldFilter("at", "==", recognised_at))
+        changes = {"notification": notification, "notification_error": error}
+        batch = self._db.batch()
+        for doc in mine.stream(**_FS):
+            batch.update(doc.reference, changes)
+            batch.update(self._db.collection("recognitions").document(doc.id), changes)
+        batch.commit(**_FS)
 
     @_transient
     def defer_notifications(self, uid: str, until: float) -> None:

@@ -31,10 +31,13 @@ from function.storage._rules import (
     may_claim,
     read_window,
     recognition_from_dict,
+    release_reservation,
+    retry_at,
+    take_pending,
     unavailable_on,
     utc_day,
 )
-from function.storage.base import Appended, BufferInfo, Lease, Recognition
+from function.storage.base import Appended, BufferInfo, Lease, PendingNotification, Recognition
 
 # A writer waits this long for another to finish before the request is answered 503.
 BUSY_TIMEOUT_SECONDS = 5.0
@@ -147,6 +150,17 @@ class LocalStore:
         return len(chunks)
 
     @staticmethod
+    def _notify_state(user: sqlite3.Row | None) -> dict | None:
+        return json.loads(user["notify"]) if user is not None and user["notify"] else None
+
+    @staticmethod
+    def _set_notify_state(db: sqlite3.Connection, uid: str, state: dict) -> None:
+        db.execute(
+            "INSERT INTO users (uid, notify) VALUES (?, ?) ON CONFLICT (uid) DO UPDATE SET notify = excluded.notify",
+            (uid, json.dumps(state)),
+        )
+
+    @staticmethod
     def _holder(db: sqlite3.Connection, lease: Lease) -> sqlite3.Row | None:
         user = LocalStore._user(db, lease.uid)
         return user if user is not None and user["lease_token"] == lease.token else None
@@ -188,9 +202,10 @@ class LocalStore:
                 "INSERT OR IGNORE INTO receipts (uid, key, at) VALUES (?, ?, ?)", (uid, digest, now)
             ).rowcount
             user = self._user(db, uid)
+            retry = retry_at(self._notify_state(user))
             if not fresh:
                 rate = user["sample_rate"] if user is not None and user["sample_rate"] else sample_rate
-                return Appended(True, self._buffered(db, uid)[0], rate)
+                return Appended(True, self._buffered(db, uid)[0], rate, retry)
             if user is not None and user["sample_rate"] not in (None, sample_rate):
                 self._drop_buffer(db, doomed, uid)
             db.execute("INSERT INTO chunks (uid, nbytes, name) VALUES (?, ?, ?)", (uid, nbytes, name))
@@ -203,7 +218,7 @@ class LocalStore:
                 (uid, sample_rate, nbytes, now),
             )
             db.execute("INSERT OR IGNORE INTO active_days (day, uid) VALUES (?, ?)", (utc_day(now), uid))
-            return Appended(False, self._buffered(db, uid)[0], sample_rate)
+            return Appended(False, self._buffered(db, uid)[0], sample_rate, retry)
 
     @_transient
     def claim(
@@ -298,7 +313,7 @@ class LocalStore:
         with self._transaction() as (db, _):
             user = self._user(db, uid)
             verdict, state = decide_notification(
-                json.loads(user["notify"]) if user is not None and user["notify"] else None,
+                self._notify_state(user),
                 song_id,
                 now,
                 cooldown_seconds,
@@ -306,12 +321,32 @@ class LocalStore:
                 deferred_until=user["deferred_until"] if user is not None else 0.0,
             )
             if verdict == "ok":
-                db.execute(
-                    "INSERT INTO users (uid, notify) VALUES (?, ?)"
-                    " ON CONFLICT (uid) DO UPDATE SET notify = excluded.notify",
-                    (uid, json.dumps(state)),
-                )
+                self._set_notify_state(db, uid, state)
             return verdict
+
+    @_transient
+    def release_notification(self, uid: str, pending: PendingNotification, now: float) -> None:
+        with self._transaction() as (db, _):
+            state = release_reservation(self._notify_state(self._user(db, uid)), pending, now)
+            self._set_notify_state(db, uid, state)
+
+    @_transient
+    def take_notification(self, uid: str, now: float, hourly_limit: int) -> tuple[str, PendingNotification | None]:
+        with self._transaction() as (db, _):
+            user = self._user(db, uid)
+            deferred_until = user["deferred_until"] if user is not None else 0.0
+            verdict, pending, state = take_pending(self._notify_state(user), now, hourly_limit, deferred_until)
+            if state is not None:
+                self._set_notify_state(db, uid, state)
+            return verdict, pending
+
+    @_transient
+    def set_notification(self, uid: str, recognised_at: float, notification: str, error: str | None) -> None:
+        with self._transaction() as (db, _):
+            rows = db.execute("SELECT id, body FROM recognitions WHERE uid = ? AND at = ?", (uid, recognised_at)).fetchall()
+            for row in rows:
+                body = {**json.loads(row["body"]), "notification": notification, "notification_error": error}
+                db.execute("UPDATE recognitions SET body = ? WHERE id = ?", (json.dumps(body), row["id"]))
 
     @_transient
     def defer_notifications(self, uid: str, until: float) -> None:
