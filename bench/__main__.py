@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import shlex
 import sys
 import time
@@ -82,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     text = report.markdown(run)
     print(text)
     (args.out / "BENCHMARKS.md").write_text(text)
+    report.plot(run.curves, results, args.out / "accuracy_vs_snr.png")
     if args.write_md:
         args.write_md.write_text(text)
-    report.plot(run.curves, results, args.out / "accuracy_vs_snr.png")
+        shutil.copyfile(args.out / "accuracy_vs_snr.png", args.write_md.parent / "accuracy_vs_snr.png")
     (args.out / "results.json").write_text(json.dumps(dataclasses.asdict(run), indent=1, default=str))
     print(f"done in {time.perf_counter() - started:.0f} s; report, plot and results.json in {args.out}", file=sys.stderr)
     return 0

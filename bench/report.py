@@ -201,7 +201,7 @@ def markdown(run: Run) -> str:
         lines += ["", f"**The machine was busy**: other processes used up to {max(others):.2f} of the "
                   f"{run.machine['cores']} shared cores while a speed figure was taken, so those timings are upper "
                   "bounds; rerun on an idle machine for the engine's own figures."]
-    lines += ["", "Accuracy vs SNR: `accuracy_vs_snr.png`.", ""]
+    lines += ["", "![Top-1 accuracy against SNR, ours and without rejection](accuracy_vs_snr.png)", ""]
     return "\n".join(lines)
 
 
