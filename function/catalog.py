@@ -118,11 +118,9 @@ class Catalog:
         if budget is not None and lengths.sum() > budget:
             order = np.argsort(lengths, kind="stable")
             lengths[order[np.cumsum(lengths[order]) > budget]] = 0
-        read = np.flatnonzero(lengths)
-        query_index = np.repeat(read, lengths[read])
-        # Each hash's postings are one contiguous run: copying runs beats gathering by index.
-        runs = [self.postings[a : a + n] for a, n in zip(starts[read].tolist(), lengths[read].tolist())]
-        return query_index, np.concatenate(runs) if runs else np.zeros(0, np.uint32)
+        query_index = np.repeat(np.arange(len(hashes)), lengths)
+        run_start = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        return query_index, self.postings[run_start + np.arange(int(lengths.sum()))]
 
     # --- writing --------------------------------------------------------------------------------
     def add(self, items: list[Fingerprinted]) -> None:
