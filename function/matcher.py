@@ -81,9 +81,12 @@ def vote(catalog: Catalog, hashes: np.ndarray, frames: np.ndarray) -> Vote | Non
     bias = int(frames.max()) + 1
     if bias >= MAX_FRAMES:
         raise ValueError(f"query longer than {MAX_FRAMES * FRAME_SECONDS:.0f} s")
-    delta = (bias - frames.astype(np.int64))[query_index].astype(np.uint32)
-    fits = (postings & FRAME_MASK) + delta <= FRAME_MASK
-    keys = np.sort(postings[fits] + delta[fits])
+    delta = (np.uint32(bias) - frames.astype(np.uint32))[query_index]
+    if int((postings & FRAME_MASK).max()) + bias > FRAME_MASK:
+        fits = (postings & FRAME_MASK) + delta <= FRAME_MASK
+        postings, delta = postings[fits], delta[fits]
+    keys = postings + delta
+    keys.sort()
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
     piles, counts = keys[starts], np.diff(np.append(starts, len(keys)))
     # Piles are sorted and distinct, so a pile's neighbouring offsets are its neighbours in
