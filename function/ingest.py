@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 from function.config import Settings
+from function.confirmation import CONFIDENT, TENTATIVE, candidate, confirms
 from function.logs import log
 from function.notifier import Notifier, song_message
 from function.ratelimit import AudioRateLimiter
@@ -28,7 +29,7 @@ MAX_RETRY_INTERVAL_SECONDS = 60.0
 
 
 class Recognises(Protocol):
-    def recognise_pcm(self, pcm: bytes, sample_rate: int) -> Match | None: ...
+    def best_guess_pcm(self, pcm: bytes, sample_rate: int) -> tuple[Match | None, float]: ...
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
     max_bytes = audio_bytes(s.max_buffer_seconds, rate)
     keep_bytes = max(0, audio_bytes(s.min_audio_seconds - s.stride_seconds, rate))
     match: Match | None = None
+    guess: Match | None = None
+    confidence = 0.0
     try:
         try:
             recogniser = service.recogniser()
@@ -133,17 +136,23 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
         pcm = store.read(lease, max_bytes)
         started = time.perf_counter()
         try:
-            match = recogniser.recognise_pcm(pcm, rate)
+            guess, confidence = recogniser.best_guess_pcm(pcm, rate)
         except Exception as exc:  # the chunk is stored: a failed attempt must not make Omi resend it
             log("ERROR", "recognition failed", exc=exc, uid=uid, bytes=len(pcm))
             raise _Skipped("error", "recognition failed") from exc
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        if guess is not None and confidence >= TENTATIVE:
+            kept_seconds = keep_bytes / (2 * rate)
+            if confidence >= CONFIDENT or confirms(guess, confidence, _previous_attempt(store, uid), kept_seconds):
+                match = guess
     finally:
         store.release(lease, matched=match is not None, keep_bytes=keep_bytes, now=now)
     seconds = round(len(pcm) / (2 * rate), 3)
     if match is None:
-        log("INFO", "no match", uid=uid, seconds=seconds, latency_ms=latency_ms)
-        return Recognition(uid=uid, at=now, latency_ms=latency_ms, audio_seconds=seconds, matched=False)
+        tentative = candidate(guess, confidence)
+        log("INFO", "no match", uid=uid, seconds=seconds, latency_ms=latency_ms, tentative=tentative is not None)
+        extra = {"candidate": tentative} if tentative else {}
+        return Recognition(uid=uid, at=now, latency_ms=latency_ms, audio_seconds=seconds, matched=False, extra=extra)
     log(
         "INFO",
         "song recognised",
@@ -161,6 +170,15 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
         matched=True,
         **match.to_dict(),
     )
+
+
+def _previous_attempt(store: Store, uid: str) -> Recognition | None:
+    """The user's last attempt, read only for a tentative guess; without it nothing is confirmed."""
+    try:
+        history = store.history(uid, 1)
+    except StoreUnavailable:
+        return None
+    return history[0] if history else None
 
 
 def _notify(service: Service, recognised: Recognition, now: float) -> tuple[str, str | None, PendingNotification | None]:

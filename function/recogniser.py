@@ -143,7 +143,15 @@ class Recogniser:
         return match if match is not None and c >= self.threshold else None
 
     def recognise_pcm(self, pcm: bytes, sample_rate: int) -> Match | None:
-        return self.recognise(pcm16_to_float(pcm[: len(pcm) // 2 * 2]), sample_rate)
+        return self.recognise(_pcm_samples(pcm), sample_rate)
+
+    def best_guess_pcm(self, pcm: bytes, sample_rate: int) -> tuple[Match | None, float]:
+        """`best_guess` on raw PCM16: the webhook weighs the confidence itself (function/confirmation.py)."""
+        return self.best_guess(_pcm_samples(pcm), sample_rate)
+
+
+def _pcm_samples(pcm: bytes) -> np.ndarray:
+    return pcm16_to_float(pcm[: len(pcm) // 2 * 2])
 
 
 _cache: dict[str, Recogniser] = {}

@@ -66,7 +66,7 @@ def test_a_notification_omi_could_not_take_is_sent_exactly_once_on_a_later_chunk
         api.answer(int(fault), headers={"Retry-After": "1"} if fault == "429" else None)
     client = build_client()
     try:
-        played = post_seconds(client, "alice", music_pcm(tracks[0], 2.0, 5.0))
+        played = post_seconds(client, "alice", music_pcm(tracks[0], 5.0, 5.0))
         [recognition] = recognitions(played)
         failed_entry = song_entry(client)
         tried = len(api.notifications())
@@ -99,7 +99,7 @@ def test_a_timed_out_notification_is_never_retried_since_omi_may_have_shown_it(w
     omi_api.hang(3)
     client = build_client()
 
-    recognition = recognitions(post_seconds(client, "alice", music_pcm(tracks[0], 2.0, 5.0)))[0]
+    recognition = recognitions(post_seconds(client, "alice", music_pcm(tracks[0], 5.0, 5.0)))[0]
     omi_api.answer(200)
     time.sleep(1.2)
     later = post_seconds(client, "alice", noise_pcm(2.0))
@@ -115,7 +115,7 @@ def test_a_notification_that_keeps_failing_is_given_up_when_its_song_cooldown_en
     omi_api.answer(500)
     client = build_client()
 
-    post_seconds(client, "alice", music_pcm(tracks[0], 2.0, 5.0))
+    post_seconds(client, "alice", music_pcm(tracks[0], 5.0, 5.0))
     responses = []
     for _ in range(10):  # a chunk every half second for five seconds
         time.sleep(0.5)
@@ -133,7 +133,7 @@ def test_a_recogniser_that_died_holding_the_lease_is_replaced_when_the_lease_exp
     client = build_client()
     post_chunk(client, "alice", noise_pcm(1.0))
     dead = store.claim("alice", min_bytes=0, stride_bytes=0, lease_seconds=4, now=time.time())  # never released
-    song = music_pcm(tracks[0], 2.0, 7.0)
+    song = music_pcm(tracks[0], 5.0, 7.0)
 
     during = post_seconds(client, "alice", song[: 6 * 32000])
     time.sleep(max(0.0, dead.expires_at - time.time()) + 0.1)

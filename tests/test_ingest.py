@@ -38,7 +38,7 @@ def recognitions(responses: list) -> list[dict]:
     return [r.json["recognition"] for r in responses if "recognition" in r.json]
 
 
-def play(client, uid: str, track: Track, start: float = 2.0) -> dict:
+def play(client, uid: str, track: Track, start: float = 5.0) -> dict:
     """Five seconds of the track: exactly one recognition, whose report is returned."""
     [recognition] = recognitions(post_seconds(client, uid, music_pcm(track, start, 5.0)))
     return recognition
@@ -119,7 +119,7 @@ def test_a_match_is_reported_recorded_and_clears_the_buffer(webhook_env, store, 
     assert store.buffer_info("alice").buffered_bytes == 0
     [entry] = client.get("/history/alice").json["songs"]
     assert (entry["title"], entry["notified"], entry["notification"]) == (tracks[0].title, False, "logged")
-    assert abs(entry["offset_seconds"] - 2.0) <= 1.0
+    assert abs(entry["offset_seconds"] - 5.0) <= 1.0
     assert client.get("/stats/alice").json["last_recognition"]["title"] == tracks[0].title
 
 
@@ -149,7 +149,7 @@ def test_the_same_song_is_not_notified_again_while_it_plays(webhook_env, omi_api
     with_omi(webhook_env, omi_api)
     client = build_client()
 
-    first = play(client, "alice", tracks[0], start=2.0)
+    first = play(client, "alice", tracks[0], start=5.0)
     second = play(client, "alice", tracks[0], start=10.0)
 
     assert (first["notification"], second["notification"]) == ("sent", "skipped_cooldown")
@@ -173,7 +173,7 @@ def test_a_rejected_notification_is_recorded_and_the_audio_still_acknowledged(we
     omi_api.answer(401)
     client = build_client()
 
-    responses = post_seconds(client, "alice", music_pcm(tracks[0], 2.0, 5.0))
+    responses = post_seconds(client, "alice", music_pcm(tracks[0], 5.0, 5.0))
 
     assert all(r.status_code == 200 for r in responses)
     [recognition] = recognitions(responses)
