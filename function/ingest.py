@@ -7,7 +7,9 @@ Recognition cadence: a recognition is claimed once MIN_AUDIO_SECONDS are buffere
 the newest MIN_AUDIO_SECONDS - RECOGNITION_STRIDE_SECONDS are kept and the store only grants the
 next claim after a stride of new audio, so every attempt again sees MIN_AUDIO_SECONDS of audio,
 the window slides by a stride, and a user playing no music costs one attempt per stride rather
-than one per 1-s chunk.
+than one per 1-s chunk. Whether an attempt's best guess counts as a match, at once or once the
+next attempt agrees, is function/confirmation.py's rule; a miss records its tentative guess in
+the history for that next attempt to find.
 """
 
 from __future__ import annotations
