@@ -14,7 +14,11 @@ SONG=${2:-$(find "$MUSIC_DIR" -type f \( -name '*.ogg' -o -name '*.flac' -o -nam
 PORT=${PORT:-8080}
 export STORAGE_BACKEND=local
 export DATA_DIR=${DATA_DIR:-./data/quickstart}
-export CATALOG_URI=${CATALOG_URI:-$DATA_DIR/catalog}
+if [[ -z "${CATALOG_URI:-}" ]]; then
+    # The demo's own catalog is rebuilt on every run, so it always matches this code's format.
+    export CATALOG_URI=$DATA_DIR/catalog
+    rm -rf "$CATALOG_URI"
+fi
 UID_NAME=quickstart-$$
 
 python3 -m pip install -q --disable-pip-version-check -r requirements.txt
