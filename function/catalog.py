@@ -82,7 +82,10 @@ class Catalog:
         try:
             manifest = json.loads((root / "catalog.json").read_text())
             if manifest.get("format") != FORMAT:
-                raise CatalogError(f"{self.uri}: catalog format {manifest.get('format')}, expected {FORMAT}")
+                raise CatalogError(
+                    f"{self.uri}: catalog format {manifest.get('format')}, expected {FORMAT}:"
+                    " register the songs again into a new catalog"
+                )
             if manifest.get("frozen") != FROZEN:
                 raise CatalogError(
                     f"{self.uri}: built with other fingerprint parameters ({manifest.get('frozen')}); re-register"
