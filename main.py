@@ -3,12 +3,13 @@
     request -> function/http_edge (routes, validation, status codes)
             -> function/ingest (store chunk, claim, recognise, notify, record)
             -> Store (function/storage: local files + SQLite, or Cloud Storage + Firestore)
-               Recogniser (function/recogniser: the catalog, loaded on first use)
+               Recogniser (function/recogniser: the catalog, loaded at boot, retried on use)
                Notifier (function/notifier: Omi's notification API)
 
-Settings are read at import, so a bad deployment fails at boot. The rest is built on the first
-request and then shared by every request this process serves: opening storage can touch the
-network, and a storage outage should be a retryable 503, not a worker that never boots.
+Settings are read at import, so a bad deployment fails at boot; the catalog is loaded then too,
+but a missing one is only logged. The rest is built on the first request and then shared by
+every request this process serves: opening storage can touch the network, and a storage outage
+should be a retryable 503, not a worker that never boots.
 Each `functions_framework.create_app` loads this file as a fresh module, so every app (and
 every test) starts with state built from the environment of that moment.
 """
