@@ -3,7 +3,7 @@
     request -> function/http_edge (routes, validation, status codes)
             -> function/ingest (store chunk, claim, recognise, notify, record)
             -> Store (function/storage: local files + SQLite, or Cloud Storage + Firestore)
-               Recogniser (function/recogniser: the catalog, loaded at boot, retried on use)
+               Recogniser (function/engine/recogniser: the catalog, loaded at boot, retried on use)
                Notifier (function/notifier: Omi's notification API)
 
 Settings are read at import, so a bad deployment fails at boot; the catalog is loaded then too,
@@ -28,7 +28,7 @@ from function.http_edge import error, handle
 from function.ingest import Service
 from function.notifier import Notifier
 from function.ratelimit import AudioRateLimiter
-from function.recogniser import CatalogError, get_recogniser
+from function.engine.recogniser import CatalogError, get_recogniser
 from function.storage import open_store
 
 SETTINGS = Settings.from_env()

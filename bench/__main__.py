@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from bench import accuracy, catalog_build, corpus, evaluate, machine, queries, report, speed
-from function.catalog import Catalog
-from function.recogniser import DEFAULT_THRESHOLD
+from function.engine.catalog import Catalog
+from function.engine.recogniser import DEFAULT_THRESHOLD
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ from scipy.signal import stft
 
 from bench.queries import Condition, Excerpt, read_audio, render
 from function.progress import Progress
-from function.recogniser import Recogniser
+from function.engine.recogniser import Recogniser
 
 MAX_PROCESSES = 2  # the benchmark machine has two shared cores
 OFFSET_TOLERANCE = 0.5

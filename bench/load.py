@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 
 from bench.machine import describe
-from function.recogniser import Recogniser
+from function.engine.recogniser import Recogniser
 from function.simulate import load_pcm16
 from tests.conftest import running_emulators
 from tests.omi_server import OmiApi
@@ -65,7 +65,7 @@ class User:
 
 
 def _songs(noise: Path) -> list[tuple[bytes, str]]:
-    from function.song_tags import read_tags
+    from function.engine.song_tags import read_tags
 
     songs = []
     for path in sorted((DATA / "music").glob("*.ogg")):

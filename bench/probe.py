@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import OtherLoad
-from function.audio_decode import to_internal
-from function.catalog import N_HASHES, SONG_SHIFT, Catalog
-from function.fingerprint import FRAME_SECONDS, MAX_FRAMES, QUERY_DENSITY, fingerprint
-from function.matcher import postings_cap
-from function.recogniser import Recogniser
+from function.engine.decode import to_internal
+from function.engine.catalog import N_HASHES, SONG_SHIFT, Catalog
+from function.engine.fingerprint import FRAME_SECONDS, MAX_FRAMES, QUERY_DENSITY, fingerprint
+from function.engine.matcher import postings_cap
+from function.engine.recogniser import Recogniser
 
 SQLITE_QUERIES = 5  # each one scans the whole table: a few are enough for a median
 

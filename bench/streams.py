@@ -23,7 +23,7 @@ from bench import catalog_build, corpus, machine
 from bench.queries import WORK_RATE, _impulse_response, _mix, read_audio
 from function.confirmation import CONFIDENT, candidate, confirms
 from function.progress import Progress
-from function.recogniser import DEFAULT_THRESHOLD, Match, Recogniser
+from function.engine.recogniser import DEFAULT_THRESHOLD, Match, Recogniser
 from function.storage.base import Recognition
 
 WINDOW_SECONDS, STRIDE_SECONDS = 10.0, 5.0

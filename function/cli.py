@@ -9,9 +9,9 @@ import sys
 import time
 
 from function import simulate
-from function.audio_decode import DecodeError, decode_query_file
-from function.catalog import CatalogError
-from function.recogniser import Recogniser
+from function.engine.decode import DecodeError, decode_query_file
+from function.engine.catalog import CatalogError
+from function.engine.recogniser import Recogniser
 
 DEFAULT_CATALOG = "./data/catalog"
 

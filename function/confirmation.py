@@ -17,7 +17,7 @@ median of 40 s of stream (single windows: 35 s); clean, both named all 28 after 
 
 from __future__ import annotations
 
-from function.recogniser import Match
+from function.engine.recogniser import Match
 from function.storage.base import Recognition
 
 CONFIDENT = 0.7

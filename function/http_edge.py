@@ -29,7 +29,7 @@ from function.dashboard_view import dashboard
 from function.ingest import Service, ingest_chunk
 from function.logs import log
 from function.metrics import metrics
-from function.recogniser import CatalogError
+from function.engine.recogniser import CatalogError
 from function.storage.base import Recognition, StoreUnavailable
 
 ACTIVE_WINDOW_SECONDS = 600.0

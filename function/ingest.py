@@ -23,7 +23,7 @@ from function.confirmation import CONFIDENT, TENTATIVE, candidate, confirms
 from function.logs import log
 from function.notifier import Notifier, song_message
 from function.ratelimit import AudioRateLimiter
-from function.recogniser import CatalogError, Match
+from function.engine.recogniser import CatalogError, Match
 from function.storage.base import Lease, PendingNotification, Recognition, Store, StoreUnavailable
 
 # Back-off between retries of a failed notification stops growing here.

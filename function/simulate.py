@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 from scipy.signal import resample_poly
 
-from function.audio_decode import DecodeError, decode_file
+from function.engine.decode import DecodeError, decode_file
 
 OMI_RETRY_DELAYS = (1.0, 5.0, 30.0)
 # Omi's client: 2 s to connect, then up to 30 s for the answer.

@@ -6,9 +6,9 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Iterator
 
-from function.catalog import Catalog, Fingerprinted
+from function.engine.catalog import Catalog, Fingerprinted
 from function.progress import Progress
-from function.recogniser import RegisterResult, analyse_file
+from function.engine.recogniser import RegisterResult, analyse_file
 
 
 def _analysed(files: list[str], workers: int) -> Iterator[Fingerprinted | RegisterResult]:

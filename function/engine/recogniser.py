@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from function.audio_decode import INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal
-from function.catalog import Catalog, CatalogError, Fingerprinted, Song
-from function.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint
-from function.matcher import vote
-from function.song_tags import read_tags
+from function.engine.decode import INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal
+from function.engine.catalog import Catalog, CatalogError, Fingerprinted, Song
+from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint
+from function.engine.matcher import vote
+from function.engine.song_tags import read_tags
 
 DEFAULT_THRESHOLD = 0.5
 # A song is named from seconds of audio; longer queries (whole recordings given to the CLI)
@@ -105,7 +105,7 @@ class Recogniser:
         return [s.public() for s in self.catalog.songs]
 
     def register(self, paths: list[str], workers: int | None = None, progress: bool = False) -> list[RegisterResult]:
-        from function.register_run import register_files
+        from function.engine.register_run import register_files
 
         return register_files(self.catalog, expand_paths(paths), workers=workers, progress=progress)
 

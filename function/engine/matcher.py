@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import poisson
 
-from function.catalog import SONG_SHIFT, Catalog
-from function.fingerprint import FRAME_SECONDS, MAX_FRAMES
+from function.engine.catalog import SONG_SHIFT, Catalog
+from function.engine.fingerprint import FRAME_SECONDS, MAX_FRAMES
 
 FRAME_MASK = np.uint32(MAX_FRAMES - 1)
 # Hashes whose posting lists are this many times the catalog's mean length occur in so many

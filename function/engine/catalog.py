@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from function.catalog_location import location_for
-from function.fingerprint import CATALOG_DENSITY, FROZEN, HASH_BITS, MAX_FRAMES
+from function.engine.catalog_location import location_for
+from function.engine.fingerprint import CATALOG_DENSITY, FROZEN, HASH_BITS, MAX_FRAMES
 
 FORMAT = 2
 SONG_SHIFT = 16

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.ndimage import maximum_filter
 
-from function.audio_decode import INTERNAL_RATE
+from function.engine.decode import INTERNAL_RATE
 
 N_FFT = 512  # 64 ms at 8 kHz: 15.6 Hz bins
 HOP = 256  # 32 ms frames
