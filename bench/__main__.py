@@ -1,6 +1,6 @@
-"""python -m bench --corpus DIR --out DIR [--quick] [--queries-per-condition N] [--seed 1] [--write-md FILE]
+"""python -m bench --corpus DIR --out DIR [--split test] [--quick] [--queries-per-condition N] [--seed 1] [--write-md FILE]
 
-Registers the catalog part of the corpus (cached under --out), evaluates every query condition
+Registers the catalog of the corpus (cached under --out), evaluates every query condition of a split
 on at most two processes, measures registration and query speed single-threaded, and prints the
 report; the report, a results JSON and the accuracy-vs-SNR plot are written under --out.
 """
@@ -27,6 +27,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench/out"), help="report, plot and cached catalogs")
     p.add_argument("--quick", action="store_true", help="a ~60-s smoke run: few songs, few queries")
     p.add_argument("--queries-per-condition", type=int, help="excerpts per group (default 150, quick 5)")
+    p.add_argument("--split", choices=corpus.SPLITS, default=corpus.DEFAULT_SPLIT, help="dev: for tuning; test: for reporting")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--write-md", type=Path, help="also write the report here (e.g. BENCHMARKS.md)")
     p.add_argument("--processes", type=int, default=evaluate.MAX_PROCESSES, help="query evaluation processes (at most 2)")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine.describe()
     print(" | ".join(f"{k}: {v}" for k, v in info.items()), file=sys.stderr)
 
-    data = corpus.load(args.corpus, args.seed, args.quick)
+    data = corpus.load(args.corpus, args.seed, args.quick, args.split)
     print(data.describe(), file=sys.stderr)
     catalog_dir, truth_of, built = catalog_build.real_catalog(data.catalog, args.out)
     stats = Catalog(str(catalog_dir)).stats()

@@ -92,7 +92,8 @@ def _music_conditions(seconds: float, rates: tuple[int, ...], rooms: tuple[str, 
 
 
 def plan(corpus: Corpus, n: int, seed: int) -> list[Excerpt]:
-    """Every excerpt of the run: n per positive group, 2n out-of-catalog, n speech and noise."""
+    """Every excerpt of the run: n per positive group (the split's known music), 2n out-of-catalog,
+    n speech and noise."""
     noise = tuple(str(p) for p in corpus.noise)
     irs = tuple(str(p) for p in corpus.impulse_responses)
     rooms = (DRY,) + (tuple(room_name(p) for p in irs) or (SYNTHETIC_ROOM,))
@@ -114,7 +115,7 @@ def plan(corpus: Corpus, n: int, seed: int) -> list[Excerpt]:
     ]
     excerpts = []
     for g, (kind, seconds, conditions, count) in enumerate(groups):
-        tracks = corpus.held_out if kind == "ooc" else corpus.catalog
+        tracks = corpus.held_out if kind == "ooc" else corpus.known
         for i in range(count):
             rng = np.random.default_rng([seed, g, i])
             sources: tuple[str, ...] = ()

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     c = corpus.load(args.corpus, args.seed, quick=False)
     index, truth_of, _ = catalog_build.real_catalog(c.catalog, args.out.parent)
     recogniser = Recogniser.open(str(index))
-    known = c.catalog[::4]
+    known = c.known[::4]
     groups = [("unknown music", "clean", c.held_out, lambda x: x)]
     groups += [("known music", name, known, f) for name, f in _conditions(c).items()]
     rows = []
