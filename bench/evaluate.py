@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import stft
 
-from bench.queries import Condition, Excerpt, read_audio, render
+from bench.audio import read_audio
+from bench.queries import Condition, Excerpt, render
 from function.progress import Progress
 from function.engine.recogniser import Recogniser
 

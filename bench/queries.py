@@ -10,22 +10,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from math import gcd
 from pathlib import Path
 
 import numpy as np
 import soundfile
-from scipy.signal import fftconvolve, resample_poly
+from scipy.signal import fftconvolve
 
+from bench.audio import (
+    WORK_RATE,
+    at_level,
+    excerpt_with_context,
+    joined_speech,
+    mix,
+    noise_segment,
+    normalise_impulse_response,
+    resample,
+    rms,
+    to_pcm16,
+)
 from bench.corpus import Corpus
 
-WORK_RATE = 16000
 RATES = (16000, 8000)
 SNRS: tuple[float | None, ...] = (None, 10.0, 5.0, 0.0, -5.0, -10.0)  # None: no noise added
 NOISE_ONLY_DBFS = -20.0  # ambient recording at a normal level, nothing else
 LOW_NOISE_DBFS = -60.0  # a quiet room: the microphone's floor
-MIN_EXCERPT_DBFS = -45.0  # quieter excerpts (fades, rests) have no meaningful SNR: redraw
-SPEECH_GAP_SECONDS = 0.3
 DRY = "dry"
 SYNTHETIC_ROOM = "synthetic-room"  # without the corpus's impulse responses
 
@@ -131,37 +139,12 @@ def plan(corpus: Corpus, n: int, seed: int) -> list[Excerpt]:
     return excerpts
 
 
-def _resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
-    if rate == target:
-        return x.astype(np.float32)
-    g = gcd(rate, target)
-    return resample_poly(x, target // g, rate // g).astype(np.float32)
-
-
-def read_audio(path: str, start: float = 0.0, seconds: float | None = None) -> np.ndarray:
-    """Mono float32 at WORK_RATE; seeks instead of decoding the whole file."""
-    with soundfile.SoundFile(path) as f:
-        first = int(start * f.samplerate)
-        f.seek(max(0, min(first, f.frames)))
-        frames = -1 if seconds is None else int(round(seconds * f.samplerate))
-        data = f.read(frames, dtype="float32", always_2d=True)
-        rate = f.samplerate
-    return _resample(data.mean(axis=1), rate, WORK_RATE)
-
-
-@lru_cache(maxsize=32)
-def _whole(path: str) -> np.ndarray:
-    return read_audio(path)
-
-
 @lru_cache(maxsize=8)
 def _impulse_response(path: str) -> np.ndarray:
-    """First channel, starting at the direct sound, so the reverberant query stays time-aligned."""
+    """A recorded room's response: its first channel, normalised."""
     with soundfile.SoundFile(path) as f:
         data, rate = f.read(dtype="float32", always_2d=True)[:, 0], f.samplerate
-    ir = _resample(data, rate, WORK_RATE)
-    ir = ir[int(np.argmax(np.abs(ir))) :]
-    return ir / np.sqrt(np.sum(ir**2))
+    return normalise_impulse_response(resample(data, rate, WORK_RATE))
 
 
 def _synthetic_impulse_response(rt60: float = 0.6) -> np.ndarray:
@@ -169,67 +152,7 @@ def _synthetic_impulse_response(rt60: float = 0.6) -> np.ndarray:
     t = np.arange(int(rt60 * WORK_RATE)) / WORK_RATE
     ir = rng.standard_normal(len(t)) * 10 ** (-3 * t / rt60)
     ir[0] = 1.0 + np.abs(ir).max()
-    return (ir / np.sqrt(np.sum(ir**2))).astype(np.float32)
-
-
-def _synthetic_noise(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Brown-ish noise (integrated white, high-passed): most energy low, like street rumble."""
-    brown = np.cumsum(rng.standard_normal(n))
-    brown -= np.convolve(brown, np.ones(800) / 800, mode="same")
-    return (brown + 0.3 * rng.standard_normal(n)).astype(np.float32)
-
-
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
-
-
-def _dbfs(x: np.ndarray) -> float:
-    return 20 * np.log10(max(_rms(x), 1e-12))
-
-
-def _noise_segment(excerpt: Excerpt, rng: np.random.Generator, n: int) -> np.ndarray:
-    if not excerpt.noise:
-        return _synthetic_noise(rng, n)
-    recording = _whole(excerpt.noise[rng.integers(len(excerpt.noise))])
-    start = rng.integers(max(1, len(recording) - n))
-    return np.resize(recording[start:], n)  # np.resize tiles a recording shorter than the query
-
-
-def _mix(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    gain = _rms(signal) / (max(_rms(noise), 1e-12) * 10 ** (snr_db / 20))
-    return signal + gain * noise
-
-
-def to_pcm16(x: np.ndarray) -> np.ndarray:
-    """Scale down only if the mix would clip (a device's gain control), then quantise."""
-    peak = float(np.max(np.abs(x))) if len(x) else 0.0
-    if peak > 1.0:
-        x = x / peak
-    return np.round(x * 32767).astype(np.int16)
-
-
-def _music(excerpt: Excerpt, rng: np.random.Generator, context: float) -> tuple[np.ndarray, float]:
-    """The excerpt and `context` seconds before it (to fill the reverb tail), and its start."""
-    n = int(excerpt.seconds * WORK_RATE)
-    latest = max(0.0, excerpt.source_seconds - excerpt.seconds - 0.05)
-    for _ in range(10):
-        start = float(rng.uniform(0, latest))
-        lead = min(context, start)
-        audio = read_audio(excerpt.sources[0], start - lead, excerpt.seconds + lead)
-        if _dbfs(audio[int(lead * WORK_RATE) :]) > MIN_EXCERPT_DBFS:
-            break
-    audio = np.pad(audio, (0, max(0, int(lead * WORK_RATE) + n - len(audio))))
-    return audio, start
-
-
-def _speech(excerpt: Excerpt, n: int) -> np.ndarray:
-    gap = np.zeros(int(SPEECH_GAP_SECONDS * WORK_RATE), np.float32)
-    pieces: list[np.ndarray] = []
-    for path in excerpt.sources:
-        pieces += [read_audio(path), gap]
-        if sum(map(len, pieces)) >= n:
-            break
-    return np.resize(np.concatenate(pieces), n)
+    return normalise_impulse_response(ir)
 
 
 def _room_responses(excerpt: Excerpt) -> dict[str, np.ndarray]:
@@ -246,26 +169,26 @@ def render(excerpt: Excerpt) -> list[Query]:
     responses = _room_responses(excerpt)
     if excerpt.kind in ("music", "ooc"):
         longest = max((len(ir) for ir in responses.values()), default=0)
-        audio, start = _music(excerpt, rng, context=longest / WORK_RATE)
+        audio, start = excerpt_with_context(excerpt.sources[0], excerpt.source_seconds, excerpt.seconds, longest / WORK_RATE, rng)
         lead = len(audio) - n
     elif excerpt.kind == "speech":
-        audio = _speech(excerpt, n)
+        audio = joined_speech(list(excerpt.sources), n)
     else:
         audio = np.zeros(n, np.float32)
-    noise = _noise_segment(excerpt, rng, n)
+    noise = noise_segment(excerpt.noise, rng, n)
     rooms = {DRY: audio[lead:]}
     for room, ir in responses.items():
         # Convolve with the audio before the excerpt too: a room is never silent at t=0.
         wet = fftconvolve(audio, ir)[lead : lead + n]
-        rooms[room] = wet * (_rms(rooms[DRY]) / max(_rms(wet), 1e-12))
+        rooms[room] = at_level(wet, rms(rooms[DRY]))
     queries = []
     for c in excerpt.conditions:
         x = rooms[c.room]
         if c.snr is not None:
-            x = _mix(x, noise, c.snr)
+            x = mix(x, noise, c.snr)
         if c.level_dbfs is not None:
-            x = noise * (10 ** (c.level_dbfs / 20) / max(_rms(noise), 1e-12))
-        x = _resample(x, WORK_RATE, c.rate)
+            x = at_level(noise, 10 ** (c.level_dbfs / 20))
+        x = resample(x, WORK_RATE, c.rate)
         source = excerpt.sources[0] if excerpt.kind in ("music", "ooc") else None
         queries.append(Query(c, to_pcm16(x), source, start))
     return queries

@@ -20,7 +20,8 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from bench import catalog_build, corpus, machine
-from bench.queries import WORK_RATE, _impulse_response, _mix, read_audio
+from bench.audio import WORK_RATE, mix as _mix, read_audio
+from bench.queries import _impulse_response
 from function.confirmation import CONFIDENT, candidate, confirms
 from function.progress import Progress
 from function.engine.recogniser import DEFAULT_THRESHOLD, Match, Recogniser

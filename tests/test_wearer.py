@@ -1,0 +1,115 @@
+"""bench/wearer.py: the wearer's conditions are deterministic, and each does what it says.
+
+Real music from tests/data/, so this runs without the downloaded corpus (as in CI), where the
+speech is synthesised; ffmpeg with libopus must be installed (.ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyroomacoustics.experimental import measure_rt60
+
+from bench import corpus, wearer
+from bench.audio import WORK_RATE, excerpt_with_context, rms
+
+TARGET = "room: small speaker, RT60<=1.5 s, talk +5 dB, wearer's voice 40 %, opus 24 kbit/s"
+
+
+@pytest.fixture(scope="module")
+def material() -> corpus.Corpus:
+    return corpus.load(None, 0, quick=True, split="dev")
+
+
+@pytest.fixture(scope="module")
+def music(material: corpus.Corpus) -> np.ndarray:
+    track = material.known[0]
+    audio, _ = excerpt_with_context(str(track.path), track.seconds, 8.0, wearer.LEAD_SECONDS, np.random.default_rng(0))
+    return audio
+
+
+def test_render_is_deterministic_in_seed_and_split(material: corpus.Corpus, music: np.ndarray) -> None:
+    scene = wearer.SCENES[TARGET]
+    first = wearer.render(music, scene, 3, material)
+    again = wearer.render(music, scene, 3, material)
+    other_seed = wearer.render(music, scene, 4, material)
+    test_split = wearer.render(music, scene, 3, corpus.load(None, 0, quick=True, split="test"))
+
+    assert first.dtype == np.float32 and len(first) == len(music) - wearer.LEAD_SECONDS * WORK_RATE
+    assert np.array_equal(first, again)
+    assert not np.allclose(first, other_seed)
+    assert not np.allclose(first, test_split)
+
+
+@pytest.mark.parametrize("kind", ["living room", "café", "car", "medium hall"])
+def test_simulated_room_decays_as_asked(kind: str) -> None:
+    low, high = wearer.ROOMS[kind].rt60
+    response = wearer.impulse_response(kind, 1, "test")
+
+    rt60 = measure_rt60(response, fs=WORK_RATE, decay_db=30)  # T30: another span than the room's own T20
+
+    assert 0.8 * low <= rt60 <= 1.2 * high
+    assert np.argmax(np.abs(response)) == 0 and np.sum(response.astype(np.float64) ** 2) == pytest.approx(1.0)
+    assert wearer.simulate_room(kind, 1, "dev").size != wearer.simulate_room(kind, 1, "test").size
+
+
+@pytest.mark.parametrize("kbps", wearer.OPUS_BITRATES)
+def test_opus_round_trip_keeps_length_and_changes_the_signal(music: np.ndarray, kbps: int) -> None:
+    x = music * 0.5
+
+    y = wearer.opus(x, kbps)
+
+    assert len(y) == len(x)
+    error = y - x
+    assert rms(error) > 1e-3  # coded, not copied
+    assert rms(x) / rms(error) > 2  # and still the same music, in time (no codec delay)
+
+
+def test_opus_without_ffmpeg_says_what_is_missing(music: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    wearer._ffmpeg.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="ffmpeg with libopus"):
+            wearer.opus(music, 24)
+    finally:
+        wearer._ffmpeg.cache_clear()
+
+
+def test_speed_up_shortens_and_raises_pitch_by_two_percent() -> None:
+    t = np.arange(4 * WORK_RATE) / WORK_RATE
+    tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+
+    faster = wearer.speed_change(tone, 1.02)
+
+    assert abs(len(faster) - len(tone) / 1.02) <= 1
+    spectrum = np.abs(np.fft.rfft(faster * np.hanning(len(faster))))
+    assert np.fft.rfftfreq(len(faster), 1 / WORK_RATE)[np.argmax(spectrum)] == pytest.approx(1020, abs=1)
+
+
+def test_talk_is_mixed_at_the_snr_asked(material: corpus.Corpus, music: np.ndarray) -> None:
+    room = ("living room",)
+    music_only = wearer.render(music, wearer.Scene(rooms=room), 2, material)
+    with_talk = wearer.render(music, wearer.Scene(rooms=room, talk_snr=5.0), 2, material)
+    talk_only = wearer.render(music, wearer.Scene(rooms=room, talk_snr=5.0, music=False), 2, material)
+
+    talk = with_talk - music_only
+
+    assert 20 * np.log10(rms(music_only) / rms(talk)) == pytest.approx(5.0, abs=0.05)
+    assert 20 * np.log10(rms(music_only)) == pytest.approx(wearer.MUSIC_DBFS, abs=0.05)
+    assert np.allclose(talk_only, talk, atol=1e-6)  # without music: the same talk, at the same level
+
+
+def test_own_voice_speaks_the_fraction_of_the_time_asked(material: corpus.Corpus) -> None:
+    n = 60 * WORK_RATE
+
+    voice = wearer.own_voice(material, 0.4, 0.1, np.random.default_rng(5), n)
+
+    frames = voice[: n // 4000 * 4000].reshape(-1, 4000)  # quarter seconds: longer than a gap between syllables
+    speaking = np.abs(frames).max(axis=1) > 0
+    assert speaking.mean() == pytest.approx(0.4, abs=0.05)
+    assert rms(voice[np.abs(voice) > 0]) >= 0.1
+
+
+def test_two_song_scene_needs_the_second_song(material: corpus.Corpus, music: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="second song"):
+        wearer.render(music, wearer.SCENES["two songs -5 dB"], 1, material)
