@@ -1,121 +1,425 @@
-"""Whole streams, as the webhook hears them: how often a song is named, named wrongly, and when.
+"""Whole streams through the real webhook, as a wearer meets them, for the working tree and a
+baseline revision side by side.
 
-`python -m bench.streams --corpus /tmp/corpus [--seconds 90] [--out bench/out/streams.md]`
+    python -m bench.streams --corpus /tmp/corpus --split test --baseline-rev d02d65c
+        [--streams-per-condition 24] [--seconds 45] [--out bench/out/streams] [--seed 1] [--quick]
 
-Each track (held-out packages for unknown music, every fourth catalog track for known music) is
-streamed for up to `--seconds` in 10-s windows that slide by 5 s, as the webhook attempts them
-with its defaults (MIN_AUDIO_SECONDS 10, stride 5, 5 s kept after a miss), until a window names
-a song. Two naming rules are compared in the same run: the baseline names a song from one window
-at the recogniser's threshold (0.5); the webhook's rule is function/confirmation.py (sure at once,
-else two agreeing windows). The per-window false-match rate of BENCHMARKS.md compounds over a
-stream: this is the figure a user actually meets.
+Black box, over HTTP: each engine is a source tree (the working tree; the baseline revision
+checked out with `git worktree add` under --out) that registers the split's catalog with its
+own `python -m function register` and serves it with functions-framework on a loopback port,
+with DATA_DIR and CATALOG_URI its only settings (no OMI_APP_ID: notifications are only logged).
+So a revision is measured as shipped, with its own catalog format, cadence, naming rule and
+defaults, and any two revisions compare, even ones whose engine this code could not import.
+
+Each stream is sent as Omi's developer path sends audio: PCM16 mono at 16 kHz in 1-s POSTs with
+`Content-Type: application/octet-stream`, a uuid4 `Idempotency-Key` each and a fresh uid per
+stream; Omi's 5-s batches are such POSTs one after the other, and nothing waits for real time.
+A stream stops at --seconds or at the first response whose recognition is a match: that is the
+notification the user gets, so the seconds of audio sent until then are the user's wait.
+
+Streams are rendered by bench/wearer.py from the split's tracks (bench/corpus.py): known songs
+from a seeded offset (with the lead the room's reverb needs), unknown music, and no music at
+all. They are paired: stream i of a kind plays the same song from the same offset, and draws
+the same room, talkers and noise, in every scene, so scenes differ by their condition alone.
+Reported per condition and engine: streams, named right, the median seconds until a right name,
+wrong names, and for unknown music and no music the one-sided 95 % upper bound on the
+per-stream rate of wrong notifications (Clopper-Pearson; about 3/n when none of n was wrong).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
+import httpx
 import numpy as np
-from scipy.signal import fftconvolve
+from scipy.stats import beta
 
-from bench import catalog_build, corpus, machine
-from bench.audio import WORK_RATE, mix as _mix, read_audio
-from bench.queries import _impulse_response
-from function.confirmation import CONFIDENT, candidate, confirms
+from bench import corpus, machine
+from bench.audio import WORK_RATE, excerpt_with_context, to_pcm16
+from bench.wearer import LEAD_SECONDS, SCENES, TARGET_SCENE, render
 from function.progress import Progress
-from function.engine.recogniser import DEFAULT_THRESHOLD, Match, Recogniser
-from function.storage.base import Recognition
 
-WINDOW_SECONDS, STRIDE_SECONDS = 10.0, 5.0
-KEPT_SECONDS = WINDOW_SECONDS - STRIDE_SECONDS
+ROOT = Path(__file__).resolve().parent.parent
+# Which scenes each kind of stream is heard in. Unknown music: the plain case, and the two
+# scenes most likely to push a wrong song over the line.
+CONDITIONS: tuple[tuple[str, str], ...] = (
+    *(("known", name) for name, s in SCENES.items() if s.music),
+    *(("unknown", name) for name in ("clean", "crowd 0 dB + opus", TARGET_SCENE)),
+    *(("none", name) for name, s in SCENES.items() if not s.music),
+)
+NOT_TARGETS = {"big hall + talk"}  # reported for what it is, not a condition the engine must meet
+# Every stream reads this much more music than it plays, so a faster playback has its music too
+# and a song's offset is the same in every scene.
+SPEED_HEADROOM = max(s.speed for s in SCENES.values())
+CHUNK_SECONDS = 1
+RETRY_WAITS = (1.0, 5.0, 30.0)  # Omi's retries of a timed-out, 5xx, 408 or 429 POST
+HEALTH_TIMEOUT_SECONDS = 120.0
+# An engine's whole environment besides DATA_DIR and CATALOG_URI: nothing from this shell (a
+# MIN_AUDIO_SECONDS or PYTHONPATH here would change what is measured).
+PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
 
 
-def _name(recogniser: Recogniser, audio: np.ndarray, webhook_rule: bool) -> tuple[Match | None, float | None]:
-    """The song a stream gets named as, and after how many seconds of it, or (None, None)."""
-    window, stride = int(WINDOW_SECONDS * WORK_RATE), int(STRIDE_SECONDS * WORK_RATE)
-    previous: Recognition | None = None
-    for start in range(0, len(audio) - window + 1, stride):
-        guess, confidence = recogniser.best_guess(audio[start : start + window], WORK_RATE)
-        if guess is not None:
-            if webhook_rule:
-                named = confidence >= CONFIDENT or confirms(guess, confidence, previous, KEPT_SECONDS)
-            else:
-                named = confidence >= DEFAULT_THRESHOLD
-            if named:
-                return guess, (start + window) / WORK_RATE
-        tentative = candidate(guess, confidence)
-        previous = Recognition(
-            uid="stream", at=0.0, latency_ms=0.0, audio_seconds=WINDOW_SECONDS, matched=False,
-            extra={"candidate": tentative} if tentative else {},
+@dataclass(frozen=True)
+class Engine:
+    name: str  # "working tree" or "baseline <rev>"
+    tree: Path
+    key: str  # what its catalog depends on: the commit, or the working tree's source
+
+
+@dataclass(frozen=True)
+class Stream:
+    kind: str  # "known", "unknown" (music not in the catalog) or "none" (no music)
+    scene: str
+    index: int
+    seed: int  # the same for stream `index` of `kind` in every scene
+    track: corpus.Track | None
+    second: corpus.Track | None  # the other song of a two-song scene
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str
+    scene: str
+    index: int
+    engine: str
+    track: str | None
+    start_seconds: float | None
+    named: str | None  # song_id of the first match
+    seconds: int | None  # audio sent until it
+    verdict: str  # "right", "other song" (a two-song scene's second song), "wrong" or "none"
+
+
+def _engine_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
+
+
+def _git(*arguments: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *arguments], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _working_tree() -> Engine:
+    """The tree this code runs from, keyed on its service source as it is on disk now."""
+    h = hashlib.sha256()
+    for path in sorted([*ROOT.glob("function/**/*.py"), ROOT / "main.py"]):
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    changed = _git("status", "--porcelain", "--", "function", "main.py")
+    name = f"working tree ({_git('rev-parse', '--short', 'HEAD')}{' + uncommitted changes' if changed else ''})"
+    return Engine(name, ROOT, h.hexdigest()[:12])
+
+
+def _baseline(rev: str, out: Path) -> Engine:
+    """The revision checked out under `out`, reused while it is that revision."""
+    commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    tree = (out / "worktrees" / commit[:12]).resolve()
+    if not (tree / ".git").exists() or _git("rev-parse", "HEAD", cwd=tree) != commit:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(tree, ignore_errors=True)
+        _git("worktree", "prune")
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        _git("worktree", "add", "--detach", str(tree), commit)
+    return Engine(f"baseline {rev}", tree, commit)
+
+
+def _run_cli(engine: Engine, arguments: list[str], log: Path) -> str:
+    """`python -m function ...` in the engine's own tree; its stdout, or exit with the log."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "function", *arguments], cwd=engine.tree, env=_engine_env(), capture_output=True, text=True
+    )
+    with log.open("a") as f:
+        f.write(f"$ python -m function {shlex.join(arguments[:1])} ...\n{proc.stdout}{proc.stderr}\n")
+    if proc.returncode != 0:
+        raise SystemExit(f"{engine.name}: python -m function {arguments[0]} failed (exit {proc.returncode}); see {log}")
+    return proc.stdout
+
+
+def catalog_truth(text: str) -> dict[str, str]:
+    """{registered file, resolved: song_id} from `python -m function catalog --json`: one JSON
+    song per line, or one document (a list of songs, or an object holding "songs"); a song names
+    its files in `sources`, or one file in `source` or `path`."""
+    try:
+        document = json.loads(text)
+        songs = document.get("songs", [document]) if isinstance(document, dict) else document
+    except json.JSONDecodeError:
+        songs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    truth = {}
+    for song in songs:
+        files = song.get("sources") or [song[k] for k in ("source", "path") if song.get(k)]
+        for file in files:
+            truth[str(Path(file).resolve())] = song["song_id"]
+    return truth
+
+
+def _catalog(engine: Engine, tracks: list[corpus.Track], out: Path) -> tuple[Path, dict[str, str]]:
+    """The engine's catalog of `tracks` (registered once per engine key and track list) and its
+    {file: song_id}."""
+    key = hashlib.sha256(json.dumps([engine.key, *(f"{t.path}:{t.path.stat().st_size}" for t in tracks)]).encode())
+    folder = (out / "catalogs" / key.hexdigest()[:16]).resolve()
+    log = folder / "cli.log"
+    if not (folder / "registered").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        print(f"{engine.name}: registering {len(tracks)} tracks into {folder} ...", file=sys.stderr)
+        _run_cli(engine, ["register", *(str(t.path.resolve()) for t in tracks), "--catalog", str(folder / "catalog"), "--quiet"], log)
+        (folder / "registered").write_text(engine.name + "\n")
+    truth = catalog_truth(_run_cli(engine, ["catalog", "--json", "--catalog", str(folder / "catalog")], log))
+    missing = [t.path for t in tracks if str(t.path.resolve()) not in truth]
+    if missing:
+        raise SystemExit(f"{engine.name}: {len(missing)} tracks are not in its catalog, e.g. {missing[0]}")
+    return folder / "catalog", truth
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _serving(engine: Engine, catalog: Path, log: Path) -> Iterator[str]:
+    """The engine's main.py under functions-framework on a free loopback port, until healthy
+    (storage answers and the catalog is loaded); stopped and its data removed afterwards."""
+    port = _free_port()
+    data = tempfile.mkdtemp(prefix="bench-streams-")
+    env = {**_engine_env(), "DATA_DIR": data, "CATALOG_URI": str(catalog)}
+    command = [sys.executable, "-m", "functions_framework", "--target", "omi_webhook", "--source", "main.py"]
+    with log.open("wb") as f:
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=engine.tree, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
         )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"{engine.name}: the function exited at start-up; see {log}")
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{engine.name}: /health not healthy after {HEALTH_TIMEOUT_SECONDS:g} s; see {log}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _post(client: httpx.Client, uid: str, chunk: bytes) -> dict:
+    """One POST as Omi sends it, retried as Omi retries it (same Idempotency-Key)."""
+    key = str(uuid.uuid4())
+    for wait in (*RETRY_WAITS, None):
+        try:
+            response = client.post(
+                f"/audio?sample_rate={WORK_RATE}&uid={uid}",
+                content=chunk,
+                headers={"Content-Type": "application/octet-stream", "Idempotency-Key": key},
+            )
+            if response.status_code == 200:
+                return response.json()
+            retryable = response.status_code >= 500 or response.status_code in (408, 429)
+            problem = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.TimeoutException as exc:
+            retryable, problem = True, f"timeout: {exc}"
+        if not retryable or wait is None:
+            raise RuntimeError(f"POST /audio failed ({problem}): Omi would have dropped this batch")
+        time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _send(client: httpx.Client, pcm: bytes) -> tuple[str | None, int | None]:
+    """The stream's 1-s POSTs until a match: (song_id, seconds of audio sent), or (None, None)."""
+    uid = f"bench-{uuid.uuid4().hex}"
+    size = CHUNK_SECONDS * WORK_RATE * 2
+    for k in range(0, len(pcm), size):
+        recognition = _post(client, uid, pcm[k : k + size]).get("recognition") or {}
+        if recognition.get("status") == "match":
+            return recognition["song_id"], (k + size) // (2 * WORK_RATE)
     return None, None
 
 
-def _conditions(c: corpus.Corpus) -> dict[str, callable]:
-    """Clean, and the worst room of the benchmark (the great hall, else the first IR) at 0 dB."""
-    noise = read_audio(str(c.noise[0])) if c.noise else None
-    rooms = [p for p in c.impulse_responses if "greathall" in p.name] or c.impulse_responses
+def plan(material: corpus.Corpus, n: int, seed: int) -> list[Stream]:
+    """n streams per condition; stream i of a kind is the same song (and seed) in every scene."""
+    pools = {"known": material.known, "unknown": material.held_out, "none": []}
+    streams = []
+    for kind, scene in CONDITIONS:
+        tracks = pools[kind]
+        order = np.random.default_rng([seed, zlib.crc32(kind.encode())]).permutation(len(tracks))
+        for i in range(n):
+            stream_seed = int(np.random.SeedSequence([seed, zlib.crc32(kind.encode()), i]).generate_state(1)[0])
+            track = tracks[order[i % len(tracks)]] if tracks else None
+            second = tracks[order[(i + len(tracks) // 2) % len(tracks)]] if SCENES[scene].second_song_db is not None else None
+            streams.append(Stream(kind, scene, i, stream_seed, track, second))
+    return streams
 
-    def hall(x: np.ndarray) -> np.ndarray:
-        wet = fftconvolve(x, _impulse_response(str(rooms[0])))[: len(x)]
-        return _mix(wet, np.resize(noise, len(wet)), 0.0).astype(np.float32)
 
-    conditions = {"clean": lambda x: x}
-    if rooms and noise is not None:
-        conditions["room + street noise, 0 dB"] = hall
-    return conditions
+def render_stream(stream: Stream, material: corpus.Corpus, seconds: int) -> tuple[bytes, float | None]:
+    """The stream as PCM16 bytes, and where in its song it starts."""
+    rng = np.random.default_rng(stream.seed)
+    length = seconds * SPEED_HEADROOM + 0.1
+    start = None
+    if stream.track is None:
+        music = np.zeros(int((LEAD_SECONDS + length) * WORK_RATE), np.float32)
+    else:
+        music, start = excerpt_with_context(str(stream.track.path), stream.track.seconds, length, LEAD_SECONDS, rng)
+    second = None
+    if stream.second is not None:
+        second, _ = excerpt_with_context(str(stream.second.path), stream.second.seconds, length, LEAD_SECONDS, rng)
+    audio = render(music, SCENES[stream.scene], stream.seed, material, second)[: seconds * WORK_RATE]
+    return to_pcm16(audio).tobytes(), start
+
+
+def _verdict(stream: Stream, named: str | None, truth: dict[str, str]) -> str:
+    if named is None:
+        return "none"
+    if stream.track is not None and named == truth.get(str(stream.track.path.resolve())):
+        return "right"
+    if stream.second is not None and named == truth.get(str(stream.second.path.resolve())):
+        return "other song"
+    return "wrong"
+
+
+def upper_bound_95(wrong: int, n: int) -> float:
+    """One-sided 95 % Clopper-Pearson upper bound on a rate seen `wrong` times in n."""
+    return 1.0 if wrong >= n else float(beta.ppf(0.95, wrong + 1, n - wrong))
+
+
+def summarise(outcomes: list[Outcome], engines: list[str]) -> list[dict]:
+    rows = []
+    for kind, scene in CONDITIONS:
+        for engine in engines:
+            mine = [o for o in outcomes if o.kind == kind and o.scene == scene and o.engine == engine]
+            if not mine:
+                continue
+            right = [o.seconds for o in mine if o.verdict == "right"]
+            wrong = sum(o.verdict == "wrong" for o in mine)
+            rows.append({
+                "kind": kind, "scene": scene, "engine": engine, "streams": len(mine), "right": len(right),
+                "median_seconds_right": float(np.median(right)) if right else None,
+                "other_song": sum(o.verdict == "other song" for o in mine), "wrong": wrong,
+                "wrong_upper_95": None if kind == "known" else upper_bound_95(wrong, len(mine)),
+            })
+    return rows
+
+
+MUSIC = {"known": "catalogued song", "unknown": "unknown music", "none": "no music"}
+
+
+def markdown(rows: list[dict], info: dict[str, str], command: str, setup: str, seconds: int) -> str:
+    lines = [
+        "## Streams: what a wearer meets, through the webhook (`python -m bench.streams`)",
+        "",
+        f"{info['date']}; {info['cpu']}, {info['cores']} cores, {info['ram']}; Python {info['python']}."
+        f" Command: `{command}`. {setup}",
+        "",
+        f"Each stream is up to {seconds} s of audio sent as 1-s POSTs; it is named by the first response"
+        " with a match (the user's notification). Seconds are audio sent until a right name. Wrong"
+        " names are matches to any song but the one playing; for unknown music and no music every"
+        " match is wrong, with the one-sided 95 % upper bound on the per-stream rate (Clopper-Pearson)."
+        " Scenes marked * are reported, not targets.",
+        "",
+        "| music | scene | engine | streams | named right | median s to right name | named the other song | wrong names | wrong rate, 95 % upper bound |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        median = "-" if r["median_seconds_right"] is None else f"{r['median_seconds_right']:.0f}"
+        other = str(r["other_song"]) if SCENES[r["scene"]].second_song_db is not None else "-"
+        bound = "-" if r["wrong_upper_95"] is None else f"{100 * r['wrong_upper_95']:.0f} %"
+        right = "-" if r["kind"] != "known" else str(r["right"])
+        scene = r["scene"] + (" *" if r["scene"] in NOT_TARGETS else "")
+        lines.append(
+            f"| {MUSIC[r['kind']]} | {scene} | {r['engine']} | {r['streams']} | {right} | {median} | {other} | {r['wrong']} | {bound} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.streams", description=__doc__.split("\n\n")[0])
+    p.add_argument("--corpus", type=Path, help="fetched corpus; --quick without it uses tests/data")
+    p.add_argument("--split", choices=corpus.SPLITS, default=corpus.DEFAULT_SPLIT)
+    p.add_argument("--baseline-rev", help="also measure this git revision (e.g. d02d65c), as shipped")
+    p.add_argument("--streams-per-condition", type=int, help="default 24 (quick: 1)")
+    p.add_argument("--seconds", type=int, help="most audio per stream, whole seconds (default 45, quick: 15)")
+    p.add_argument("--out", type=Path, default=Path("bench/out/streams"), help="report, JSON, logs, catalogs, worktrees")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="a ~1-minute smoke run: few tracks, one stream per condition")
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.streams", description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", type=Path, required=True)
-    p.add_argument("--seconds", type=float, default=90.0, help="stream length per track")
-    p.add_argument("--out", type=Path, default=Path("bench/out/streams.md"))
-    p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args(argv)
-    c = corpus.load(args.corpus, args.seed, quick=False)
-    index, truth_of, _ = catalog_build.real_catalog(c.catalog, args.out.parent)
-    recogniser = Recogniser.open(str(index))
-    known = c.known[::4]
-    groups = [("unknown music", "clean", c.held_out, lambda x: x)]
-    groups += [("known music", name, known, f) for name, f in _conditions(c).items()]
-    rows = []
-    bar = Progress(sum(len(tracks) for _, _, tracks, _ in groups), "streams")
-    for kind, condition, tracks, degrade in groups:
-        counts = {rule: {"right": 0, "wrong": 0, "seconds": []} for rule in ("single window", "webhook rule")}
-        for track in tracks:
-            audio = degrade(read_audio(str(track.path), 0.0, args.seconds))
-            truth = truth_of.get(str(track.path.resolve()))
-            for rule in counts:
-                match, seconds = _name(recogniser, audio, webhook_rule=rule == "webhook rule")
-                if match is not None:
-                    counts[rule]["right" if match.song_id == truth else "wrong"] += 1
-                    if match.song_id == truth:
-                        counts[rule]["seconds"].append(seconds)
-            bar.step(args.seconds)
-        for rule, n in counts.items():
-            median = f"{np.median(n['seconds']):.0f}" if n["seconds"] else "-"
-            rows.append(f"| {kind} | {condition} | {len(tracks)} | {rule} | {n['right']} | {n['wrong']} | {median} |")
-    m = machine.describe()
-    text = "\n".join(
-        [
-            "## Streams: songs named per track, as the webhook attempts them (`python -m bench.streams`)",
-            "",
-            f"{m['date']}; {m['cpu']}, {m['cores']} cores; Python {m['python']}. Command: "
-            f"`python -m bench.streams --corpus {args.corpus} --seconds {args.seconds:g}`. The first"
-            f" {args.seconds:g} s of each track, 10-s windows sliding by 5 s, until a song is named.",
-            "",
-            "| music | condition | tracks | naming rule | named right | named wrong | median s to name |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-            *rows,
-            "",
-        ]
+    args = _arguments(argv)
+    started = time.perf_counter()
+    n = args.streams_per_condition or (1 if args.quick else 24)
+    seconds = args.seconds or (15 if args.quick else 45)
+    args.out.mkdir(parents=True, exist_ok=True)
+    info = machine.describe()
+    print(" | ".join(f"{k}: {v}" for k, v in info.items()), file=sys.stderr)
+    material = corpus.load(args.corpus, args.seed, args.quick, args.split)
+    print(material.describe(), file=sys.stderr)
+
+    engines = [_working_tree()] + ([_baseline(args.baseline_rev, args.out)] if args.baseline_rev else [])
+    catalogs = {e.name: _catalog(e, material.catalog, args.out) for e in engines}
+    streams = plan(material, n, args.seed)
+    outcomes: list[Outcome] = []
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=len(engines) + 1) as pool:
+        clients = {}
+        for i, e in enumerate(engines):
+            url = stack.enter_context(_serving(e, catalogs[e.name][0], args.out / f"server-{i}.log"))
+            clients[e.name] = stack.enter_context(httpx.Client(base_url=url, timeout=60))
+        bar = Progress(len(streams), "streams")
+        rendering = pool.submit(render_stream, streams[0], material, seconds)
+        for j, stream in enumerate(streams):
+            pcm, start = rendering.result()
+            if j + 1 < len(streams):  # render the next stream while the servers work on this one
+                rendering = pool.submit(render_stream, streams[j + 1], material, seconds)
+            sent = {name: pool.submit(_send, client, pcm) for name, client in clients.items()}
+            for name, future in sent.items():
+                named, after = future.result()
+                track = None if stream.track is None else str(stream.track.path)
+                verdict = _verdict(stream, named, catalogs[name][1])
+                outcomes.append(Outcome(stream.kind, stream.scene, stream.index, name, track, start, named, after, verdict))
+            bar.step(len(pcm) / (2 * WORK_RATE))
+
+    rows = summarise(outcomes, [e.name for e in engines])
+    command = "python -m bench.streams " + shlex.join(sys.argv[1:] if argv is None else argv)
+    setup = (
+        f"{material.describe()}. Engines: {'; '.join(f'{e.name} at {e.tree}' for e in engines)}; each registers"
+        f" the catalog with its own CLI and runs with its own defaults. {len(streams)} streams in"
+        f" {time.perf_counter() - started:.0f} s."
     )
+    text = markdown(rows, info, command, setup, seconds)
     print(text)
-    args.out.write_text(text)
+    (args.out / "streams.md").write_text(text)
+    results = {"machine": info, "command": command, "setup": setup, "rows": rows, "streams": [asdict(o) for o in outcomes]}
+    (args.out / "streams.json").write_text(json.dumps(results, indent=1))
+    print(f"done in {time.perf_counter() - started:.0f} s; streams.md and streams.json in {args.out}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -13,9 +13,6 @@ from pyroomacoustics.experimental import measure_rt60
 from bench import corpus, wearer
 from bench.audio import WORK_RATE, excerpt_with_context, rms
 
-TARGET = "room: small speaker, RT60<=1.5 s, talk +5 dB, wearer's voice 40 %, opus 24 kbit/s"
-
-
 @pytest.fixture(scope="module")
 def material() -> corpus.Corpus:
     return corpus.load(None, 0, quick=True, split="dev")
@@ -29,7 +26,7 @@ def music(material: corpus.Corpus) -> np.ndarray:
 
 
 def test_render_is_deterministic_in_seed_and_split(material: corpus.Corpus, music: np.ndarray) -> None:
-    scene = wearer.SCENES[TARGET]
+    scene = wearer.SCENES[wearer.TARGET_SCENE]
     first = wearer.render(music, scene, 3, material)
     again = wearer.render(music, scene, 3, material)
     other_seed = wearer.render(music, scene, 4, material)
