@@ -134,6 +134,11 @@ class SimulatedRoom:
     talkers: tuple[tuple[float, float, float], ...]
     responses: tuple[np.ndarray, ...]  # raw, to the microphone: the loudspeaker's, then each talker's
 
+    def impulse_response(self, source: int = 0) -> np.ndarray:
+        """Source `source` (0: the loudspeaker, 1..MAX_TALKERS: a talker) to the microphone,
+        normalised like bench/queries.py's recorded rooms: from the direct sound, unit energy."""
+        return normalise_impulse_response(self.responses[source])
+
 
 def _positions(kind: RoomKind, size: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Loudspeaker, microphone at a drawn distance from it, and talkers, all inside the margins."""
@@ -203,9 +208,8 @@ def simulate_room(kind: str, seed: int, split: str) -> SimulatedRoom:
 
 
 def impulse_response(kind: str, seed: int, split: str, source: int = 0) -> np.ndarray:
-    """Source `source` (0: the loudspeaker, 1..MAX_TALKERS: a talker) to the wearer's microphone,
-    normalised like bench/queries.py's recorded rooms: from the direct sound, unit energy."""
-    return normalise_impulse_response(simulate_room(kind, seed, split).responses[source])
+    """The normalised response of `source` in the room `simulate_room` draws for (seed, split)."""
+    return simulate_room(kind, seed, split).impulse_response(source)
 
 
 def small_speaker(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -287,7 +291,7 @@ def _talk(material: Corpus, room: SimulatedRoom | None, rng: np.random.Generator
     for k in range(rng.integers(1, MAX_TALKERS + 1)):
         voice = _one_voice(material, rng, lead + n)
         if room is not None:
-            voice = fftconvolve(voice, normalise_impulse_response(room.responses[1 + k]))[: lead + n]
+            voice = fftconvolve(voice, room.impulse_response(1 + k))[: lead + n]
         total += at_level(voice[lead:], 10 ** (rng.uniform(-3, 3) / 20))
     return total
 
@@ -350,7 +354,7 @@ def render(music: np.ndarray, scene: Scene, seed: int, material: Corpus, second:
     room = None
     if scene.rooms:
         room = simulate_room(scene.rooms[_rng(seed, split, "room choice").integers(len(scene.rooms))], seed, split)
-        x = fftconvolve(x, normalise_impulse_response(room.responses[0]))[: len(x)]
+        x = fftconvolve(x, room.impulse_response(0))[: len(x)]
     level = 10 ** (MUSIC_DBFS / 20)
     x = at_level(x[lead:], level).astype(np.float32)
     if scene.talk_snr is not None:
