@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from function.confirmation import CONFIDENT, TENTATIVE, candidate, confirms
-from function.recogniser import Match
+from function.engine.recogniser import Match
 from function.storage.base import Recognition
 
 KEPT = 5.0  # MIN_AUDIO_SECONDS - RECOGNITION_STRIDE_SECONDS with the defaults

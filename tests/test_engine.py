@@ -13,11 +13,11 @@ import pytest
 import soundfile
 from scipy.signal import resample_poly
 
-from function.audio_decode import INTERNAL_RATE, DecodeError, decode_file, decode_query_file, to_internal
-from function.catalog import Catalog, CatalogError
-from function.fingerprint import CATALOG_DENSITY, HASH_BITS, fingerprint
-from function.recogniser import Recogniser
-from function.song_tags import read_tags
+from function.engine.decode import INTERNAL_RATE, DecodeError, decode_file, decode_query_file, to_internal
+from function.engine.catalog import Catalog, CatalogError
+from function.engine.fingerprint import CATALOG_DENSITY, HASH_BITS, fingerprint
+from function.engine.recogniser import Recogniser
+from function.engine.song_tags import read_tags
 
 DATA = Path(__file__).resolve().parent / "data"
 MUSIC = sorted((DATA / "music").glob("*.ogg"))

@@ -22,7 +22,7 @@ import pytest
 from flask.testing import FlaskClient
 from functions_framework import create_app
 
-from function.recogniser import Recogniser
+from function.engine.recogniser import Recogniser
 from function.simulate import float_to_pcm16, load_pcm16
 from tests.conftest import free_port
 
@@ -125,7 +125,7 @@ def music_pcm(
 
 @pytest.fixture(scope="session")
 def tracks() -> list[Track]:
-    from function.song_tags import read_tags
+    from function.engine.song_tags import read_tags
 
     found = []
     for path in sorted((DATA / "music").glob("*.ogg")):
