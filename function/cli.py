@@ -36,13 +36,14 @@ def _register(args: argparse.Namespace) -> int:
         elif r.status == "error":
             print(f"error      {r.error}", file=sys.stderr)
         else:
-            print(f"{r.status:<10} {r.song_id}  {r.artist} - {r.title}")
+            version = f"  (a version of {r.version_of})" if r.version_of else ""
+            print(f"{r.status:<10} {r.song_id}  {r.artist} - {r.title}{version}")
     counts = {s: sum(r.status == s for r in results) for s in ("added", "duplicate", "error")}
     audio = sum(r.duration_seconds for r in results)
     print(
         f"{len(results)} files in {elapsed:.1f}s: {counts['added']} added, {counts['duplicate']} duplicate,"
         f" {counts['error']} errors; {audio / max(elapsed, 1e-9):.0f}x real time;"
-        f" catalog {args.catalog}: {len(recogniser.catalog.songs)} songs",
+        f" catalog {args.catalog}: {len(recogniser.songs)} songs ({len(recogniser.catalog.songs)} recordings)",
         file=sys.stderr,
     )
     return 0 if results and counts["error"] < len(results) else 1
@@ -86,9 +87,11 @@ def _catalog(args: argparse.Namespace) -> int:
         return 0
     for song in recogniser.songs:
         print(f"{song['song_id']}  {song['duration_seconds']:7.1f}s  {song['artist']} - {song['title']}")
+        for version in song["versions"]:
+            print(f"  version {version['song_id']}  {version['duration_seconds']:7.1f}s  {', '.join(version['sources'])}")
     stats = recogniser.catalog.stats()
     print(
-        f"{stats['songs']} songs, {stats['duration_seconds'] / 60:.1f} min, {stats['hashes']} hashes,"
+        f"{stats['songs']} songs ({stats['recordings']} recordings), {stats['duration_seconds'] / 60:.1f} min, {stats['hashes']} hashes,"
         f" {stats['bytes'] / 1e6:.1f} MB"
     )
     return 0

@@ -238,7 +238,7 @@ def test_cli_register_recognise_catalog_remove_json(tmp_path: Path) -> None:
     assert answers[1]["match"] is None and answers[1]["elapsed_ms"] > 0
     songs = [json.loads(line) for line in cat.stdout.splitlines()]
     assert [s["song_id"] for s in songs] == [lines[0]["song_id"]]
-    assert set(songs[0]) == {"song_id", "title", "artist", "album", "duration_seconds", "sources"}
+    assert set(songs[0]) == {"song_id", "title", "artist", "album", "duration_seconds", "sources", "versions"}
 
     removed = run_cli("remove", lines[0]["song_id"], "--catalog", uri)
     assert removed.returncode == 0

@@ -25,9 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from function.engine.catalog_location import location_for
-from function.engine.fingerprint import CATALOG_DENSITY, FROZEN, HASH_BITS, MAX_FRAMES
+from function.engine.config import CONFIG
+from function.engine.fingerprint import HASH_BITS, MAX_FRAMES
 
-FORMAT = 2
+# 3: peaks picked on a time-smoothed spectrogram (EngineConfig.smooth_frames); versions.
+FORMAT = 3
 SONG_SHIFT = 16
 MAX_SONGS = 1 << (32 - SONG_SHIFT)
 N_HASHES = 1 << HASH_BITS
@@ -46,6 +48,9 @@ class Song:
     duration_seconds: float
     sources: list[str] = field(default_factory=list)
     hashes: int = 0
+    # Another recording of a song registered earlier (another encoding, master or edit): the
+    # song_id of that song, which a match names; None for a song's first version.
+    version_of: str | None = None
 
     def public(self) -> dict:
         d = asdict(self)
@@ -74,7 +79,31 @@ class Catalog:
             self._load()
         elif not create:
             raise CatalogError(f"no catalog at {uri} (register songs first: python -m function register PATH)")
+        self._index_songs()
+
+    def _index_songs(self) -> None:
         self._by_id = {s.song_id: i for i, s in enumerate(self.songs)}
+        # The song each song is a version of (itself for a first version): the matcher compares
+        # songs, never two versions of one song.
+        self.group_index = np.array(
+            [self._by_id.get(s.version_of or s.song_id, i) for i, s in enumerate(self.songs)], dtype=np.int64
+        )
+
+    def index_of(self, song_id: str) -> int:
+        return self._by_id[song_id]
+
+    def head(self, index: int) -> Song:
+        """The song that `index` is a version of (the song itself for a first version)."""
+        return self.songs[int(self.group_index[index])]
+
+    def versions(self, song_id: str) -> list[Song]:
+        return [s for s in self.songs if s.song_id == song_id or s.version_of == song_id]
+
+    def set_version(self, song_id: str, of: str) -> None:
+        """Record `song_id` as another version of `of` (or of the song `of` is a version of)."""
+        head = self.songs[self._by_id[of]]
+        self.songs[self._by_id[song_id]].version_of = head.version_of or head.song_id
+        self._index_songs()
 
     # --- reading --------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -86,7 +115,7 @@ class Catalog:
                     f"{self.uri}: catalog format {manifest.get('format')}, expected {FORMAT}:"
                     " register the songs again into a new catalog"
                 )
-            if manifest.get("frozen") != FROZEN:
+            if manifest.get("frozen") != CONFIG.frozen():
                 raise CatalogError(
                     f"{self.uri}: built with other fingerprint parameters ({manifest.get('frozen')}); re-register"
                 )
@@ -145,9 +174,9 @@ class Catalog:
             frames = np.minimum(item.frames, MAX_FRAMES - 1).astype(np.uint32)
             item.song.hashes = len(item.hashes)
             self.songs.append(item.song)
-            self._by_id[item.song.song_id] = index
             new_hashes.append(item.hashes.astype(np.uint32))
             new_postings.append((np.uint32(index) << np.uint32(SONG_SHIFT)) | frames)
+        self._index_songs()
         self._rebuild(np.concatenate(new_hashes), np.concatenate(new_postings), keep=None)
 
     def add_source(self, song_id: str, source: str) -> None:
@@ -162,8 +191,14 @@ class Catalog:
         remap = np.full(len(self.songs), -1, dtype=np.int64)
         kept = [i for i in range(len(self.songs)) if i not in doomed]
         remap[kept] = np.arange(len(kept))
+        removed = {self.songs[i].song_id for i in doomed}
         self.songs = [self.songs[i] for i in kept]
-        self._by_id = {s.song_id: i for i, s in enumerate(self.songs)}
+        # A removed song's other versions stay: the earliest left becomes the one they name.
+        for head in removed:
+            members = [s for s in self.songs if s.version_of == head]
+            for s in members:
+                s.version_of = members[0].song_id if s is not members[0] else None
+        self._index_songs()
         self._rebuild(np.zeros(0, np.uint32), np.zeros(0, np.uint32), keep=remap)
         return len(doomed)
 
@@ -198,8 +233,8 @@ class Catalog:
         np.save(root / gen / "postings.npy", np.asarray(self.postings))
         manifest = {
             "format": FORMAT,
-            "frozen": FROZEN,
-            "density": CATALOG_DENSITY.as_dict(),
+            "frozen": CONFIG.frozen(),
+            "density": asdict(CONFIG.catalog_density),
             "generation": gen,
             "postings": int(len(self.postings)),
             "songs": [asdict(s) for s in self.songs],
@@ -216,7 +251,8 @@ class Catalog:
         files = [*generation.glob("*"), root / "catalog.json"] if generation.is_dir() else []
         index_bytes = sum(p.stat().st_size for p in files)
         return {
-            "songs": len(self.songs),
+            "songs": int(len(set(self.group_index.tolist()))),
+            "recordings": len(self.songs),
             "duration_seconds": round(sum(s.duration_seconds for s in self.songs), 1),
             "hashes": int(len(self.postings)),
             "bytes": int(index_bytes),

@@ -17,7 +17,9 @@ import numpy as np
 import soundfile
 from scipy.signal import firwin, resample_poly
 
-INTERNAL_RATE = 8000
+from function.engine.config import CONFIG
+
+INTERNAL_RATE = CONFIG.internal_rate
 MIN_RATE, MAX_RATE = 8000, 48000
 FFMPEG_SUFFIXES = {".m4a", ".aac", ".mp4", ".alac", ".wma", ".opus"}
 

@@ -5,74 +5,41 @@ frequency bin, the frequency difference and the time difference (the time gap is
 pair specific: abracadabra's hash left it out). The anchor frame is kept beside the hash so the
 matcher can vote on the time offset between query and song.
 
-`FROZEN` parameters define the hash space: a catalog built with other values cannot be searched
-with these, so the catalog stores them and refuses a mismatch. Density and fan-out only change
-how many landmarks are taken and may differ between catalog and query: queries use more, so a
-noisy 10-s excerpt still contains most of the catalog's landmarks.
+What defines the hash space is frozen into a catalog (function/engine/config.py); density and
+fan-out only change how many landmarks are taken and may differ between catalog and query.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
-from scipy.ndimage import maximum_filter
+from scipy.ndimage import maximum_filter, uniform_filter1d
 
-from function.engine.decode import INTERNAL_RATE
+from function.engine.config import CONFIG, Density
 
-N_FFT = 512  # 64 ms at 8 kHz: 15.6 Hz bins
-HOP = 256  # 32 ms frames
-FRAME_SECONDS = HOP / INTERNAL_RATE
-MIN_BIN, MAX_BIN = 4, 252  # ~60 Hz .. 3.94 kHz: the band every Omi device delivers
-DT_BITS, DF_BITS, F_BITS = 6, 7, 8
-# Peak frequencies jitter by a bin under noise; hashing them at half resolution keeps more
-# landmarks intact at the cost of specificity, which the offset vote restores.
-F_SHIFT = 0
-MAX_DT = (1 << DT_BITS) - 1  # 63 frames, ~2 s
-MAX_DF = (1 << (DF_BITS - 1)) - 1  # +-63 bins, ~1 kHz
-HASH_BITS = F_BITS + DF_BITS + DT_BITS
+FRAME_SECONDS = CONFIG.frame_seconds
+HASH_BITS = CONFIG.hash_bits
+MAX_DT = (1 << CONFIG.dt_bits) - 1  # 63 frames, ~2 s
+MAX_DF = (1 << (CONFIG.df_bits - 1)) - 1  # +-63 bins, ~1 kHz
+# Anchor times are stored in 16 bits beside the song index: 35 minutes per song.
 MAX_FRAMES = 1 << 16
-SILENCE_LOG_POWER = float(np.log(1e-4))  # about -80 dBFS per bin  # anchor times are stored in 16 bits: 35 minutes per song
+SILENCE_LOG_POWER = float(np.log(1e-4))  # about -80 dBFS per bin
+CATALOG_DENSITY = CONFIG.catalog_density
+QUERY_DENSITY = CONFIG.query_density
 
-FROZEN = {
-    "internal_rate": INTERNAL_RATE,
-    "n_fft": N_FFT,
-    "hop": HOP,
-    "min_bin": MIN_BIN,
-    "max_bin": MAX_BIN,
-    "hash_bits": [F_BITS, DF_BITS, DT_BITS],
-    "f_shift": F_SHIFT,
-}
-
-
-@dataclass(frozen=True)
-class Density:
-    """How many landmarks to take: peaks per second, targets per anchor, peak neighbourhood,
-    and the number of frequency bands the peaks per second are shared between."""
-
-    peaks_per_second: float
-    fan_out: int
-    neighbourhood_frames: int = 7
-    neighbourhood_bins: int = 9
-    bands: int = 1
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-CATALOG_DENSITY = Density(peaks_per_second=20.0, fan_out=5, bands=10)
-QUERY_DENSITY = Density(peaks_per_second=40.0, fan_out=10, bands=10)
-
-_WINDOW = np.hanning(N_FFT + 2)[1:-1].astype(np.float32)
+_WINDOW = np.hanning(CONFIG.n_fft + 2)[1:-1].astype(np.float32)
 
 
 def spectrogram(samples: np.ndarray) -> np.ndarray:
-    """Log-magnitude STFT (frames x bins) of INTERNAL_RATE audio, limited to the shared band."""
-    if len(samples) < N_FFT:
-        return np.zeros((0, MAX_BIN - MIN_BIN), dtype=np.float32)
-    frames = np.lib.stride_tricks.sliding_window_view(samples, N_FFT)[::HOP]
-    spectrum = np.fft.rfft(frames * _WINDOW, axis=1)[:, MIN_BIN:MAX_BIN]
+    """Log-magnitude STFT (frames x bins) of internal-rate audio, limited to the shared band,
+    its power averaged over `CONFIG.smooth_frames` frames."""
+    if len(samples) < CONFIG.n_fft:
+        return np.zeros((0, CONFIG.max_bin - CONFIG.min_bin), dtype=np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(samples, CONFIG.n_fft)[:: CONFIG.hop]
+    spectrum = np.fft.rfft(frames * _WINDOW, axis=1)[:, CONFIG.min_bin : CONFIG.max_bin]
     power = spectrum.real**2 + spectrum.imag**2
+    if CONFIG.smooth_frames > 1:
+        # Centred, so a smoothed peak stays at its frame (see EngineConfig.smooth_frames).
+        power = uniform_filter1d(power, CONFIG.smooth_frames, axis=0, mode="nearest")
     return (0.5 * np.log(power + 1e-10)).astype(np.float32)
 
 
@@ -128,17 +95,33 @@ def landmarks(t: np.ndarray, f: np.ndarray, fan_out: int) -> tuple[np.ndarray, n
     valid = inside & (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
     valid &= np.cumsum(valid, axis=1) <= fan_out
     a_idx, k_idx = np.nonzero(valid)
-    fq = f >> F_SHIFT
-    dfq = fq[target[a_idx, k_idx]] - fq[a_idx]
     hashes = (
-        (fq[a_idx].astype(np.uint32) << (DF_BITS + DT_BITS))
-        | ((dfq + MAX_DF + 1).astype(np.uint32) << DT_BITS)
+        (f[a_idx].astype(np.uint32) << (CONFIG.df_bits + CONFIG.dt_bits))
+        | ((df[a_idx, k_idx] + MAX_DF + 1).astype(np.uint32) << CONFIG.dt_bits)
         | dt[a_idx, k_idx].astype(np.uint32)
     )
     return hashes, t[a_idx].astype(np.uint32)
 
 
+def with_neighbours(hashes: np.ndarray, frames: np.ndarray, gap_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """A query's landmarks plus each one's variants with the time gap +-1 .. +-`gap_frames`.
+
+    The gap is the hash's low bits, so a variant is the hash plus or minus a small number; a
+    variant whose gap would leave 1..MAX_DT is dropped, never wrapped into another field.
+    """
+    if gap_frames <= 0 or len(hashes) == 0:
+        return hashes, frames
+    gap = (hashes & np.uint32(MAX_DT)).astype(np.int64)
+    out_h, out_f = [hashes], [frames]
+    for step in range(1, gap_frames + 1):
+        for d in (-step, step):
+            ok = (gap + d >= 1) & (gap + d <= MAX_DT)
+            out_h.append((hashes[ok].astype(np.int64) + d).astype(np.uint32))
+            out_f.append(frames[ok])
+    return np.concatenate(out_h), np.concatenate(out_f)
+
+
 def fingerprint(samples: np.ndarray, density: Density) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes (uint32) and anchor frames (uint32) of INTERNAL_RATE mono float audio."""
+    """Hashes (uint32) and anchor frames (uint32) of internal-rate mono float audio."""
     t, f = find_peaks(spectrogram(samples), density)
     return landmarks(t, f, density.fan_out)

@@ -4,7 +4,9 @@ Every query landmark found in the index votes for (song, song frame - query fram
 piles its votes on one offset; chance coincidences spread over all offsets of all songs. The
 score is the tallest pile (counting the neighbouring offsets, since peaks jitter by a frame).
 
-Confidence compares that pile with the tallest pile of any *other* song for the same query: the
+Confidence compares that pile with the tallest pile of any *other* song for the same query (a
+version of the same song, another encoding or master registered beside it, is not another song:
+its pile is the same evidence, not a rival): the
 runner-up measures what chance (and this query's own texture: sustained notes, drum loops)
 reaches against this catalog, so it adapts to catalog size and query content where a fixed score
 threshold cannot. Out-of-catalog music, speech and noise leave every pile about as tall as the
@@ -23,23 +25,10 @@ import numpy as np
 from scipy.stats import poisson
 
 from function.engine.catalog import SONG_SHIFT, Catalog
+from function.engine.config import CONFIG
 from function.engine.fingerprint import FRAME_SECONDS, MAX_FRAMES
 
 FRAME_MASK = np.uint32(MAX_FRAMES - 1)
-# Hashes whose posting lists are this many times the catalog's mean length occur in so many
-# songs that they carry no evidence, while costing most of the voting time in a big catalog.
-POPULAR_HASH_FACTOR = 40
-MIN_POSTINGS_CAP = 256
-# Postings one query may read: bounds the vote's time in a large catalog (see Catalog.lookup).
-POSTINGS_BUDGET = 1_200_000
-MIN_SCORE = 5
-RUNNER_UP_FLOOR = 6
-CHANCE_MARGIN = 1.5
-# Tuned with drascula-music and planetblupi-music-ogg as unknown music against a 49-song catalog
-# of colobot, nexuiz, singularity and fretsonfire-muldjord tracks: a best/runner-up ratio of 1.75
-# (confidence 0.5) accepted none of the unknown ones. The benchmark's unknown music (colobot,
-# singularity) was in that tuning catalog, never among the unknown queries used to set it.
-RATIO_AT_HALF = 1.75
 
 
 @dataclass(frozen=True)
@@ -47,26 +36,30 @@ class Vote:
     song_index: int
     offset_frames: int
     score: int
-    runner_up: int  # tallest pile of any other song
+    runner_up: int  # tallest pile of any other song (versions of this one are not others)
     chance_pile: float  # tallest pile chance alone would give the best song
 
     @property
     def confidence(self) -> float:
-        """Best/runner-up ratio r mapped onto [0, 1): 0 at r <= 1, 0.5 at RATIO_AT_HALF."""
-        if self.score < MIN_SCORE:
+        """Best/runner-up ratio r mapped onto [0, 1): 0 at r <= 1, 0.5 at CONFIG.ratio_at_half."""
+        if self.score < CONFIG.min_score:
             return 0.0
-        rival = max(self.runner_up, CHANCE_MARGIN * self.chance_pile, RUNNER_UP_FLOOR)
+        rival = max(self.runner_up, CONFIG.chance_margin * self.chance_pile, CONFIG.runner_up_floor)
         excess = self.score / rival - 1.0
-        return max(0.0, excess / (excess + RATIO_AT_HALF - 1.0))
+        return max(0.0, excess / (excess + CONFIG.ratio_at_half - 1.0))
 
 
 def postings_cap(catalog: Catalog) -> int:
-    """Longest posting list worth reading: POPULAR_HASH_FACTOR times the mean."""
-    return max(MIN_POSTINGS_CAP, int(POPULAR_HASH_FACTOR * len(catalog.postings) / (len(catalog.offsets) - 1)))
+    """Longest posting list worth reading: CONFIG.popular_hash_factor times the mean."""
+    mean = len(catalog.postings) / (len(catalog.offsets) - 1)
+    return max(CONFIG.min_postings_cap, int(CONFIG.popular_hash_factor * mean))
 
 
-def vote(catalog: Catalog, hashes: np.ndarray, frames: np.ndarray) -> Vote | None:
+def vote(catalog: Catalog, hashes: np.ndarray, frames: np.ndarray, songs_below: int | None = None) -> Vote | None:
     """The best (song, offset) pile for a query's landmarks, or None if nothing was found.
+
+    `songs_below` limits the vote to the songs indexed before it: registration asks whether a
+    new song is a version of one registered earlier, never of itself or of a later one.
 
     A posting packs (song << 16 | song frame); adding (bias - query frame) to it gives
     (song << 16 | offset + bias) in one uint32 add, so the whole vote is a sort of uint32 keys.
@@ -75,7 +68,10 @@ def vote(catalog: Catalog, hashes: np.ndarray, frames: np.ndarray) -> Vote | Non
     """
     if len(hashes) == 0 or not catalog.songs:
         return None
-    query_index, postings = catalog.lookup(hashes, postings_cap(catalog), POSTINGS_BUDGET)
+    query_index, postings = catalog.lookup(hashes, postings_cap(catalog), CONFIG.postings_budget)
+    if songs_below is not None:
+        earlier = postings < np.uint32(songs_below << SONG_SHIFT)
+        query_index, postings = query_index[earlier], postings[earlier]
     if len(postings) == 0:
         return None
     bias = int(frames.max()) + 1
@@ -97,8 +93,8 @@ def vote(catalog: Catalog, hashes: np.ndarray, frames: np.ndarray) -> Vote | Non
     smoothed[1:] += np.where(adjacent, counts[:-1], 0)
     best = int(np.argmax(smoothed))
     best_song = int(piles[best] >> SONG_SHIFT)
-    pile_song = piles >> SONG_SHIFT
-    others = smoothed[pile_song != best_song]
+    group = catalog.group_index
+    others = smoothed[group[piles >> SONG_SHIFT] != group[best_song]]
     first, last = np.searchsorted(keys, [best_song << SONG_SHIFT, (best_song + 1) << SONG_SHIFT])
     offsets = catalog.song(best_song).duration_seconds / FRAME_SECONDS + bias
     rate = 3.0 * (last - first) / offsets  # three offsets per smoothed pile

@@ -11,11 +11,12 @@ import numpy as np
 
 from function.engine.decode import INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal
 from function.engine.catalog import Catalog, CatalogError, Fingerprinted, Song
-from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint
-from function.engine.matcher import vote
+from function.engine.config import CONFIG
+from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint, with_neighbours
+from function.engine.matcher import Vote, vote
 from function.engine.song_tags import read_tags
 
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = CONFIG.threshold
 # A song is named from seconds of audio; longer queries (whole recordings given to the CLI)
 # are cut to their first two minutes, which also keeps every offset within the vote's range.
 MAX_QUERY_SECONDS = 120
@@ -47,6 +48,7 @@ class RegisterResult:
     artist: str | None = None
     error: str | None = None
     duration_seconds: float = 0.0
+    version_of: str | None = None  # set when the file is another recording of a registered song
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "duration_seconds"}
@@ -102,7 +104,19 @@ class Recogniser:
 
     @property
     def songs(self) -> list[dict]:
-        return [s.public() for s in self.catalog.songs]
+        """One entry per song, its other recordings under "versions" (id, duration, sources)."""
+        out = []
+        for song in self.catalog.songs:
+            if song.version_of is None:
+                entry = song.public()
+                entry.pop("version_of")
+                entry["versions"] = [
+                    {"song_id": v.song_id, "duration_seconds": v.duration_seconds, "sources": v.sources}
+                    for v in self.catalog.versions(song.song_id)
+                    if v is not song
+                ]
+                out.append(entry)
+        return out
 
     def register(self, paths: list[str], workers: int | None = None, progress: bool = False) -> list[RegisterResult]:
         from function.engine.register_run import register_files
@@ -119,13 +133,17 @@ class Recogniser:
         """The top-voted song whatever its confidence (None only if nothing voted), and that
         confidence: what a recogniser without rejection would answer."""
         internal = to_internal(samples[: int(MAX_QUERY_SECONDS * sample_rate)], sample_rate)
-        hashes, frames = fingerprint(internal, QUERY_DENSITY)
+        hashes, frames = with_neighbours(*fingerprint(internal, QUERY_DENSITY), CONFIG.neighbour_gap_frames)
         v = vote(self.catalog, hashes, frames)
         if v is None:
             return None, 0.0
+        return self._match(v), v.confidence
+
+    def _match(self, v: Vote) -> Match:
+        """The song a vote names: a version's song (its first version) carries the name."""
         c = v.confidence
-        song = self.catalog.song(v.song_index)
-        match = Match(
+        song = self.catalog.head(v.song_index)
+        return Match(
             song_id=song.song_id,
             title=song.title,
             artist=song.artist,
@@ -134,7 +152,6 @@ class Recogniser:
             confidence=round(c, 4),
             score=v.score,
         )
-        return match, c
 
     def recognise(self, samples: np.ndarray, sample_rate: int) -> Match | None:
         """The song playing in `samples` (int16 or float mono, 8..48 kHz), or None if it is

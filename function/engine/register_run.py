@@ -1,14 +1,19 @@
-"""A registration run: analyse files in parallel, de-duplicate by content, add, save once."""
+"""A registration run: analyse files in parallel, de-duplicate by content, add, group the
+versions of one song, save once."""
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from typing import Iterator
 
 from function.engine.catalog import Catalog, Fingerprinted
+from function.engine.config import CONFIG
+from function.engine.fingerprint import FRAME_SECONDS
+from function.engine.matcher import vote
+from function.engine.recogniser import MAX_QUERY_SECONDS, RegisterResult, analyse_file
 from function.progress import Progress
-from function.engine.recogniser import RegisterResult, analyse_file
 
 
 def _analysed(files: list[str], workers: int) -> Iterator[Fingerprinted | RegisterResult]:
@@ -54,6 +59,36 @@ def register_files(
         )
         bar.step(song.duration_seconds)
     catalog.add(list(pending.values()))
+    versions = group_versions(catalog, list(pending.values()))
+    results = [
+        replace(r, version_of=versions[r.song_id]) if r.song_id in versions else r
+        for r in results
+    ]
     if pending or any(r.status == "duplicate" for r in results) or not catalog.location.exists():
         catalog.save()
     return results
+
+
+def group_versions(catalog: Catalog, added: list[Fingerprinted]) -> dict[str, str]:
+    """{song_id: the song it is a version of} for the songs just added that are another
+    recording of one registered before them (another encoding, master or edit).
+
+    Each song is compared with the songs indexed before it only, so a pair registered together
+    is grouped once, under the first; its landmarks are its own catalog landmarks, whose vote
+    for another recording of it piles a large share of them on one offset.
+    """
+    limit = int(MAX_QUERY_SECONDS / FRAME_SECONDS)
+    found: dict[str, str] = {}
+    for item in sorted(added, key=lambda it: catalog.index_of(it.song.song_id)):
+        index = catalog.index_of(item.song.song_id)
+        head = item.frames < limit
+        if index == 0 or not head.any():
+            continue
+        v = vote(catalog, item.hashes[head], item.frames[head], songs_below=index)
+        if v is None or v.confidence < CONFIG.version_min_confidence:
+            continue
+        if v.score < CONFIG.version_min_share * int(head.sum()):
+            continue
+        catalog.set_version(item.song.song_id, catalog.song(v.song_index).song_id)
+        found[item.song.song_id] = catalog.song(index).version_of
+    return found
