@@ -1,7 +1,7 @@
 """Cloud Run function entry point: Omi audio in, song notifications out.
 
     request -> function/http_edge (routes, validation, status codes)
-            -> function/ingest (store chunk, claim, recognise, notify, record)
+            -> function/webhook/ingest (store chunk, claim, recognise, notify, record)
             -> Store (function/storage: local files + SQLite, or Cloud Storage + Firestore)
                Recogniser (function/engine/recogniser: the catalog, loaded at boot, retried on use)
                Notifier (function/notifier: Omi's notification API)
@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 from function import logs
 from function.config import SUPPORTED_SAMPLE_RATES, Settings
 from function.http_edge import error, handle
-from function.ingest import Service
+from function.webhook.ingest import Service
 from function.notifier import Notifier
 from function.ratelimit import AudioRateLimiter
 from function.engine.recogniser import CatalogError, get_recogniser

@@ -13,8 +13,9 @@ Reported: requests/s held, p50/p95/p99 latency of plain ingest and of requests t
 recognition, server CPU seconds per user-hour (gunicorn's whole process group, from /proc),
 chunks lost or duplicated, and notifications per user and song. "Lost or duplicated" balances,
 per user, the audio acknowledged as new against where it went: what /stats still buffers, plus
-what each recognition reported in its answer consumed (all of it on a match; all but the kept
-MIN_AUDIO_SECONDS - RECOGNITION_STRIDE_SECONDS on a miss). Notifications are counted at the
+what each recognition reported in its answer consumed (all of it on a match; nothing on a miss,
+which keeps the buffer for the next attempt; a stream shorter than MAX_BUFFER_SECONDS never has
+audio dropped by the cap). Notifications are counted at the
 loopback Omi API and checked against /history.
 """
 
@@ -46,7 +47,6 @@ RATE = 16000
 CHUNK_BYTES = RATE * 2
 SNR_DB = 10.0
 RESEND_SHARE = 0.02  # chunks sent twice with one Idempotency-Key, as a retrying Omi does
-KEPT_AFTER_MISS_SECONDS = 10.0 - 5.0  # MIN_AUDIO_SECONDS - RECOGNITION_STRIDE_SECONDS (defaults)
 TARGET_P99_INGEST_MS, TARGET_P99_RECOGNITION_MS = 100.0, 1000.0
 OUT = Path(__file__).resolve().parent / "out" / "load.md"
 
@@ -118,8 +118,8 @@ def _stream(user: User, url: str, start: float, seconds: int, rng: random.Random
                     continue
                 user.recognition_ms.append(elapsed_ms)
                 seconds_read = recognition.get("audio_seconds", 0.0)
-                kept = 0.0 if recognition["status"] == "match" else min(KEPT_AFTER_MISS_SECONDS, seconds_read)
-                user.consumed_seconds += seconds_read - kept
+                if recognition["status"] == "match":
+                    user.consumed_seconds += seconds_read
 
 
 def _percentiles(values: list[float]) -> str:

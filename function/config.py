@@ -28,9 +28,9 @@ class Settings:
     gcs_bucket: str = ""  # GCS_BUCKET: buffer bucket (gcp backend)
     gcp_project: str = ""  # GOOGLE_CLOUD_PROJECT
     firestore_database: str = "(default)"  # FIRESTORE_DATABASE
-    min_audio_seconds: float = 10.0  # MIN_AUDIO_SECONDS: buffered audio before a recognition
+    min_audio_seconds: float = 5.0  # MIN_AUDIO_SECONDS: buffered audio before the first attempt
     max_buffer_seconds: float = 60.0  # MAX_BUFFER_SECONDS: oldest audio dropped past this
-    stride_seconds: float = 5.0  # RECOGNITION_STRIDE_SECONDS: new audio needed after a miss
+    stride_seconds: float = 2.0  # RECOGNITION_STRIDE_SECONDS: new audio before the next attempt after a miss
     lease_seconds: float = 30.0  # RECOGNITION_LEASE_SECONDS: a dead holder's claim expires
     max_chunk_bytes: int = 64 * 16000 * 2  # MAX_CHUNK_BYTES: larger bodies get 413
     omi_app_id: str = ""  # OMI_APP_ID

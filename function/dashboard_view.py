@@ -15,7 +15,7 @@ from importlib import resources
 
 import flask
 
-from function.ingest import Service
+from function.webhook.ingest import Service
 
 PAGE = resources.files("function").joinpath("dashboard/page.html").read_text(encoding="utf-8")
 

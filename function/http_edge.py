@@ -26,7 +26,7 @@ import flask
 
 from function.config import SUPPORTED_SAMPLE_RATES, UID_PATTERN
 from function.dashboard_view import dashboard
-from function.ingest import Service, ingest_chunk
+from function.webhook.ingest import Service, ingest_chunk
 from function.logs import log
 from function.metrics import metrics
 from function.engine.recogniser import CatalogError

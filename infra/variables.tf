@@ -85,7 +85,7 @@ variable "omi_api_url" {
 variable "min_audio_seconds" {
   description = "Buffered audio needed before a recognition is attempted."
   type        = number
-  default     = 10
+  default     = 5
 }
 
 variable "max_buffer_seconds" {
@@ -97,7 +97,7 @@ variable "max_buffer_seconds" {
 variable "recognition_stride_seconds" {
   description = "New audio needed after a miss before the next attempt."
   type        = number
-  default     = 5
+  default     = 2
 }
 
 variable "recognition_lease_seconds" {

@@ -57,16 +57,17 @@ def test_no_attempt_before_min_audio_seconds_and_one_at_it(webhook_env, store) -
     assert attempt.latency_ms > 0
 
 
-def test_after_a_miss_the_newest_audio_is_kept_and_the_next_attempt_waits_a_stride(webhook_env, store) -> None:
+def test_after_a_miss_the_buffer_is_kept_and_each_attempt_votes_over_all_of_it(webhook_env, store) -> None:
     client = build_client()
     post_seconds(client, "alice", noise_pcm(5.0))
     kept = store.buffer_info("alice").buffered_bytes
 
     responses = post_seconds(client, "alice", noise_pcm(4.0, seed=1))
 
-    assert kept == 3 * 32000
+    assert kept == 5 * 32000
     assert ["recognition" in r.json for r in responses] == [False, True, False, True]
-    assert [r["audio_seconds"] for r in recognitions(responses)] == [5.0, 5.0]
+    # Every stride the vote covers the whole buffer, up to MAX_BUFFER_SECONDS (8 here).
+    assert [r["audio_seconds"] for r in recognitions(responses)] == [7.0, 8.0]
     assert len(store.history("alice")) == 3
 
 
@@ -82,7 +83,7 @@ def test_while_another_instance_recognises_audio_piles_up_and_the_next_read_caps
     assert recognitions(held) == []
     assert held[-1].json["buffered_seconds"] == 12.0
     assert [r["audio_seconds"] for r in recognitions(after)] == [8.0]
-    assert store.buffer_info("alice").buffered_bytes == 3 * 32000
+    assert store.buffer_info("alice").buffered_bytes == 8 * 32000
 
 
 def test_without_a_catalog_audio_is_kept_and_the_skip_reported(webhook_env, store, tmp_path) -> None:

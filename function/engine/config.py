@@ -73,7 +73,7 @@ class EngineConfig:
     # Best/runner-up pile ratio at which confidence is 0.5 (see matcher.Vote.confidence).
     ratio_at_half: float = 1.75
     # A single query's answer counts as a match at or above this confidence (the CLI; the
-    # webhook's streaming rule is function/naming.py).
+    # webhook's streaming rule is function/webhook/naming.py).
     threshold: float = 0.5
 
     # --- free: versions of one song at registration ---------------------------------------------

@@ -163,7 +163,7 @@ class Recogniser:
         return self.recognise(_pcm_samples(pcm), sample_rate)
 
     def best_guess_pcm(self, pcm: bytes, sample_rate: int) -> tuple[Match | None, float]:
-        """`best_guess` on raw PCM16: the webhook weighs the confidence itself (function/confirmation.py)."""
+        """`best_guess` on raw PCM16: the webhook weighs the confidence itself (function/webhook/naming.py)."""
         return self.best_guess(_pcm_samples(pcm), sample_rate)
 
 

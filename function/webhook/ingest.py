@@ -4,12 +4,11 @@ No HTTP and no cloud SDK here: the edge (`function/http_edge.py`) turns requests
 the `Store` keeps every piece of state, so any number of instances can run this at once.
 
 Recognition cadence: a recognition is claimed once MIN_AUDIO_SECONDS are buffered. After a miss
-the newest MIN_AUDIO_SECONDS - RECOGNITION_STRIDE_SECONDS are kept and the store only grants the
-next claim after a stride of new audio, so every attempt again sees MIN_AUDIO_SECONDS of audio,
-the window slides by a stride, and a user playing no music costs one attempt per stride rather
-than one per 1-s chunk. Whether an attempt's best guess counts as a match, at once or once the
-next attempt agrees, is function/confirmation.py's rule; a miss records its tentative guess in
-the history for that next attempt to find.
+the whole buffer is kept (the store drops what falls out of MAX_BUFFER_SECONDS) and the store
+only grants the next claim after RECOGNITION_STRIDE_SECONDS of new audio, so every attempt votes
+over all the audio since the buffer began and the evidence for a song accumulates; a user
+playing no music costs one attempt per stride rather than one per 1-s chunk. Whether the best
+guess is named is function/webhook/naming.py's rule. A match empties the buffer.
 """
 
 from __future__ import annotations
@@ -19,11 +18,11 @@ from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 from function.config import Settings
-from function.confirmation import CONFIDENT, TENTATIVE, candidate, confirms
 from function.logs import log
 from function.notifier import Notifier, song_message
 from function.ratelimit import AudioRateLimiter
 from function.engine.recogniser import CatalogError, Match
+from function.webhook.naming import named
 from function.storage.base import Lease, PendingNotification, Recognition, Store, StoreUnavailable
 
 # Back-off between retries of a failed notification stops growing here.
@@ -75,8 +74,8 @@ def ingest_chunk(service: Service, uid: str, key: str | None, sample_rate: int, 
     )
     if appended.notification_retry_at is not None and appended.notification_retry_at <= now:
         _retry_notification(service, uid, now)
-    # The claim is a transaction; skip it while it cannot be granted. Because a miss keeps
-    # MIN_AUDIO_SECONDS - stride, "enough audio" also means "a stride of new audio" here.
+    # The claim is a transaction; skip it while it cannot be granted (the store also waits for a
+    # stride of new audio after a miss).
     if result.duplicate or result.buffered_bytes < audio_bytes(service.settings.min_audio_seconds, result.sample_rate):
         return result
     return replace(result, recognition=_maybe_recognise(service, uid, result.sample_rate, now))
@@ -121,7 +120,6 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
     """Read, recognise, and always release the lease, whatever happens in between."""
     s, store, uid, rate = service.settings, service.store, lease.uid, lease.sample_rate
     max_bytes = audio_bytes(s.max_buffer_seconds, rate)
-    keep_bytes = max(0, audio_bytes(s.min_audio_seconds - s.stride_seconds, rate))
     match: Match | None = None
     guess: Match | None = None
     confidence = 0.0
@@ -131,7 +129,6 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
         except CatalogError as exc:
             # Keep the audio (trimmed to the cap) for when a catalog appears; the miss this
             # release records means loading is retried a stride later, not on every chunk.
-            keep_bytes = max_bytes
             store.read(lease, max_bytes)
             log("ERROR", "recognition skipped: catalog unavailable", uid=uid, reason=str(exc))
             raise _Skipped("unavailable", "the song catalog is not available") from exc
@@ -143,18 +140,13 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
             log("ERROR", "recognition failed", exc=exc, uid=uid, bytes=len(pcm))
             raise _Skipped("error", "recognition failed") from exc
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        if guess is not None and confidence >= TENTATIVE:
-            kept_seconds = keep_bytes / (2 * rate)
-            if confidence >= CONFIDENT or confirms(guess, confidence, _previous_attempt(store, uid), kept_seconds):
-                match = guess
+        match = named(guess, confidence)
     finally:
-        store.release(lease, matched=match is not None, keep_bytes=keep_bytes, now=now)
+        store.release(lease, matched=match is not None, keep_bytes=max_bytes, now=now)
     seconds = round(len(pcm) / (2 * rate), 3)
     if match is None:
-        tentative = candidate(guess, confidence)
-        log("INFO", "no match", uid=uid, seconds=seconds, latency_ms=latency_ms, tentative=tentative is not None)
-        extra = {"candidate": tentative} if tentative else {}
-        return Recognition(uid=uid, at=now, latency_ms=latency_ms, audio_seconds=seconds, matched=False, extra=extra)
+        log("INFO", "no match", uid=uid, seconds=seconds, latency_ms=latency_ms, confidence=round(confidence, 4))
+        return Recognition(uid=uid, at=now, latency_ms=latency_ms, audio_seconds=seconds, matched=False)
     log(
         "INFO",
         "song recognised",
@@ -172,15 +164,6 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
         matched=True,
         **match.to_dict(),
     )
-
-
-def _previous_attempt(store: Store, uid: str) -> Recognition | None:
-    """The user's last attempt, read only for a tentative guess; without it nothing is confirmed."""
-    try:
-        history = store.history(uid, 1)
-    except StoreUnavailable:
-        return None
-    return history[0] if history else None
 
 
 def _notify(service: Service, recognised: Recognition, now: float) -> tuple[str, str | None, PendingNotification | None]:

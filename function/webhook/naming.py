@@ -1,0 +1,24 @@
+"""When the webhook names a song: one threshold on a vote that accumulates the evidence.
+
+Each attempt votes over all the audio buffered for the user (up to MAX_BUFFER_SECONDS), not over
+the newest window: a song playing in a room keeps piling its landmarks on one offset while
+chance piles grow no faster than the audio, so the confidence of a true match climbs with every
+second of music and that of unknown music, talk or noise does not. The first attempt comes after
+MIN_AUDIO_SECONDS (5 s), the next ones every RECOGNITION_STRIDE_SECONDS (2 s) of new audio, so a
+clean song is named at the first attempt and a song in a reverberant room a few seconds later,
+without the history read-back the earlier two-threshold confirmation needed.
+
+NAME_AT was set on the dev split's streams (`python -m bench.tune_naming --split dev`): the
+lowest threshold that named no unknown music, talk or noise stream there, rounded up.
+"""
+
+from __future__ import annotations
+
+from function.engine.recogniser import Match
+
+NAME_AT = 0.6
+
+
+def named(guess: Match | None, confidence: float) -> Match | None:
+    """The song to name from an attempt's best guess, or None while the evidence is short."""
+    return guess if guess is not None and confidence >= NAME_AT else None
