@@ -58,6 +58,13 @@ class EngineConfig:
     # simulated halls with talk from 81 % to 95 % (with smooth_frames 3: 95 % -> 99 %); 2 did not
     # help further.
     neighbour_gap_frames: int = 1
+    # Playback speeds tried when the query at speed 1 is not a match: a vote tolerates about
+    # +-1 % (a peak's bin moves by one at 1 kHz), so +-2 % covers the 1-3 % that vinyl, DJ sets
+    # and radio run fast or slow. Only the newest `speed_window_seconds` are re-voted: over a
+    # longer stretch a residual speed error smears the offset pile. Set on tests/data excerpts
+    # (confidence 0.64-0.94 up to 1 %, 0-0.8 at 2 %); not a tuned threshold.
+    speed_variants: tuple[float, ...] = (0.98, 1.02)
+    speed_window_seconds: float = 12.0
 
     # --- free: reading the vote -------------------------------------------------------------------
     # Posting lists this many times the mean are skipped: such hashes occur in so many songs that

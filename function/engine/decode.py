@@ -49,6 +49,14 @@ def to_internal(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return resample_poly(samples, up, down, window=_antialias_filter(up, down)).astype(np.float32)
 
 
+def undo_speed(samples: np.ndarray, speed: float) -> np.ndarray:
+    """Internal-rate audio that was played `speed` times too fast, brought back to speed 1
+    (pitch and tempo together, as a turntable or a radio running fast changes both)."""
+    up = int(round(speed * 100))
+    g = gcd(up, 100)
+    return resample_poly(samples, up // g, 100 // g, window=_antialias_filter(up // g, 100 // g)).astype(np.float32)
+
+
 def pcm16_to_float(pcm: bytes) -> np.ndarray:
     """Raw signed 16-bit little-endian mono PCM, as Omi sends it, to float32 in [-1, 1)."""
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0

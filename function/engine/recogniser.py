@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from function.engine.decode import INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal
+from function.engine.decode import INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal, undo_speed
 from function.engine.catalog import Catalog, CatalogError, Fingerprinted, Song
 from function.engine.config import CONFIG
 from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint, with_neighbours
@@ -131,13 +131,26 @@ class Recogniser:
 
     def best_guess(self, samples: np.ndarray, sample_rate: int) -> tuple[Match | None, float]:
         """The top-voted song whatever its confidence (None only if nothing voted), and that
-        confidence: what a recogniser without rejection would answer."""
+        confidence: what a recogniser without rejection would answer.
+
+        When the query at its own speed is no match, its newest seconds are voted again as if
+        played at each of CONFIG.speed_variants, and the surest vote wins.
+        """
         internal = to_internal(samples[: int(MAX_QUERY_SECONDS * sample_rate)], sample_rate)
-        hashes, frames = with_neighbours(*fingerprint(internal, QUERY_DENSITY), CONFIG.neighbour_gap_frames)
-        v = vote(self.catalog, hashes, frames)
-        if v is None:
+        best = self._vote(internal)
+        if best is None or best.confidence < self.threshold:
+            newest = internal[-int(CONFIG.speed_window_seconds * INTERNAL_RATE) :]
+            for speed in CONFIG.speed_variants:
+                v = self._vote(undo_speed(newest, speed))
+                if v is not None and (best is None or v.confidence > best.confidence):
+                    best = v
+        if best is None:
             return None, 0.0
-        return self._match(v), v.confidence
+        return self._match(best), best.confidence
+
+    def _vote(self, internal: np.ndarray) -> Vote | None:
+        hashes, frames = with_neighbours(*fingerprint(internal, QUERY_DENSITY), CONFIG.neighbour_gap_frames)
+        return vote(self.catalog, hashes, frames)
 
     def _match(self, v: Vote) -> Match:
         """The song a vote names: a version's song (its first version) carries the name."""
