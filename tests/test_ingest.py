@@ -1,8 +1,8 @@
 """Recognition cadence, buffering and notifications, driven through the app on both backends
 with the real recogniser, a real catalog of the test tracks, and a real loopback Omi API.
 
-Cadence in these tests (see `webhook_env`): a recognition at 5 s of audio, a 2-s stride after a
-miss (so 3 s are kept), at most 8 s buffered.
+Cadence in these tests (see `webhook_env`): a recognition at 5 s of audio, then every 2 s of new
+audio over the whole buffer, at most 8 s buffered.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 import time
 
+from function.simulate import load_pcm16
 from tests.omi_server import OmiApi, omi_api  # noqa: F401  (fixture)
 from tests.webhook_support import (  # noqa: F401  (fixtures)
+    DATA,
     Track,
     build_client,
     catalog_uri,
@@ -19,6 +21,7 @@ from tests.webhook_support import (  # noqa: F401  (fixtures)
     noise_pcm,
     post_chunk,
     post_seconds,
+    street_noise,
     tracks,
     webhook_env,
 )
@@ -122,6 +125,28 @@ def test_a_match_is_reported_recorded_and_clears_the_buffer(webhook_env, store, 
     assert (entry["title"], entry["notified"], entry["notification"]) == (tracks[0].title, False, "logged")
     assert abs(entry["offset_seconds"] - 5.0) <= 1.0
     assert client.get("/stats/alice").json["last_recognition"]["title"] == tracks[0].title
+
+
+def test_a_clean_stream_is_named_at_the_first_attempt_before_ten_seconds(webhook_env, tracks) -> None:
+    webhook_env.setenv("MAX_BUFFER_SECONDS", "60")
+    client = build_client()
+
+    responses = post_seconds(client, "alice", music_pcm(tracks[1], 2.0, 12.0))
+
+    answered = [r.json.get("recognition", {}).get("status") for r in responses]
+    assert answered.index("match") + 1 <= 5, answered
+    assert recognitions(responses)[0]["title"] == tracks[1].title
+
+
+def test_talk_over_street_noise_streamed_for_half_a_minute_is_never_named(webhook_env, street_noise) -> None:
+    webhook_env.setenv("MAX_BUFFER_SECONDS", "60")
+    client = build_client()
+    talk = load_pcm16(DATA / "speech" / "talk.ogg", 16000, noise=street_noise, snr_db=0.0)
+
+    responses = post_seconds(client, "bob", (talk * 2)[: 30 * 32000])
+
+    assert len(recognitions(responses)) >= 10
+    assert {r["status"] for r in recognitions(responses)} == {"no_match"}
 
 
 def test_a_match_at_8000_hz_is_recognised(webhook_env, tracks) -> None:
