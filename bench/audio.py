@@ -43,10 +43,11 @@ def whole(path: str) -> np.ndarray:
     return read_audio(path)
 
 
-def normalise_impulse_response(ir: np.ndarray) -> np.ndarray:
-    """Starting at the direct sound (its largest sample), so the reverberant signal stays
-    time-aligned with the dry one; unit energy, so it leaves the level about where it was."""
-    ir = ir[int(np.argmax(np.abs(ir))) :]
+def normalise_impulse_response(ir: np.ndarray, direct: int | None = None) -> np.ndarray:
+    """Starting at the direct sound (sample `direct`; unknown: the largest sample), so the
+    reverberant signal stays time-aligned with the dry one; unit energy, so it leaves the level
+    about where it was."""
+    ir = ir[int(np.argmax(np.abs(ir))) if direct is None else direct :]
     return (ir / np.sqrt(np.sum(np.square(ir, dtype=np.float64)))).astype(np.float32)
 
 
