@@ -32,6 +32,12 @@ class Appended:
     # When a failed notification may be retried; read with the state `append` reads anyway, so
     # the core learns of it without another storage call.
     notification_retry_at: float | None = None
+    # Audio since the last claim (this chunk included) and whether the last attempt missed, as
+    # the state read for this chunk saw them: the core skips a claim the store would refuse
+    # (fewer than a stride of new audio after a miss) without a transaction to learn it. A
+    # concurrent chunk can make them stale; that only delays the next attempt by one chunk.
+    new_bytes: int = 0
+    attempted: bool = False
 
 
 @dataclass(frozen=True)

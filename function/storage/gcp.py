@@ -314,7 +314,10 @@ class GcpStore:
             self._delete_objects([name])
             current = self._get(user_ref) or {}
             return Appended(True, current.get("buffered_bytes", 0), current.get("sample_rate") or sample_rate, retry)
-        return Appended(False, results[1].transform_results[0].integer_value, sample_rate, retry)
+        fresh = user.get("sample_rate") in (None, sample_rate)
+        new_bytes = (user.get("new_bytes", 0) if fresh else 0) + len(pcm)
+        attempted = bool(user.get("attempted", False)) and fresh
+        return Appended(False, results[1].transform_results[0].integer_value, sample_rate, retry, new_bytes, attempted)
 
     @_transient
     def claim(
@@ -363,7 +366,10 @@ class GcpStore:
             if not _holds(data, lease):
                 return [], None
             dropped: list[_Chunk] = []
-            if data.get("read_upto") is not None:
+            # A miss that keeps the whole buffer drops nothing: no need to list its chunks (the
+            # webhook keeps it all and votes again over it, so this is every miss).
+            keeps_all = not matched and data.get("buffered_bytes", 0) <= keep_bytes
+            if data.get("read_upto") is not None and not keeps_all:
                 read = self._chunks(lease.uid, data.get("after_seq", 0), data["read_upto"])
                 first = len(read) if matched else keep_newest([c.nbytes for c in read], keep_bytes)
                 dropped = read[:first]

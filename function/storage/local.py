@@ -218,7 +218,10 @@ class LocalStore:
                 (uid, sample_rate, nbytes, now),
             )
             db.execute("INSERT OR IGNORE INTO active_days (day, uid) VALUES (?, ?)", (utc_day(now), uid))
-            return Appended(False, self._buffered(db, uid)[0], sample_rate, retry)
+            after = self._user(db, uid)
+            return Appended(
+                False, self._buffered(db, uid)[0], sample_rate, retry, after["new_bytes"], bool(after["attempted"])
+            )
 
     @_transient
     def claim(

@@ -74,9 +74,12 @@ def ingest_chunk(service: Service, uid: str, key: str | None, sample_rate: int, 
     )
     if appended.notification_retry_at is not None and appended.notification_retry_at <= now:
         _retry_notification(service, uid, now)
-    # The claim is a transaction; skip it while it cannot be granted (the store also waits for a
-    # stride of new audio after a miss).
-    if result.duplicate or result.buffered_bytes < audio_bytes(service.settings.min_audio_seconds, result.sample_rate):
+    # The claim is a transaction; skip it while it cannot be granted: too little audio, or after
+    # a miss less than a stride of new audio (the store checks both again when claiming).
+    s = service.settings
+    if result.duplicate or result.buffered_bytes < audio_bytes(s.min_audio_seconds, result.sample_rate):
+        return result
+    if appended.attempted and appended.new_bytes < audio_bytes(s.stride_seconds, result.sample_rate):
         return result
     return replace(result, recognition=_maybe_recognise(service, uid, result.sample_rate, now))
 
