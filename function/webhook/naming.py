@@ -8,15 +8,19 @@ MIN_AUDIO_SECONDS (5 s), the next ones every RECOGNITION_STRIDE_SECONDS (2 s) of
 clean song is named at the first attempt and a song in a reverberant room a few seconds later,
 without the history read-back the earlier two-threshold confirmation needed.
 
-NAME_AT was set on the dev split's streams (`python -m bench.tune_naming --split dev`): the
-lowest threshold that named no unknown music, talk or noise stream there, rounded up.
+NAME_AT was set on the dev split's streams (`python -m bench.tune_naming --split dev`, 10
+streams of 45 s per condition, 22 attempts each): no attempt on 30 unknown-music and 20 no-music
+streams (talk in a room, crowd noise) reached more than 0.57, so 0.6 named none of them; 0.7
+keeps a margin over that maximum for music and rooms the dev split does not have, and named
+every known song there as early as 0.6 did (at the first attempt, 5 s, except one stream of
+"speed +2 % at +5 dB" at 6 s).
 """
 
 from __future__ import annotations
 
 from function.engine.recogniser import Match
 
-NAME_AT = 0.6
+NAME_AT = 0.7  # set on the dev split's streams, see above
 
 
 def named(guess: Match | None, confidence: float) -> Match | None:
