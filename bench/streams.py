@@ -31,7 +31,6 @@ shared cores, plus about 1.5 minutes the first time, to register the catalog wit
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -54,12 +53,11 @@ import httpx
 import numpy as np
 from scipy.stats import beta
 
-from bench import corpus, machine
+from bench import corpus, machine, revisions
 from bench.audio import WORK_RATE, excerpt_with_context, to_pcm16
 from bench.wearer import LEAD_SECONDS, SCENES, TARGET_SCENE, render
 from function.progress import Progress
 
-ROOT = Path(__file__).resolve().parent.parent
 # Which scenes each kind of stream is heard in. Unknown music: the plain case, and the two
 # scenes most likely to push a wrong song over the line.
 CONDITIONS: tuple[tuple[str, str], ...] = (
@@ -74,16 +72,6 @@ SPEED_HEADROOM = max(s.speed for s in SCENES.values())
 CHUNK_SECONDS = 1
 RETRY_WAITS = (1.0, 5.0, 30.0)  # Omi's retries of a timed-out, 5xx, 408 or 429 POST
 HEALTH_TIMEOUT_SECONDS = 120.0
-# An engine's whole environment besides DATA_DIR and CATALOG_URI: nothing from this shell (a
-# MIN_AUDIO_SECONDS or PYTHONPATH here would change what is measured).
-PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
-
-
-@dataclass(frozen=True)
-class Engine:
-    name: str  # "working tree" or "baseline <rev>"
-    tree: Path
-    key: str  # what its catalog depends on: the commit, or the working tree's source
 
 
 @dataclass(frozen=True)
@@ -109,85 +97,6 @@ class Outcome:
     verdict: str  # "right", "other song" (a two-song scene's second song), "wrong" or "none"
 
 
-def _engine_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in PASSED_ENVIRONMENT if k in os.environ}
-
-
-def _git(*arguments: str, cwd: Path = ROOT) -> str:
-    return subprocess.run(["git", *arguments], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _working_tree() -> Engine:
-    """The tree this code runs from, keyed on its service source as it is on disk now."""
-    h = hashlib.sha256()
-    for path in sorted([*ROOT.glob("function/**/*.py"), ROOT / "main.py"]):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-    changed = _git("status", "--porcelain", "--", "function", "main.py")
-    name = f"working tree ({_git('rev-parse', '--short', 'HEAD')}{' + uncommitted changes' if changed else ''})"
-    return Engine(name, ROOT, h.hexdigest()[:12])
-
-
-def _baseline(rev: str, out: Path) -> Engine:
-    """The revision checked out under `out`, reused while it is that revision."""
-    commit = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
-    tree = (out / "worktrees" / commit[:12]).resolve()
-    if not (tree / ".git").exists() or _git("rev-parse", "HEAD", cwd=tree) != commit:
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
-        shutil.rmtree(tree, ignore_errors=True)
-        _git("worktree", "prune")
-        tree.parent.mkdir(parents=True, exist_ok=True)
-        _git("worktree", "add", "--detach", str(tree), commit)
-    return Engine(f"baseline {rev}", tree, commit)
-
-
-def _run_cli(engine: Engine, arguments: list[str], log: Path) -> str:
-    """`python -m function ...` in the engine's own tree; its stdout, or exit with the log."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "function", *arguments], cwd=engine.tree, env=_engine_env(), capture_output=True, text=True
-    )
-    with log.open("a") as f:
-        f.write(f"$ python -m function {shlex.join(arguments[:1])} ...\n{proc.stdout}{proc.stderr}\n")
-    if proc.returncode != 0:
-        raise SystemExit(f"{engine.name}: python -m function {arguments[0]} failed (exit {proc.returncode}); see {log}")
-    return proc.stdout
-
-
-def catalog_truth(text: str) -> dict[str, str]:
-    """{registered file, resolved: song_id} from `python -m function catalog --json`: one JSON
-    song per line, or one document (a list of songs, or an object holding "songs"); a song names
-    its files in `sources`, or one file in `source` or `path`."""
-    try:
-        document = json.loads(text)
-        songs = document.get("songs", [document]) if isinstance(document, dict) else document
-    except json.JSONDecodeError:
-        songs = [json.loads(line) for line in text.splitlines() if line.strip()]
-    truth = {}
-    for song in songs:
-        files = song.get("sources") or [song[k] for k in ("source", "path") if song.get(k)]
-        for file in files:
-            truth[str(Path(file).resolve())] = song["song_id"]
-    return truth
-
-
-def _catalog(engine: Engine, tracks: list[corpus.Track], out: Path) -> tuple[Path, dict[str, str]]:
-    """The engine's catalog of `tracks` (registered once per engine key and track list) and its
-    {file: song_id}."""
-    key = hashlib.sha256(json.dumps([engine.key, *(f"{t.path}:{t.path.stat().st_size}" for t in tracks)]).encode())
-    folder = (out / "catalogs" / key.hexdigest()[:16]).resolve()
-    log = folder / "cli.log"
-    if not (folder / "registered").is_file():
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        print(f"{engine.name}: registering {len(tracks)} tracks into {folder} ...", file=sys.stderr)
-        _run_cli(engine, ["register", *(str(t.path.resolve()) for t in tracks), "--catalog", str(folder / "catalog"), "--quiet"], log)
-        (folder / "registered").write_text(engine.name + "\n")
-    truth = catalog_truth(_run_cli(engine, ["catalog", "--json", "--catalog", str(folder / "catalog")], log))
-    missing = [t.path for t in tracks if str(t.path.resolve()) not in truth]
-    if missing:
-        raise SystemExit(f"{engine.name}: {len(missing)} tracks are not in its catalog, e.g. {missing[0]}")
-    return folder / "catalog", truth
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,12 +104,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serving(engine: Engine, catalog: Path, log: Path) -> Iterator[str]:
+def _serving(engine: revisions.Engine, catalog: Path, log: Path) -> Iterator[str]:
     """The engine's main.py under functions-framework on a free loopback port, until healthy
     (storage answers and the catalog is loaded); stopped and its data removed afterwards."""
     port = _free_port()
     data = tempfile.mkdtemp(prefix="bench-streams-")
-    env = {**_engine_env(), "DATA_DIR": data, "CATALOG_URI": str(catalog)}
+    env = {**revisions.engine_env(), "DATA_DIR": data, "CATALOG_URI": str(catalog)}
     command = [sys.executable, "-m", "functions_framework", "--target", "omi_webhook", "--source", "main.py"]
     with log.open("wb") as f:
         process = subprocess.Popen(
@@ -384,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     material = corpus.load(args.corpus, args.seed, args.quick, args.split)
     print(material.describe(), file=sys.stderr)
 
-    engines = [_working_tree()] + ([_baseline(args.baseline_rev, args.out)] if args.baseline_rev else [])
-    catalogs = {e.name: _catalog(e, material.catalog, args.out) for e in engines}
+    engines = [revisions.working_tree()] + ([revisions.baseline(args.baseline_rev, args.out)] if args.baseline_rev else [])
+    catalogs = {e.name: revisions.catalog(e, material.catalog, args.out) for e in engines}
     streams = plan(material, n, args.seed)
     outcomes: list[Outcome] = []
     with ExitStack() as stack, ThreadPoolExecutor(max_workers=len(engines) + 1) as pool:
