@@ -58,14 +58,18 @@ def synthetic_noise(rng: np.random.Generator, n: int) -> np.ndarray:
     return (brown + 0.3 * rng.standard_normal(n)).astype(np.float32)
 
 
-def noise_segment(recordings: tuple[str, ...] | list[str], rng: np.random.Generator, n: int) -> np.ndarray:
-    """n samples of one of the recordings from a random start, tiled if it is shorter; brown-ish
-    noise when there is no recording."""
+SYNTHETIC_NOISE = "synthetic noise"
+
+
+def noise_segment(recordings: tuple[str, ...] | list[str], rng: np.random.Generator, n: int) -> tuple[np.ndarray, str]:
+    """n samples of one of the recordings from a random start, tiled if it is shorter, and which
+    recording; brown-ish noise (SYNTHETIC_NOISE) when there is no recording."""
     if not recordings:
-        return synthetic_noise(rng, n)
-    recording = whole(str(recordings[rng.integers(len(recordings))]))
+        return synthetic_noise(rng, n), SYNTHETIC_NOISE
+    name = str(recordings[rng.integers(len(recordings))])
+    recording = whole(name)
     start = rng.integers(max(1, len(recording) - n))
-    return np.resize(recording[start:], n)
+    return np.resize(recording[start:], n), name
 
 
 def rms(x: np.ndarray) -> float:
