@@ -386,7 +386,7 @@ def _talk(material: Corpus, room: SimulatedRoom | None, rng: np.random.Generator
 
 def _crowd(material: Corpus, rng: np.random.Generator, n: int) -> np.ndarray:
     """An ambient recording of the split with babble over it, within 3 dB of each other."""
-    ambient = noise_segment(tuple(str(p) for p in material.noise), rng, n)
+    ambient, _ = noise_segment(tuple(str(p) for p in material.noise), rng, n)
     return at_level(ambient, 1.0) + at_level(babble(material, rng, n), 10 ** (rng.uniform(-3, 3) / 20))
 
 
