@@ -32,11 +32,11 @@ from bench import revisions
 from bench.audio import read_audio
 from bench.corpus import Corpus
 from bench.queries import Condition, Excerpt, Query, render
+from bench.speed import SINGLE_THREAD
 from function.progress import Progress
 
 MAX_PROCESSES = 2  # the benchmark machine has two shared cores
 RUNNER = Path(__file__).resolve().parent / "engine_runner.py"
-SINGLE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 OFFSET_TOLERANCE = 0.5
 SAME_MATERIAL_CORRELATION = 0.8  # log-spectrogram correlation of a literal repeat; see _same_material
 ALIGN_SECONDS = 0.1
@@ -91,7 +91,11 @@ class EngineProcess:
         return [tuple(a) for a in self._read()["answers"]]
 
     def close(self) -> None:
-        self._process.stdin.close()
+        """End of input: the runner finishes and exits (if it has not died already)."""
+        try:
+            self._process.stdin.close()
+        except BrokenPipeError:
+            pass
         self._process.wait()
 
 
