@@ -82,7 +82,7 @@ def _run_cli(engine: Engine, arguments: list[str], log: Path) -> str:
 def catalog_truth(text: str) -> dict[str, str]:
     """{registered file, resolved: song_id} from `python -m function catalog --json`: one JSON
     song per line, or one document (a list of songs, or an object holding "songs"); a song names
-    its files in `sources`, or one file in `source` or `path`."""
+    its files in `sources` (and its versions' under `versions`), or one file in `source` or `path`."""
     try:
         document = json.loads(text)
         songs = document.get("songs", [document]) if isinstance(document, dict) else document
@@ -91,6 +91,8 @@ def catalog_truth(text: str) -> dict[str, str]:
     truth = {}
     for song in songs:
         files = song.get("sources") or [song[k] for k in ("source", "path") if song.get(k)]
+        # Another recording of a song (catalog format 3) is listed under it and named as it.
+        files += [file for version in song.get("versions", []) for file in version["sources"]]
         for file in files:
             truth[str(Path(file).resolve())] = song["song_id"]
     return truth
