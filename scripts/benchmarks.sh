@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Regenerate BENCHMARKS.md: every section is written by the command named in it, on the test
+# split (the dev split tunes, the test split reports), beside the baseline revision measured in
+# the same run. About 40 minutes on 2 cores with nothing else running.
+#   bash scripts/benchmarks.sh /tmp/corpus [BASELINE_REV]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+corpus=${1:?usage: bash scripts/benchmarks.sh CORPUS_DIR [BASELINE_REV]}
+baseline=${2:-d02d65c}
+out=bench/out
+python -m bench --corpus "$corpus" --split test --baseline-rev "$baseline" --queries-per-condition 40 \
+    --out "$out/test" --write-md "$out/recognition.md"
+python -m bench.streams --corpus "$corpus" --split test --baseline-rev "$baseline" --streams-per-condition 24 \
+    --out "$out/streams"
+python -m bench.versions --corpus "$corpus" --split test --songs 12 --baseline-rev "$baseline" --out "$out/versions"
+python -m bench.load --out "$out/load.md"
+{
+    cat "$out/recognition.md"
+    echo
+    cat "$out/streams/streams.md"
+    echo
+    cat "$out/versions/versions.md"
+    echo
+    cat "$out/load.md"
+} > BENCHMARKS.md
+cp "$out/test/accuracy_vs_snr.png" accuracy_vs_snr.png
+echo "BENCHMARKS.md written" >&2
