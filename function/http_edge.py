@@ -23,6 +23,7 @@ from typing import Callable
 from urllib.parse import parse_qsl
 
 import flask
+import werkzeug.exceptions
 
 from function.config import SUPPORTED_SAMPLE_RATES, UID_PATTERN
 from function.dashboard_view import dashboard
@@ -103,10 +104,21 @@ def _idempotency_key(request: flask.Request) -> str | None:
 
 def _body(request: flask.Request, cap: int) -> bytes:
     """The body, refused before reading when its declared length is over the cap and refused
-    after reading at most cap+1 bytes when no length was declared (chunked uploads)."""
-    if request.content_length is not None and request.content_length > cap:
-        raise BadRequest(413, f"body of {request.content_length} bytes is over the {cap}-byte limit")
-    body = request.stream.read(cap + 1)
+    after reading at most cap+1 bytes when no length was declared (chunked uploads).
+
+    A body shorter than its Content-Length (a client that died mid-upload) or one that cannot
+    be read (a malformed chunked encoding) is refused with 400 before anything is stored: kept,
+    it would hold its Idempotency-Key and turn Omi's full retry into a "duplicate".
+    """
+    declared = request.content_length
+    if declared is not None and declared > cap:
+        raise BadRequest(413, f"body of {declared} bytes is over the {cap}-byte limit")
+    try:
+        body = request.stream.read(cap + 1)
+    except (OSError, ValueError, werkzeug.exceptions.HTTPException) as exc:
+        raise BadRequest(400, f"the body could not be read ({type(exc).__name__}): send it again") from None
+    if declared is not None and len(body) != declared:
+        raise BadRequest(400, f"body ended after {len(body)} of its {declared} declared bytes: send it again")
     if len(body) > cap:
         raise BadRequest(413, f"body is over the {cap}-byte limit")
     if not body:
@@ -217,7 +229,7 @@ def clear_buffer(request: flask.Request, service: Service, uid: str) -> flask.Re
 def history(request: flask.Request, service: Service, uid: str) -> flask.Response:
     valid_uid(uid)
     raw = request.args.get("limit", str(HISTORY_DEFAULT))
-    if not raw.isdigit() or not 1 <= int(raw) <= HISTORY_MAX:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= HISTORY_MAX:
         raise BadRequest(400, f"limit must be an integer from 1 to {HISTORY_MAX}")
     songs = _songs(service, uid)[: int(raw)]
     return flask.jsonify({"uid": uid, "songs": [_song(r) for r in songs]})

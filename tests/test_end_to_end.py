@@ -5,11 +5,13 @@ noisy excerpt as Omi streams it, notifying through a loopback Omi API, on both b
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -80,3 +82,25 @@ def test_a_noisy_excerpt_streamed_like_omi_notifies_once(
     last_match = max(i for i, r in enumerate(replies) if r.json().get("recognition", {}).get("status") == "match")
     after_match = sum(r.json()["received_bytes"] for r in replies[last_match + 1 :] if not r.json()["duplicate"])
     assert stats["buffer_size_bytes"] == after_match  # a match cleared the buffer
+
+
+def test_an_upload_cut_short_is_refused_and_its_full_retry_is_stored(webhook_url: str) -> None:
+    address = urlsplit(webhook_url)
+    head = (
+        "POST /audio?sample_rate=16000&uid=cut_short HTTP/1.1\r\nHost: x\r\nIdempotency-Key: K1\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Length: 32000\r\n\r\n"
+    )
+    with socket.create_connection((address.hostname, address.port), timeout=10) as s:
+        s.sendall(head.encode() + b"\0" * 100)
+        s.shutdown(socket.SHUT_WR)
+        s.recv(65536)  # the server's answer, or nothing if it only closes: either way no chunk
+
+    retry = httpx.post(
+        f"{webhook_url}/audio?sample_rate=16000&uid=cut_short",
+        content=b"\1\0" * 16000,
+        headers={"Content-Type": "application/octet-stream", "Idempotency-Key": "K1"},
+        timeout=30,
+    )
+
+    assert retry.status_code == 200 and retry.json()["duplicate"] is False, retry.text
+    assert httpx.get(f"{webhook_url}/stats/cut_short", timeout=10).json()["buffer_size_bytes"] == 32000

@@ -245,7 +245,7 @@ def test_history_of_a_new_user_is_empty(webhook_env) -> None:
     assert response.json == {"uid": "alice", "songs": []}
 
 
-@pytest.mark.parametrize("limit", ["0", "-1", "x", "201"])
+@pytest.mark.parametrize("limit", ["0", "-1", "x", "201", "\u00b2", "\u0661"])
 def test_history_with_a_bad_limit_is_400(webhook_env, limit: str) -> None:
     response = build_client().get(f"/history/alice?limit={limit}")
 
