@@ -133,11 +133,16 @@ class Recogniser:
         """The top-voted song whatever its confidence (None only if nothing voted), and that
         confidence: what a recogniser without rejection would answer.
 
-        When the query at its own speed is no match, its newest seconds are voted again as if
-        played at each of CONFIG.speed_variants, and the surest vote wins.
+        A plain vote that is sure (CONFIG.sure_without_neighbours) is the answer; otherwise the
+        vote is taken again with every landmark's time-gap neighbours. When that is no match
+        either, the query's newest seconds are voted again as if played at each of
+        CONFIG.speed_variants, and the surest vote wins.
         """
         internal = to_internal(samples[: int(MAX_QUERY_SECONDS * sample_rate)], sample_rate)
-        best = self._vote(internal)
+        hashes, frames = fingerprint(internal, QUERY_DENSITY)
+        best = vote(self.catalog, hashes, frames)
+        if best is None or best.confidence < CONFIG.sure_without_neighbours:
+            best = vote(self.catalog, *with_neighbours(hashes, frames, CONFIG.neighbour_gap_frames))
         if best is None or best.confidence < self.threshold:
             newest = internal[-int(CONFIG.speed_window_seconds * INTERNAL_RATE) :]
             for speed in CONFIG.speed_variants:
