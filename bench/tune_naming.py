@@ -3,7 +3,8 @@
 `python -m bench.tune_naming --corpus /tmp/corpus --split dev [--streams-per-condition 12]`
 
 Every stream of bench/streams.py's conditions is attempted in-process exactly as the webhook's
-cadence does it (function/config.py defaults: the first attempt after MIN_AUDIO_SECONDS, then
+cadence does it (function/config.py, from the environment as the webhook reads it, so another
+cadence can be tried: the first attempt after MIN_AUDIO_SECONDS, then
 every RECOGNITION_STRIDE_SECONDS, each vote over the whole buffer up to MAX_BUFFER_SECONDS), and
 every attempt's best guess and confidence is kept. For each candidate threshold the table shows
 what naming at it would have given: songs named right, the median seconds until then, and
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     index, truth_of, _ = catalog_build.real_catalog(material.catalog, args.out)
     recogniser = Recogniser.open(str(index))
     catalog = recogniser.catalog
-    settings = Settings()
+    settings = Settings.from_env()
     streams = plan(material, args.streams_per_condition, args.seed)
     bar = Progress(len(streams), "streams")
     results = []
