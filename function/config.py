@@ -28,7 +28,7 @@ class Settings:
     gcs_bucket: str = ""  # GCS_BUCKET: buffer bucket (gcp backend)
     gcp_project: str = ""  # GOOGLE_CLOUD_PROJECT
     firestore_database: str = "(default)"  # FIRESTORE_DATABASE
-    min_audio_seconds: float = 5.0  # MIN_AUDIO_SECONDS: buffered audio before the first attempt
+    min_audio_seconds: float = 3.0  # MIN_AUDIO_SECONDS: buffered audio before the first attempt
     max_buffer_seconds: float = 60.0  # MAX_BUFFER_SECONDS: oldest audio dropped past this
     stride_seconds: float = 2.0  # RECOGNITION_STRIDE_SECONDS: new audio before the next attempt after a miss
     lease_seconds: float = 30.0  # RECOGNITION_LEASE_SECONDS: a dead holder's claim expires
