@@ -85,7 +85,7 @@ variable "omi_api_url" {
 variable "min_audio_seconds" {
   description = "Buffered audio needed before a recognition is attempted."
   type        = number
-  default     = 5
+  default     = 3
 }
 
 variable "max_buffer_seconds" {

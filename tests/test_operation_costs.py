@@ -2,7 +2,7 @@
 
 The README's "Cost per active user-hour" table comes from this test. It streams real audio
 through the app's test client (1-s POSTs with Idempotency-Keys, production cadence:
-MIN_AUDIO_SECONDS=5, RECOGNITION_STRIDE_SECONDS=2, MAX_BUFFER_SECONDS=60) on the gcp backend
+MIN_AUDIO_SECONDS=3, RECOGNITION_STRIDE_SECONDS=2, MAX_BUFFER_SECONDS=60) on the gcp backend
 against the real emulators, and counts every request the backend sends at the client transport
 layer:
 
@@ -79,8 +79,8 @@ RUN_VCPU = 1.0  # the README's deploy command: --cpu=1 --memory=1Gi
 RUN_GIB = 1.0
 RUN_ROUNDING_SECONDS = 0.1  # Cloud Run rounds billable instance time up to 100 ms
 
-# Per-chunk ceilings, a little above what the two streams measure (music: 1.20 Class A, 0.20
-# Class B, 4.0 reads, 3.07 writes; street: 1.92, 0.47, 17.3, 4.35; the counts are deterministic,
+# Per-chunk ceilings, a little above what the two streams measure (music: 1.33 Class A, 0.33
+# Class B, 4.65 reads, 3.73 writes; street: 1.93, 0.48, 17.4, 4.43; the counts are deterministic,
 # only the times vary). One more operation of any kind per chunk breaks them. The street costs
 # more than it did at MIN_AUDIO_SECONDS=10 / stride 5 (1.18, 0.18, 5.2, 2.9): every attempt,
 # one per 2 s while no song is named, now reads the whole buffer's chunk list (about 35
@@ -358,7 +358,7 @@ def test_operations_per_chunk_on_the_cloud_backend(
     # The minute of audio is replayed faster than real time, so the per-uid rate limit (memory
     # only, no storage operations) is switched off rather than allowed to answer 429.
     for name, value in {
-        "MIN_AUDIO_SECONDS": "5",
+        "MIN_AUDIO_SECONDS": "3",
         "RECOGNITION_STRIDE_SECONDS": "2",
         "MAX_BUFFER_SECONDS": "60",
         "RATE_LIMIT_AUDIO_SECONDS_PER_SECOND": "0",
@@ -382,10 +382,11 @@ def test_operations_per_chunk_on_the_cloud_backend(
     for s in (played, street):
         assert s.ops["gcs_class_a"] >= s.chunks and s.ops["firestore_writes"] >= 2 * s.chunks, dict(s.ops)
         assert s.ops["chunk_receipts_created"] == s.chunks, dict(s.ops)
-    # The streams did what they stand for: music named at every first attempt (5 s after the
-    # buffer empties), the street never, attempted every 2 s over its whole buffer.
-    assert played.recognitions == ["match"] * 12, played.recognitions
-    assert street.recognitions == ["no_match"] * 28, street.recognitions
+    # The streams did what they stand for: music named at almost every first attempt (3 s after
+    # the buffer empties; a quiet 3 s may need the next one), the street never, attempted every
+    # 2 s over its whole buffer.
+    assert played.recognitions.count("match") >= 15 and played.recognitions[0] == "match", played.recognitions
+    assert street.recognitions == ["no_match"] * 29, street.recognitions
 
     # The hot path: a chunk that runs no recognition costs one object and one read-and-commit.
     # The first chunk of each user also adds them to today's active_days document.
@@ -405,7 +406,7 @@ def test_operations_per_chunk_on_the_cloud_backend(
         report = {
             "what": "Cloud Storage and Firestore operations per 1-s chunk on the gcp backend, counted "
             "against the emulators over 60 s of music (3 songs) and 60 s of street noise, "
-            "MIN_AUDIO_SECONDS=5, RECOGNITION_STRIDE_SECONDS=2; Cloud Run seconds are in-process "
+            "MIN_AUDIO_SECONDS=3, RECOGNITION_STRIDE_SECONDS=2; Cloud Run seconds are in-process "
             "request wall times against local emulators",
             "command": "OPERATION_COUNTS_OUT=operation_counts.json python -m pytest -q tests/test_operation_costs.py",
             "price_basis": PRICE_DATE,
