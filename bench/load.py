@@ -37,6 +37,7 @@ import httpx
 import numpy as np
 
 from bench.machine import describe
+from function.config import Settings
 from function.engine.recogniser import Recogniser
 from function.simulate import load_pcm16
 from tests.conftest import running_emulators
@@ -49,6 +50,7 @@ SNR_DB = 10.0
 RESEND_SHARE = 0.02  # chunks sent twice with one Idempotency-Key, as a retrying Omi does
 TARGET_P99_INGEST_MS, TARGET_P99_RECOGNITION_MS = 100.0, 1000.0
 OUT = Path(__file__).resolve().parent / "out" / "load.md"
+DEFAULTS = Settings()  # what the served function runs with: the report states its cadence
 
 
 @dataclass
@@ -204,7 +206,8 @@ def report(results: list[dict], machine: dict[str, str], minutes: float) -> str:
         f"{machine['date']}; {machine['cpu']}, {machine['cores']} cores, {machine['ram']}; Python {machine['python']}. "
         f"Server, load generator and (gcp) emulators share this machine. {minutes:g} min per backend, "
         f"1-s chunks of the test excerpts under street noise at {SNR_DB:g} dB SNR, {RESEND_SHARE:.0%} of chunks resent "
-        "with their Idempotency-Key, default settings (recognition at 10 s, 5-s stride).",
+        f"with their Idempotency-Key, default settings (first attempt at {DEFAULTS.min_audio_seconds:g} s, then"
+        f" every {DEFAULTS.stride_seconds:g} s over the whole buffer until a song is named).",
         "",
         "| backend | users | requests/s | ingest p50/p95/p99 ms | with recognition p50/p95/p99 ms (n) | CPU s per user-hour "
         "| chunks lost or duplicated | notifications per user and song | users notified | failed requests |",
