@@ -22,6 +22,8 @@ python -m bench.load --out "$out/load.md"
     cat "$out/versions/versions.md"
     echo
     cat "$out/load.md"
+    echo
+    echo "(BENCHMARKS.md is written by \`bash scripts/benchmarks.sh CORPUS_DIR\`: each section above is the output of the command it names.)"
 } > BENCHMARKS.md
 cp "$out/test/accuracy_vs_snr.png" accuracy_vs_snr.png
 echo "BENCHMARKS.md written" >&2
