@@ -89,12 +89,26 @@ class LocalStore:
         self._chunks.mkdir(parents=True, exist_ok=True)
         self._db_path = str(self._root / "state.sqlite3")
         self._local = threading.local()
-        self._connection().execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         with self._transaction() as (db, _):
             for statement in _SCHEMA:
                 db.execute(statement)
 
     # --- plumbing -----------------------------------------------------------------------------
+    def _use_wal(self) -> None:
+        """Switch the database to WAL. Two processes opening a new database at once can both
+        try, and SQLite answers the loser "database is locked" at once, without waiting out the
+        busy timeout: so that one waits here and tries again."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                self._connection().execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
     def _connection(self) -> sqlite3.Connection:
         """One connection per thread, and a fresh one after a fork: SQLite connections must not
         cross either."""
