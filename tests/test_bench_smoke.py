@@ -23,20 +23,20 @@ def _remove_worktrees(out: Path) -> None:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
 
 
+def _run_removing_worktrees(arguments: list[str], out: Path, timeout: int) -> subprocess.CompletedProcess:
+    """`python -m <arguments>` from the checkout; the baseline worktrees it made under `out` are
+    removed afterwards, pass or fail, so that git does not keep them registered."""
+    try:
+        return subprocess.run([sys.executable, "-m", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    finally:
+        _remove_worktrees(out)
+
+
 def test_quick_benchmark_writes_report_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "out"
     md = tmp_path / "BENCHMARKS.md"
 
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench", "--quick", "--baseline-rev", "HEAD", "--out", str(out), "--write-md", str(md)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-    finally:
-        _remove_worktrees(out)
+    proc = _run_removing_worktrees(["bench", "--quick", "--baseline-rev", "HEAD", "--out", str(out), "--write-md", str(md)], out, 180)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = md.read_text()
@@ -76,16 +76,7 @@ def test_quick_benchmark_writes_report_and_plot(tmp_path: Path) -> None:
 def test_quick_stream_benchmark_serves_the_tree_and_a_baseline(tmp_path: Path) -> None:
     out = tmp_path / "streams"
 
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.streams", "--quick", "--baseline-rev", "HEAD", "--out", str(out)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-    finally:
-        _remove_worktrees(out)
+    proc = _run_removing_worktrees(["bench.streams", "--quick", "--baseline-rev", "HEAD", "--out", str(out)], out, 240)
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "streams.md").read_text()
