@@ -37,9 +37,10 @@ class EngineConfig:
     hop: int = field(default=256, metadata=_FROZEN)  # 32 ms frames
     # Power averaged over this many frames before peaks are picked. A room turns the fine
     # structure of a reverberant spectrum into random speckle that moves from frame to frame;
-    # averaging keeps the music's own peaks and drops most of the speckle's. Set on dev: in
-    # simulated halls with talk, 1 -> 3 frames raised 10-s recall from 81 % to 95 %, and lowered
-    # the highest unknown-music confidence from 0.61 to 0.47; 4 and 5 frames did worse.
+    # averaging keeps the music's own peaks and drops most of the speckle's. Set on dev (232
+    # 10-s windows: a recorded hall under babble, simulated halls 4-7 m from the speaker with
+    # talk, the wearer's voice and Opus): 1 -> 3 frames raised recall from 78 % to 88 % and
+    # lowered the highest unknown-music confidence from 0.61 to 0.47; 4 frames did worse.
     smooth_frames: int = field(default=3, metadata=_FROZEN)
     min_bin: int = field(default=4, metadata=_FROZEN)  # ~60 Hz ..
     max_bin: int = field(default=252, metadata=_FROZEN)  # .. 3.94 kHz: the band every device delivers
@@ -54,9 +55,9 @@ class EngineConfig:
     query_density: Density = Density(peaks_per_second=40.0, fan_out=10)
     # A query landmark is also looked up with its time gap +-this many frames: reverberation and
     # speed changes move a peak by a frame, and the gap sits in the hash's low bits, so the
-    # variants cost one more lookup each and no extra index. Set on dev: 0 -> 1 raised recall in
-    # simulated halls with talk from 81 % to 95 % (with smooth_frames 3: 95 % -> 99 %); 2 did not
-    # help further.
+    # variants cost one more lookup each and no extra index. Set on dev (the same 232 windows):
+    # 0 -> 1 raised recall from 78 % to 92 %, and with smooth_frames 3 from 88 % to 95 %; +-1
+    # frequency bin as well added nothing; +-2 frames was not measured.
     neighbour_gap_frames: int = 1
     # A query whose plain vote (no neighbours) is already this sure is answered from it: the
     # neighbour lookups triple the postings a vote sorts (a 10-s query against 1,000 songs went
