@@ -20,7 +20,6 @@ import os
 import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
