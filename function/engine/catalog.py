@@ -95,9 +95,6 @@ class Catalog:
         """The song that `index` is a version of (the song itself for a first version)."""
         return self.songs[int(self.group_index[index])]
 
-    def versions(self, song_id: str) -> list[Song]:
-        return [s for s in self.songs if s.song_id == song_id or s.version_of == song_id]
-
     def set_version(self, song_id: str, of: str) -> None:
         """Record `song_id` as another version of `of` (or of the song `of` is a version of)."""
         head = self.songs[self._by_id[of]]

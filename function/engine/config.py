@@ -12,7 +12,7 @@ unknown) sets constants; "test" (the other packages) is what BENCHMARKS.md repor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 _FROZEN = {"frozen": True}
 
@@ -119,9 +119,6 @@ class EngineConfig:
     def frozen(self) -> dict:
         """The parameters a catalog is built with, as stored in it (JSON-able)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("frozen")}
-
-    def describe(self) -> dict:
-        return asdict(self)
 
 
 CONFIG = EngineConfig()

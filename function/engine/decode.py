@@ -44,17 +44,20 @@ def to_internal(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     samples = np.asarray(samples, dtype=np.float32)
     if sample_rate == INTERNAL_RATE:
         return samples
-    g = gcd(int(sample_rate), INTERNAL_RATE)
-    up, down = INTERNAL_RATE // g, int(sample_rate) // g
-    return resample_poly(samples, up, down, window=_antialias_filter(up, down)).astype(np.float32)
+    return _resample(samples, INTERNAL_RATE, int(sample_rate))
 
 
 def undo_speed(samples: np.ndarray, speed: float) -> np.ndarray:
     """Internal-rate audio that was played `speed` times too fast, brought back to speed 1
     (pitch and tempo together, as a turntable or a radio running fast changes both)."""
-    up = int(round(speed * 100))
-    g = gcd(up, 100)
-    return resample_poly(samples, up // g, 100 // g, window=_antialias_filter(up // g, 100 // g)).astype(np.float32)
+    return _resample(samples, int(round(speed * 100)), 100)
+
+
+def _resample(samples: np.ndarray, up: int, down: int) -> np.ndarray:
+    """`samples` resampled by up/down (reduced by their gcd), with the engine's anti-alias filter."""
+    g = gcd(up, down)
+    up, down = up // g, down // g
+    return resample_poly(samples, up, down, window=_antialias_filter(up, down)).astype(np.float32)
 
 
 def pcm16_to_float(pcm: bytes) -> np.ndarray:

@@ -105,18 +105,17 @@ class Recogniser:
     @property
     def songs(self) -> list[dict]:
         """One entry per song, its other recordings under "versions" (id, duration, sources)."""
-        out = []
-        for song in self.catalog.songs:
-            if song.version_of is None:
-                entry = song.public()
-                entry.pop("version_of")
-                entry["versions"] = [
-                    {"song_id": v.song_id, "duration_seconds": v.duration_seconds, "sources": v.sources}
-                    for v in self.catalog.versions(song.song_id)
-                    if v is not song
-                ]
-                out.append(entry)
-        return out
+        group = self.catalog.group_index.tolist()
+        entries: dict[int, dict] = {}
+        for index, song in enumerate(self.catalog.songs):
+            if group[index] == index:
+                entries[index] = {**song.public(), "versions": []}
+                del entries[index]["version_of"]
+        for index, song in enumerate(self.catalog.songs):
+            if group[index] != index:
+                version = {"song_id": song.song_id, "duration_seconds": song.duration_seconds, "sources": song.sources}
+                entries[group[index]]["versions"].append(version)
+        return list(entries.values())
 
     def register(self, paths: list[str], workers: int | None = None, progress: bool = False) -> list[RegisterResult]:
         from function.engine.register_run import register_files
@@ -142,20 +141,19 @@ class Recogniser:
         hashes, frames = fingerprint(internal, QUERY_DENSITY)
         best = vote(self.catalog, hashes, frames)
         if best is None or best.confidence < CONFIG.sure_without_neighbours:
-            best = vote(self.catalog, *with_neighbours(hashes, frames, CONFIG.neighbour_gap_frames))
+            best = self._vote_with_neighbours(hashes, frames)
         if best is None or best.confidence < self.threshold:
             newest = internal[-int(CONFIG.speed_window_seconds * INTERNAL_RATE) :]
             for speed in CONFIG.speed_variants:
-                v = self._vote(undo_speed(newest, speed))
+                v = self._vote_with_neighbours(*fingerprint(undo_speed(newest, speed), QUERY_DENSITY))
                 if v is not None and (best is None or v.confidence > best.confidence):
                     best = v
         if best is None:
             return None, 0.0
         return self._match(best), best.confidence
 
-    def _vote(self, internal: np.ndarray) -> Vote | None:
-        hashes, frames = with_neighbours(*fingerprint(internal, QUERY_DENSITY), CONFIG.neighbour_gap_frames)
-        return vote(self.catalog, hashes, frames)
+    def _vote_with_neighbours(self, hashes: np.ndarray, frames: np.ndarray) -> Vote | None:
+        return vote(self.catalog, *with_neighbours(hashes, frames, CONFIG.neighbour_gap_frames))
 
     def _match(self, v: Vote) -> Match:
         """The song a vote names: a version's song (its first version) carries the name."""
