@@ -1,10 +1,10 @@
 """Cloud Run function entry point: Omi audio in, song notifications out.
 
-    request -> function/http_edge (routes, validation, status codes)
+    request -> function/webhook/edge (routes, validation, status codes)
             -> function/webhook/ingest (store chunk, claim, recognise, notify, record)
             -> Store (function/storage: local files + SQLite, or Cloud Storage + Firestore)
                Recogniser (function/engine/recogniser: the catalog, loaded at boot, retried on use)
-               Notifier (function/notifier: Omi's notification API)
+               Notifier (function/webhook/omi_client: Omi's notification API)
 
 Settings are read at import, so a bad deployment fails at boot; the catalog is loaded then too,
 but a missing one is only logged. The rest is built on the first request and then shared by
@@ -24,10 +24,10 @@ from werkzeug.exceptions import HTTPException
 
 from function import logs
 from function.config import SUPPORTED_SAMPLE_RATES, Settings
-from function.http_edge import error, handle
+from function.webhook.edge import error, handle
 from function.webhook.ingest import Service
-from function.notifier import Notifier
-from function.ratelimit import AudioRateLimiter
+from function.webhook.omi_client import Notifier
+from function.webhook.ratelimit import AudioRateLimiter
 from function.engine.recogniser import CatalogError, get_recogniser
 from function.storage import open_store
 

@@ -8,7 +8,7 @@ from email.utils import formatdate
 import pytest
 
 from function.config import Settings
-from function.notifier import Notifier, song_message
+from function.webhook.omi_client import Notifier, song_message
 from tests.omi_server import OmiApi, omi_api  # noqa: F401  (fixture)
 
 SECRET = "s3cret-key-never-logged"

@@ -1,4 +1,4 @@
-"""openapi.yaml says what the service does: the same paths and methods as http_edge.ROUTES, a
+"""openapi.yaml says what the service does: the same paths and methods as edge.ROUTES, a
 valid OpenAPI document, and a schemathesis run against a live functions-framework process that
 finds no 5xx and no answer the document does not describe."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from openapi_spec_validator import validate
 from ruamel.yaml import YAML
 
-from function.http_edge import ROUTES
+from function.webhook.edge import ROUTES
 from tests.webhook_support import ROOT, catalog_uri, running_function, tracks  # noqa: F401  (fixtures)
 
 SPEC = ROOT / "openapi.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from function.ratelimit import BURST_AUDIO_SECONDS, AudioRateLimiter
+from function.webhook.ratelimit import BURST_AUDIO_SECONDS, AudioRateLimiter
 from tests.webhook_support import build_client, catalog_uri, noise_pcm, post_chunk, tracks, webhook_env  # noqa: F401
 
 T0 = 1_800_000_000.0

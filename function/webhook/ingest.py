@@ -1,6 +1,6 @@
 """What happens to one chunk of a user's audio: store it, maybe recognise, maybe notify, record.
 
-No HTTP and no cloud SDK here: the edge (`function/http_edge.py`) turns requests into calls,
+No HTTP and no cloud SDK here: the edge (`function/webhook/edge.py`) turns requests into calls,
 the `Store` keeps every piece of state, so any number of instances can run this at once.
 
 Recognition cadence: a recognition is claimed once MIN_AUDIO_SECONDS are buffered. After a miss
@@ -19,8 +19,8 @@ from typing import Callable, Protocol
 
 from function.config import Settings
 from function.logs import log
-from function.notifier import Notifier, song_message
-from function.ratelimit import AudioRateLimiter
+from function.webhook.omi_client import Notifier, song_message
+from function.webhook.ratelimit import AudioRateLimiter
 from function.engine.recogniser import CatalogError, Match
 from function.webhook.naming import named
 from function.storage.base import Lease, PendingNotification, Recognition, Store, StoreUnavailable

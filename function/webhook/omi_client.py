@@ -1,7 +1,7 @@
 """The client for Omi's notification API (POST /v2/integrations/{app_id}/notification).
 
 It only delivers and reports; whether a notification should be sent at all (cooldown, hourly
-limit, a pending Retry-After) is decided in `function/ingest.py` against the store, so the
+limit, a pending Retry-After) is decided in `function/webhook/ingest.py` against the store, so the
 decision holds across instances. The app secret goes in the Authorization header and nowhere
 else: not in results, not in log lines.
 """
