@@ -1,10 +1,28 @@
-"""`python -m function simulate`: replay an audio file exactly as the Omi backend streams it.
+"""`python -m function simulate`: replay an audio file as the Omi backend streams it.
 
-The webhook's hard cases come from how Omi delivers audio (../shared/omi/CONTRACT.md), not from
-the audio itself: batches of N seconds sent as 1-second POSTs in order, one `Idempotency-Key` per
-chunk that a retry reuses, retries after 1 s, 5 s, 30 s on timeout/5xx/408/429, and a batch
-abandoned on any other 4xx. Driving a local or deployed function through this path is the only way
-to see duplicate handling, back-pressure and recognition timing before a real device does.
+The webhook's hard cases come from how Omi delivers audio (../shared/omi/CONTRACT.md, section 1),
+not from the audio itself. Two delivery paths are reproduced:
+
+- `--mode developer` (the "Realtime audio bytes" developer setting, the default): Omi's buffer
+  takes frames of about a second and sends a batch once it holds strictly more than X seconds
+  (`--batch-seconds`, an integer, default 5), so a batch is about X+1 s. The batch goes out as
+  1-second POSTs (sample_rate*2 bytes) with a short last one, each awaited before the next; every
+  chunk has its own `Idempotency-Key`, which a retry reuses; retries after 1 s, 5 s, 30 s on a
+  timeout, a refused connection, 5xx, 408, 429 or 3xx (Retry-After ignored, redirects not
+  followed); a chunk that still fails, or any other non-2xx, drops the rest of its batch.
+- `--mode app` (an Omi app with the `audio_bytes` trigger): the whole batch in one POST, no
+  Idempotency-Key, no retry; a failed batch is lost and the stream goes on. Omi fixes X at 4 for
+  apps (batches of about 5 s), so that is this mode's default.
+
+With `--signing-secret`, every POST is signed as Omi signs (section 3): `X-Omi-Signature`
+(signed again, with a fresh t, on every retry), `X-Omi-Event: audio_bytes` and `X-Omi-Delivery`,
+the chunk's Idempotency-Key in developer mode and a fresh uuid per POST in app mode.
+
+Where a file differs from a live stream: audio left in the buffer when the file ends (X seconds
+or less) is sent as a last, shorter batch, as it would be once the next frame arrived; Omi's
+circuit breaker and queue overflow are not reproduced. One thing is not Omi's at all: if the
+very first request of a run cannot connect, the run stops at once (a wrong --url should not take
+minutes of retries to report).
 """
 
 from __future__ import annotations
@@ -18,14 +36,24 @@ from dataclasses import asdict, dataclass
 from math import gcd
 from pathlib import Path
 from typing import Iterator, Sequence
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
 from scipy.signal import resample_poly
 
 from function.engine.decode import DecodeError, decode_file
+from function.webhook.signing import sign
 
+DEVELOPER, APP = "developer", "app"
+MODES = (DEVELOPER, APP)
+# Omi's "every X seconds" for the developer setting defaults to 5; the app trigger uses a fixed 4.
+DEFAULT_BATCH_SECONDS = {DEVELOPER: 5, APP: 4}
+# Omi's transcription side forwards the device audio to its batcher about once a second. Frames a
+# little under a second make X frames hold at most X s, so the batch closes on frame X+1 (about
+# X+1 s, as CONTRACT.md describes) and never on a whole second: with X=5, 6 frames of 0.95 s make
+# a 5.7-s batch, posted as 1, 1, 1, 1, 1 and 0.7 s.
+OMI_FRAME_SECONDS = 0.95
 OMI_RETRY_DELAYS = (1.0, 5.0, 30.0)
 # Omi's client: 2 s to connect, then up to 30 s for the answer.
 CONNECT_TIMEOUT_SECONDS = 2.0
@@ -34,13 +62,17 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """One HTTP attempt; a retried chunk yields one result per attempt, all with the same key."""
+    """One HTTP attempt; a retried chunk yields one result per attempt, all with the same key.
+
+    In app mode a "chunk" is the whole batch (`chunks_in_batch` is 1) and `idempotency_key` is
+    None. `delivery_id` is the X-Omi-Delivery sent with a signed POST (None when unsigned).
+    """
 
     batch: int
     chunk: int
     chunks_in_batch: int
     attempt: int
-    idempotency_key: str
+    idempotency_key: str | None
     bytes: int
     status: int | None
     elapsed_ms: float
@@ -48,6 +80,17 @@ class ChunkResult:
     error: str | None = None
     buffered_seconds: float | None = None
     recognition: dict | None = None
+    mode: str = DEVELOPER
+    delivery_id: str | None = None
+
+
+class Unreachable(Exception):
+    """The very first request of a run could not connect: nothing is listening at the URL."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot connect to {url} ({reason})")
+        self.url = url
+        self.reason = reason
 
 
 def load_pcm16(path: str | Path, sample_rate: int, noise: str | Path | None = None, snr_db: float = 10.0) -> bytes:
@@ -99,15 +142,36 @@ def omi_url(url: str, sample_rate: int, uid: str, token: str | None = None) -> s
     return f"{url}{'&' if '?' in url else '?'}{urlencode({'sample_rate': sample_rate, 'uid': uid})}"
 
 
-def batches(pcm: bytes, sample_rate: int, batch_seconds: float) -> list[list[bytes]]:
-    """Split PCM into batches of `batch_seconds`, each as the 1-s chunks Omi posts one by one."""
-    chunk_bytes = sample_rate * 2
-    batch_bytes = max(2, int(round(batch_seconds * sample_rate)) * 2)
-    out = []
-    for start in range(0, len(pcm), batch_bytes):
-        end = min(start + batch_bytes, len(pcm))
-        out.append([pcm[c : min(c + chunk_bytes, end)] for c in range(start, end, chunk_bytes)])
+def omi_batches(
+    pcm: bytes, sample_rate: int, batch_seconds: float, frame_seconds: float = OMI_FRAME_SECONDS
+) -> list[bytes]:
+    """The batches Omi sends for `pcm`: frames of `frame_seconds` are buffered until the buffer
+    holds strictly more than `batch_seconds`, then the buffer goes out whole and starts empty.
+
+    What is left at the end of the file (never more than `batch_seconds`) is a last batch.
+    """
+    frame_bytes = max(1, int(round(frame_seconds * sample_rate))) * 2
+    threshold = batch_seconds * sample_rate * 2
+    out, start, end = [], 0, 0
+    while end < len(pcm):
+        end = min(end + frame_bytes, len(pcm))
+        if end - start > threshold:
+            out.append(pcm[start:end])
+            start = end
+    if start < len(pcm):
+        out.append(pcm[start:])
     return out
+
+
+def batches(
+    pcm: bytes, sample_rate: int, batch_seconds: float, frame_seconds: float = OMI_FRAME_SECONDS
+) -> list[list[bytes]]:
+    """Omi's developer-mode batches, each as the 1-s chunks it posts one by one (the last one short)."""
+    chunk_bytes = sample_rate * 2
+    return [
+        [batch[c : c + chunk_bytes] for c in range(0, len(batch), chunk_bytes)]
+        for batch in omi_batches(pcm, sample_rate, batch_seconds, frame_seconds)
+    ]
 
 
 def stream(
@@ -116,53 +180,100 @@ def stream(
     uid: str,
     sample_rate: int,
     *,
-    batch_seconds: float = 5.0,
+    batch_seconds: float | None = None,
     token: str | None = None,
     realtime: bool = False,
     retry_delays: Sequence[float] = OMI_RETRY_DELAYS,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    mode: str = DEVELOPER,
+    signing_secret: str | None = None,
+    frame_seconds: float = OMI_FRAME_SECONDS,
 ) -> Iterator[ChunkResult]:
-    """Post `pcm` as Omi does, yielding every attempt as it completes.
+    """Post `pcm` as Omi does in `mode`, yielding every attempt as it completes.
 
-    A chunk that still fails after the last retry, or gets a non-retryable 4xx, abandons the rest
-    of its batch (Omi never sends a batch with a hole in it); the next batch goes on.
+    Developer mode: a chunk that still fails after the last retry, or gets a non-retryable
+    answer, abandons the rest of its batch (Omi never sends a batch with a hole in it); the next
+    batch goes on. App mode: one POST per batch and no retry. Raises `Unreachable` when the very
+    first request cannot connect.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    if batch_seconds is None:
+        batch_seconds = DEFAULT_BATCH_SECONDS[mode]
     target = omi_url(url, sample_rate, uid, token)
-    headers = {"Content-Type": "application/octet-stream"}
     timeout = httpx.Timeout(timeout_seconds, connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds))
     started = time.monotonic()
     sent_bytes = 0
-    with httpx.Client(timeout=timeout) as client:
-        for b, batch in enumerate(batches(pcm, sample_rate, batch_seconds), start=1):
-            batch_bytes = sum(len(c) for c in batch)
+    first_request = True
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        for b, batch in enumerate(omi_batches(pcm, sample_rate, batch_seconds, frame_seconds), start=1):
             if realtime:
                 # Omi sends a batch only once its audio has been recorded.
-                ready_at = started + (sent_bytes + batch_bytes) / (2 * sample_rate)
+                ready_at = started + (sent_bytes + len(batch)) / (2 * sample_rate)
                 time.sleep(max(0.0, ready_at - time.monotonic()))
-            sent_bytes += batch_bytes
-            for c, chunk in enumerate(batch, start=1):
-                result = None
-                for result in _deliver(client, target, headers, chunk, retry_delays):
-                    yield ChunkResult(batch=b, chunk=c, chunks_in_batch=len(batch), **result)
-                if not (result and result["delivered"]):
+            sent_bytes += len(batch)
+            if mode == DEVELOPER:
+                posts = [batch[c : c + sample_rate * 2] for c in range(0, len(batch), sample_rate * 2)]
+            else:
+                posts = [batch]
+            for c, body in enumerate(posts, start=1):
+                result: dict = {}
+                for result in _deliver(
+                    client,
+                    target,
+                    uid,
+                    body,
+                    retry_delays if mode == DEVELOPER else (),
+                    idempotent=mode == DEVELOPER,
+                    signing_secret=signing_secret,
+                    fail_fast_url=_without_query(url) if first_request else None,
+                ):
+                    yield ChunkResult(batch=b, chunk=c, chunks_in_batch=len(posts), mode=mode, **result)
+                first_request = False
+                if not result.get("delivered"):
                     break
+
+
+def _without_query(url: str) -> str:
+    # The query may carry a token; an error line names where, not with what.
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 def _deliver(
     client: httpx.Client,
     target: str,
-    headers: dict[str, str],
-    chunk: bytes,
+    uid: str,
+    body: bytes,
     retry_delays: Sequence[float],
+    *,
+    idempotent: bool = True,
+    signing_secret: str | None = None,
+    fail_fast_url: str | None = None,
 ) -> Iterator[dict]:
-    key = str(uuid.uuid4())
+    """Every attempt at one POST. `fail_fast_url`: this is the run's first request, and failing to
+    connect at all raises Unreachable (naming that URL) instead of being retried."""
+    key = str(uuid.uuid4()) if idempotent else None
     for attempt in range(1, len(retry_delays) + 2):
+        headers = {"Content-Type": "application/octet-stream"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        delivery = None
+        if signing_secret is not None:
+            delivery = key or str(uuid.uuid4())
+            headers["X-Omi-Signature"] = sign(signing_secret, uid, body, int(time.time()))
+            headers["X-Omi-Event"] = "audio_bytes"
+            headers["X-Omi-Delivery"] = delivery
         t0 = time.perf_counter()
-        status, error, body = None, None, {}
+        status, error, answer = None, None, {}
         try:
-            response = client.post(target, content=chunk, headers={**headers, "Idempotency-Key": key})
+            response = client.post(target, content=body, headers=headers)
             status = response.status_code
-            body = _json_object(response)
+            answer = _json_object(response)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if fail_fast_url is not None and attempt == 1:
+                raise Unreachable(fail_fast_url, f"{type(exc).__name__}: {exc}") from None
+            error = f"{type(exc).__name__}: {exc}"
         except httpx.TimeoutException as exc:
             error = f"timeout ({type(exc).__name__})"
         except httpx.TransportError as exc:
@@ -171,13 +282,14 @@ def _deliver(
         yield {
             "attempt": attempt,
             "idempotency_key": key,
-            "bytes": len(chunk),
+            "delivery_id": delivery,
+            "bytes": len(body),
             "status": status,
             "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1),
             "delivered": delivered,
             "error": error,
-            "buffered_seconds": body.get("buffered_seconds"),
-            "recognition": body.get("recognition"),
+            "buffered_seconds": answer.get("buffered_seconds"),
+            "recognition": answer.get("recognition"),
         }
         if delivered or not _retryable(status) or attempt > len(retry_delays):
             return
@@ -185,8 +297,9 @@ def _deliver(
 
 
 def _retryable(status: int | None) -> bool:
-    # None is a timeout or a connection failure, which Omi retries like a 5xx.
-    return status is None or status >= 500 or status in (408, 429)
+    # None is a timeout or a connection failure, which Omi retries like a 5xx; so is a 3xx,
+    # since Omi does not follow redirects.
+    return status is None or status >= 500 or 300 <= status < 400 or status in (408, 429)
 
 
 def _json_object(response: httpx.Response) -> dict:
@@ -214,7 +327,10 @@ def describe_recognition(recognition: dict) -> str:
 
 
 def format_line(result: ChunkResult) -> str:
-    where = f"batch {result.batch} chunk {result.chunk}/{result.chunks_in_batch}"
+    if result.mode == APP:
+        where = f"batch {result.batch}"
+    else:
+        where = f"batch {result.batch} chunk {result.chunk}/{result.chunks_in_batch}"
     if result.attempt > 1:
         where += f" retry {result.attempt - 1}"
     outcome = str(result.status) if result.status is not None else result.error
@@ -226,51 +342,104 @@ def format_line(result: ChunkResult) -> str:
     return line
 
 
+def _whole_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: Omi takes a whole number of seconds (it silently replaces a decimal with 5)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1 second")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `simulate` subcommand's options, mounted by function.cli."""
     parser.add_argument("file", help="audio to replay (WAV, FLAC, OGG, MP3; mixed to mono)")
     parser.add_argument("--url", required=True, help="webhook URL, as pasted into the Omi app")
     parser.add_argument("--uid", required=True, help="the Omi user id sent in the query")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=DEVELOPER,
+        help="developer: the 'Realtime audio bytes' setting, 1-s POSTs with Idempotency-Key and retries "
+        "(default); app: an Omi app's audio_bytes trigger, one POST per batch, no retries",
+    )
     parser.add_argument("--sample-rate", type=int, choices=(16000, 8000), default=16000)
-    parser.add_argument("--batch-seconds", type=float, default=5.0, help="Omi's 'every X seconds' (default 5)")
+    parser.add_argument(
+        "--batch-seconds",
+        type=_whole_seconds,
+        default=None,
+        help="Omi's 'every X seconds': a batch goes once more than X s are buffered, so about X+1 s "
+        "(default 5; 4 in app mode, which Omi fixes)",
+    )
     parser.add_argument("--realtime", action="store_true", help="send each batch when its audio would be recorded")
     parser.add_argument("--noise", help="audio file mixed in (looped or cropped to length)")
     parser.add_argument("--snr", type=float, default=10.0, help="signal-to-noise ratio in dB for --noise (default 10)")
     parser.add_argument("--token", help="webhook token, sent as token=T in the query")
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds per request (Omi: 15-30)"
+        "--signing-secret",
+        help="sign every POST as Omi does (X-Omi-Signature, X-Omi-Event, X-Omi-Delivery) with this secret",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds per request (Omi: 30)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per request on stdout")
 
 
 def run(args: argparse.Namespace, retry_delays: Sequence[float] = OMI_RETRY_DELAYS) -> int:
-    """Stream the file; 0 when every chunk was delivered, 1 when some were lost, 2 on bad input."""
-    if args.batch_seconds <= 0:
+    """Stream the file; 0 when every POST was delivered, 1 when some audio was lost or the URL
+    could not be reached at all, 2 on bad input."""
+    mode = getattr(args, "mode", DEVELOPER)
+    signing_secret = getattr(args, "signing_secret", None)
+    batch_seconds = args.batch_seconds if args.batch_seconds is not None else DEFAULT_BATCH_SECONDS[mode]
+    if batch_seconds <= 0:
         print("error: --batch-seconds must be positive", file=sys.stderr)
+        return 2
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        print(f"error: --url must be an http:// or https:// URL, not {args.url!r}", file=sys.stderr)
+        return 2
+    if signing_secret is not None and not args.uid.isascii():
+        print("error: a signed delivery needs an ASCII --uid (Omi's are [A-Za-z0-9_-])", file=sys.stderr)
         return 2
     try:
         pcm = load_pcm16(args.file, args.sample_rate, args.noise, args.snr)
     except (DecodeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    total = len(pcm) // 2
-    chunks = sum(len(batch) for batch in batches(pcm, args.sample_rate, args.batch_seconds))
-    delivered = 0
-    for result in stream(
-        pcm,
-        args.url,
-        args.uid,
-        args.sample_rate,
-        batch_seconds=args.batch_seconds,
-        token=args.token,
-        realtime=args.realtime,
-        retry_delays=retry_delays,
-        timeout_seconds=args.timeout,
-    ):
-        delivered += result.delivered
-        print(json.dumps(asdict(result)) if args.json else format_line(result), flush=True)
-    print(
-        f"{delivered}/{chunks} chunks delivered ({total / args.sample_rate:.1f} s of audio at {args.sample_rate} Hz)",
-        file=sys.stderr,
+    total_seconds = len(pcm) / 2 / args.sample_rate
+    batch_list = batches(pcm, args.sample_rate, batch_seconds)
+    expected = sum(len(b) for b in batch_list) if mode == DEVELOPER else len(batch_list)
+    delivered = delivered_bytes = 0
+    try:
+        for result in stream(
+            pcm,
+            args.url,
+            args.uid,
+            args.sample_rate,
+            batch_seconds=batch_seconds,
+            token=args.token,
+            realtime=args.realtime,
+            retry_delays=retry_delays,
+            timeout_seconds=args.timeout,
+            mode=mode,
+            signing_secret=signing_secret,
+        ):
+            delivered += result.delivered
+            delivered_bytes += result.bytes if result.delivered else 0
+            print(json.dumps(asdict(result)) if args.json else format_line(result), flush=True)
+    except Unreachable as exc:
+        print(f"error: {exc}; is the function running there?", file=sys.stderr)
+        return 1
+    what = "chunks" if mode == DEVELOPER else "batches"
+    how = f"{len(batch_list)} batches" if mode == DEVELOPER else "one POST each"
+    summary = (
+        f"{delivered}/{expected} {what} delivered "
+        f"({total_seconds:.1f} s of audio at {args.sample_rate} Hz, {how}"
     )
-    return 0 if delivered == chunks else 1
+    if delivered_bytes < len(pcm):
+        summary += f"; {(len(pcm) - delivered_bytes) / 2 / args.sample_rate:.1f} s of it lost"
+    print(summary + ")", file=sys.stderr)
+    return 0 if delivered == expected else 1

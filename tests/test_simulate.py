@@ -1,14 +1,18 @@
 """The Omi device simulator against a real HTTP server on loopback that records what arrives.
 
 The server can fail chosen chunks, so every part of Omi's delivery contract that the simulator
-claims to reproduce (chunking, query, headers, key reuse, retries, give-up) is observed on the
-wire rather than inferred from the simulator's own output.
+claims to reproduce (batch shape, query, headers, key reuse, retries, give-up, app mode, signing,
+fail-fast) is observed on the wire rather than inferred from the simulator's own output.
+
+With Omi's default X=5 and frames of 0.95 s, a developer batch is 6 frames = 5.7 s, posted as
+five 1-s chunks (32000 B at 16 kHz) and one of 0.7 s (22400 B).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import threading
 import time
 import uuid
@@ -23,8 +27,11 @@ import pytest
 import soundfile
 
 from function import simulate
+from function.webhook.signing import BadSignature, verify
 
 FAST_RETRIES = (0.01, 0.02, 0.03)
+SECOND = 32000  # bytes of one second at 16 kHz
+BATCH_5 = [SECOND] * 5 + [22400]  # X=5: 6 frames of 0.95 s = 5.7 s
 
 
 @dataclass
@@ -41,9 +48,10 @@ class Received:
 class Recorder:
     """What the server saw, and how it should answer.
 
-    Chunks are numbered 1, 2, ... by the order in which their Idempotency-Key first arrives.
-    `fail_first` answers a chunk's first attempt with the given status (0 = stall past the
-    client's timeout); `fail_always` answers every attempt of that chunk with it.
+    Chunks are numbered 1, 2, ... by the order in which their Idempotency-Key first arrives (a
+    POST without one, as in app mode, is a chunk of its own). `fail_first` answers a chunk's first
+    attempt with the given status (0 = stall past the client's timeout); `fail_always` answers
+    every attempt of that chunk with it. `shutdown()` stops the server mid-run.
     """
 
     fail_first: dict[int, int] = field(default_factory=dict)
@@ -53,6 +61,7 @@ class Recorder:
     requests: list[Received] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    shutdown: object = None
 
     def delivered_bodies(self) -> list[bytes]:
         return [r.body for r in self.requests if 200 <= r.status < 300]
@@ -65,8 +74,8 @@ def server() -> Iterator[tuple[str, Recorder]]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            key = self.headers.get("Idempotency-Key", "")
             with recorder.lock:
+                key = self.headers.get("Idempotency-Key") or f"unkeyed request {len(recorder.requests)}"
                 first = key not in recorder.keys
                 if first:
                     recorder.keys.append(key)
@@ -97,6 +106,12 @@ def server() -> Iterator[tuple[str, Recorder]]:
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
+
+    def shutdown() -> None:
+        httpd.shutdown()
+        httpd.server_close()
+
+    recorder.shutdown = shutdown
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", recorder
     finally:
@@ -125,13 +140,13 @@ def test_stream_is_one_second_chunks_with_omi_query_and_headers(tmp_path: Path, 
     code = simulate.run(parse([str(song), "--url", f"{url}/audio", "--uid", "user_1"]), FAST_RETRIES)
 
     assert code == 0
-    # 12.5 s in 5-s batches: 5 + 5 + 3 chunks, the last of each batch as long as what is left.
-    assert [len(r.body) for r in rec.requests] == [32000] * 12 + [16000]
+    # 12.5 s: two batches of 5.7 s (five 1-s chunks and a 0.7-s one), then the last 1.1 s.
+    assert [len(r.body) for r in rec.requests] == BATCH_5 + BATCH_5 + [SECOND, 3200]
     assert {r.path for r in rec.requests} == {"/audio"}
     assert {r.query for r in rec.requests} == {"sample_rate=16000&uid=user_1"}
     assert {r.headers["Content-Type"] for r in rec.requests} == {"application/octet-stream"}
     keys = [r.headers["Idempotency-Key"] for r in rec.requests]
-    assert len(set(keys)) == 13
+    assert len(set(keys)) == 14
     assert all(uuid.UUID(k).version == 4 for k in keys)
 
 
@@ -168,7 +183,7 @@ def test_token_reaches_the_server_in_the_query(tmp_path: Path, server) -> None:
     assert [r.query for r in rec.requests] == ["token=tok&sample_rate=16000&uid=u"]
 
 
-@pytest.mark.parametrize("status", [500, 503, 429, 408, 0])
+@pytest.mark.parametrize("status", [500, 503, 429, 408, 0, 302, 307])
 def test_a_retryable_failure_is_retried_with_the_same_key_and_body(tmp_path: Path, server, status: int) -> None:
     url, rec = server
     rec.fail_first = {2: status}
@@ -189,7 +204,7 @@ def test_a_retryable_failure_is_retried_with_the_same_key_and_body(tmp_path: Pat
 def test_retries_follow_the_given_delays_then_give_up(tmp_path: Path, server, capsys) -> None:
     url, rec = server
     rec.fail_always = {1: 503}
-    song = write_tone(tmp_path / "song.wav", 7.0)
+    song = write_tone(tmp_path / "song.wav", 7.0)  # a 5.7-s batch (6 chunks), then 1.3 s (2 chunks)
 
     started = time.monotonic()
     code = simulate.run(parse([str(song), "--url", url, "--uid", "u"]), (0.1, 0.2, 0.3))
@@ -201,9 +216,9 @@ def test_retries_follow_the_given_delays_then_give_up(tmp_path: Path, server, ca
     gaps = np.diff([r.at for r in first_chunk])
     assert all(g >= d - 0.02 for g, d in zip(gaps, (0.1, 0.2, 0.3)))
     assert elapsed >= 0.6
-    # The rest of batch 1 is abandoned; batch 2 (seconds 5-7) is still sent.
-    assert [len(r.body) for r in rec.requests[4:]] == [32000, 32000]
-    assert "2/7 chunks delivered" in capsys.readouterr().err
+    # The rest of batch 1 is abandoned; batch 2 (seconds 5.7-7) is still sent.
+    assert [len(r.body) for r in rec.requests[4:]] == [SECOND, 9600]
+    assert "2/8 chunks delivered" in capsys.readouterr().err
 
 
 def test_a_client_error_is_not_retried_and_drops_the_rest_of_its_batch(tmp_path: Path, server) -> None:
@@ -217,8 +232,9 @@ def test_a_client_error_is_not_retried_and_drops_the_rest_of_its_batch(tmp_path:
     assert code == 1
     assert [r.status for r in rec.requests] == [200, 400, 200, 200, 200]
     assert len(rec.keys) == 5
-    # Delivered: second 0, then batch 2 (seconds 5-8); seconds 1-4 never arrive.
-    assert b"".join(rec.delivered_bodies()) == clean[:32000] + clean[5 * 32000 :]
+    # Delivered: second 0, then batch 2 (seconds 5.7-8); seconds 1-5.7 never arrive.
+    assert [len(r.body) for r in rec.requests] == [SECOND, SECOND, SECOND, SECOND, 9600]
+    assert b"".join(rec.delivered_bodies()) == clean[:SECOND] + clean[sum(BATCH_5) :]
 
 
 @pytest.mark.parametrize("snr_db", [0.0, 5.0, 15.0])
@@ -279,17 +295,17 @@ def test_json_output_is_one_object_per_request(tmp_path: Path, server, capsys) -
 
 def test_realtime_sends_each_batch_once_its_audio_is_recorded(tmp_path: Path, server) -> None:
     url, rec = server
-    song = write_tone(tmp_path / "song.wav", 2.0)
+    song = write_tone(tmp_path / "song.wav", 4.0)
 
     started = time.monotonic()
-    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--batch-seconds", "0.5", "--realtime"]))
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--batch-seconds", "1", "--realtime"]))
 
     assert code == 0
-    offsets = [r.at - started for r in rec.requests]
-    assert len(offsets) == 4
-    for n, offset in enumerate(offsets, start=1):
-        assert 0.5 * n - 0.05 <= offset <= 0.5 * n + 0.3
-
+    # X=1: batches of 2 frames (1.9 s) are ready at 1.9 s and 3.8 s; the last 0.2 s at 4.0 s.
+    assert [len(r.body) for r in rec.requests] == [SECOND, 28800, SECOND, 28800, 6400]
+    offsets = [rec.requests[i].at - started for i in (0, 2, 4)]
+    for offset, ready in zip(offsets, (1.9, 3.8, 4.0)):
+        assert ready - 0.05 <= offset <= ready + 0.3
 
 def test_unreadable_file_is_a_usage_error(tmp_path: Path, server, capsys) -> None:
     url, rec = server
@@ -303,9 +319,214 @@ def test_unreadable_file_is_a_usage_error(tmp_path: Path, server, capsys) -> Non
     assert rec.requests == []
 
 
-def test_batches_end_on_batch_boundaries_even_when_not_whole_seconds() -> None:
+@pytest.mark.parametrize("x", range(1, 16))
+def test_a_developer_batch_is_about_x_plus_one_seconds_with_a_short_last_chunk(x: int) -> None:
+    pcm = bytes(2 * 16000 * 60)
+
+    full = simulate.batches(pcm, 16000, x)[:-1]  # the last one is what the file had left
+
+    assert full
+    for batch in full:
+        seconds = sum(len(c) for c in batch) / SECOND
+        assert x < seconds <= x + 1
+        assert [len(c) for c in batch[:-1]] == [SECOND] * (len(batch) - 1)
+        assert 0 < len(batch[-1]) < SECOND
+
+
+def test_batches_close_on_the_frame_that_passes_x_and_the_file_end_is_a_last_batch() -> None:
     pcm = bytes(2 * 16000 * 6)
 
-    sizes = [[len(c) for c in batch] for batch in simulate.batches(pcm, 16000, 2.5)]
+    sizes = [[len(c) for c in batch] for batch in simulate.batches(pcm, 16000, 2)]
 
-    assert sizes == [[32000, 32000, 16000], [32000, 32000, 16000], [32000]]
+    # Frames of 0.95 s: 2 frames hold 1.9 s (not more than 2), the third makes 2.85 s.
+    assert sizes == [[SECOND, SECOND, 27200], [SECOND, SECOND, 27200], [9600]]
+    assert simulate.omi_batches(pcm, 16000, 2, frame_seconds=1.0) == [pcm[: 3 * SECOND], pcm[3 * SECOND :]]
+
+
+def test_a_decimal_batch_interval_is_refused_as_omi_would_not_use_it() -> None:
+    with pytest.raises(SystemExit):
+        parse(["song.wav", "--url", "http://x", "--uid", "u", "--batch-seconds", "2.5"])
+    with pytest.raises(SystemExit):
+        parse(["song.wav", "--url", "http://x", "--uid", "u", "--batch-seconds", "0"])
+
+
+def test_app_mode_posts_each_batch_once_without_a_key(tmp_path: Path, server, capsys) -> None:
+    url, rec = server
+    song = write_tone(tmp_path / "song.wav", 12.0)
+    clean = simulate.load_pcm16(song, 16000)
+
+    code = simulate.run(parse([str(song), "--url", f"{url}/audio", "--uid", "u", "--mode", "app"]), FAST_RETRIES)
+
+    assert code == 0
+    # Omi's app trigger: X=4, so 5 frames = 4.75 s per POST; the last 2.5 s of the file at the end.
+    assert [len(r.body) for r in rec.requests] == [152000, 152000, 80000]
+    assert b"".join(r.body for r in rec.requests) == clean
+    assert {r.query for r in rec.requests} == {"sample_rate=16000&uid=u"}
+    assert {r.headers["Content-Type"] for r in rec.requests} == {"application/octet-stream"}
+    assert not any("Idempotency-Key" in r.headers or "X-Omi-Delivery" in r.headers for r in rec.requests)
+    out = capsys.readouterr()
+    assert [line.split()[:2] for line in out.out.splitlines()] == [["batch", "1"], ["batch", "2"], ["batch", "3"]]
+    assert "3/3 batches delivered" in out.err
+
+
+def test_app_mode_takes_the_batch_interval_too(tmp_path: Path, server) -> None:
+    url, rec = server
+    song = write_tone(tmp_path / "song.wav", 12.0)
+
+    argv = [str(song), "--url", url, "--uid", "u", "--mode", "app", "--batch-seconds", "5"]
+    code = simulate.run(parse(argv), FAST_RETRIES)
+
+    assert code == 0
+    assert [len(r.body) for r in rec.requests] == [sum(BATCH_5), sum(BATCH_5), 19200]
+
+
+@pytest.mark.parametrize("status", [503, 429, 0, 400])
+def test_app_mode_never_retries_and_a_failed_batch_is_lost(tmp_path: Path, server, capsys, status: int) -> None:
+    url, rec = server
+    rec.fail_first = {1: status}
+    rec.stall_seconds = 2.5
+    song = write_tone(tmp_path / "song.wav", 12.0)
+    clean = simulate.load_pcm16(song, 16000)
+
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--mode", "app", "--timeout", "1"]), FAST_RETRIES)
+
+    assert code == 1
+    assert len(rec.requests) == 3
+    assert [r.status for r in rec.requests] == [status, 200, 200]
+    assert b"".join(rec.delivered_bodies()) == clean[152000:]
+    assert "2/3 batches delivered" in capsys.readouterr().err
+
+
+def _verified(received: Received, secret: str) -> None:
+    uid = parse_qs(received.query)["uid"][0]
+    verify(received.headers["X-Omi-Signature"], uid, received.body, [secret], time.time())
+
+
+def test_signed_developer_posts_verify_and_name_the_chunk_as_delivery(tmp_path: Path, server) -> None:
+    url, rec = server
+    song = write_tone(tmp_path / "song.wav", 7.0)
+
+    argv = [str(song), "--url", url, "--uid", "user_7", "--signing-secret", "whsec_1", "--token", "t"]
+    code = simulate.run(parse(argv), FAST_RETRIES)
+
+    assert code == 0
+    assert len(rec.requests) == 8
+    for r in rec.requests:
+        _verified(r, "whsec_1")
+        assert r.headers["X-Omi-Event"] == "audio_bytes"
+        assert r.headers["X-Omi-Delivery"] == r.headers["Idempotency-Key"]
+        with pytest.raises(BadSignature):
+            verify(r.headers["X-Omi-Signature"], "user_8", r.body, ["whsec_1"], time.time())
+        with pytest.raises(BadSignature):
+            verify(r.headers["X-Omi-Signature"], "user_7", r.body, ["another"], time.time())
+    assert len({r.headers["X-Omi-Delivery"] for r in rec.requests}) == 8
+
+
+def test_signed_app_posts_carry_a_fresh_delivery_id_and_no_key(tmp_path: Path, server) -> None:
+    url, rec = server
+    song = write_tone(tmp_path / "song.wav", 12.0)
+
+    argv = [str(song), "--url", url, "--uid", "u", "--mode", "app", "--signing-secret", "whsec_app"]
+    code = simulate.run(parse(argv), FAST_RETRIES)
+
+    assert code == 0
+    assert len(rec.requests) == 3
+    for r in rec.requests:
+        _verified(r, "whsec_app")
+        assert r.headers["X-Omi-Event"] == "audio_bytes"
+        assert "Idempotency-Key" not in r.headers
+        assert uuid.UUID(r.headers["X-Omi-Delivery"]).version == 4
+    assert len({r.headers["X-Omi-Delivery"] for r in rec.requests}) == 3
+
+
+def test_unsigned_posts_carry_no_signature_headers(tmp_path: Path, server) -> None:
+    url, rec = server
+    song = write_tone(tmp_path / "song.wav", 2.0)
+
+    assert simulate.run(parse([str(song), "--url", url, "--uid", "u"]), FAST_RETRIES) == 0
+    assert not any(name.startswith("X-Omi-") for r in rec.requests for name in r.headers)
+
+
+def test_a_retry_keeps_its_key_and_delivery_but_is_signed_again(tmp_path: Path, server, capsys) -> None:
+    url, rec = server
+    rec.fail_first = {1: 503}
+    song = write_tone(tmp_path / "song.wav", 1.0)
+
+    argv = [str(song), "--url", url, "--uid", "u", "--signing-secret", "whsec_1", "--json"]
+    code = simulate.run(parse(argv), (1.1,))  # over a second, so the retry's t is a later second
+
+    assert code == 0
+    first, retry = rec.requests
+    assert (first.status, retry.status) == (503, 200)
+    assert first.headers["Idempotency-Key"] == retry.headers["Idempotency-Key"]
+    assert first.headers["X-Omi-Delivery"] == retry.headers["X-Omi-Delivery"] == first.headers["Idempotency-Key"]
+    assert first.body == retry.body
+    t_first, t_retry = (int(r.headers["X-Omi-Signature"].split(",")[0].removeprefix("t=")) for r in rec.requests)
+    assert t_retry > t_first
+    assert first.headers["X-Omi-Signature"] != retry.headers["X-Omi-Signature"]
+    _verified(first, "whsec_1")
+    _verified(retry, "whsec_1")
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["delivery_id"] for r in records] == [first.headers["X-Omi-Delivery"]] * 2
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_nothing_listening_stops_at_once_with_one_line(tmp_path: Path, capsys) -> None:
+    song = write_tone(tmp_path / "song.wav", 20.0)
+    url = f"http://127.0.0.1:{_closed_port()}/audio"
+
+    started = time.monotonic()
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--token", "secret-token"]))
+
+    assert time.monotonic() - started < 5
+    assert code == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    [line] = out.err.splitlines()
+    assert line.startswith(f"error: cannot connect to {url} (")
+    assert "secret-token" not in line
+
+
+def test_an_unknown_host_stops_at_once(tmp_path: Path, capsys) -> None:
+    song = write_tone(tmp_path / "song.wav", 20.0)
+
+    code = simulate.run(parse([str(song), "--url", "http://no-such-host.invalid/audio", "--uid", "u"]))
+
+    # No timing bound (a resolver may be slow to say no), but nothing was retried or printed.
+    assert code == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    [line] = out.err.splitlines()
+    assert line.startswith("error: cannot connect to http://no-such-host.invalid/audio (")
+
+
+def test_after_a_first_connection_a_refused_one_is_retried_as_omi_does(tmp_path: Path, server) -> None:
+    url, rec = server
+    pcm = simulate.load_pcm16(write_tone(tmp_path / "song.wav", 7.0), 16000)
+
+    results = []
+    for result in simulate.stream(pcm, url, "u", 16000, retry_delays=FAST_RETRIES):
+        results.append(result)
+        if len(results) == 1:
+            rec.shutdown()
+
+    assert len(rec.requests) == 1
+    # Chunk 2 tries four times and drops the rest of batch 1; batch 2 is tried four times too.
+    assert [(r.batch, r.chunk, r.attempt, r.status) for r in results] == [
+        (1, 1, 1, 200),
+        *[(1, 2, a, None) for a in (1, 2, 3, 4)],
+        *[(2, 1, a, None) for a in (1, 2, 3, 4)],
+    ]
+    assert all("ConnectError" in r.error for r in results[1:])
+
+
+def test_a_url_without_http_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    song = write_tone(tmp_path / "song.wav", 1.0)
+
+    assert simulate.run(parse([str(song), "--url", "localhost:8080/audio", "--uid", "u"])) == 2
+    assert "http://" in capsys.readouterr().err
