@@ -23,7 +23,7 @@ import functions_framework
 from werkzeug.exceptions import HTTPException
 
 from function import logs
-from function.config import SUPPORTED_SAMPLE_RATES, Settings
+from function.config import MIN_SAMPLE_RATE, Settings
 from function.webhook.edge import error, handle
 from function.webhook.ingest import Service
 from function.webhook.omi_client import Notifier
@@ -62,7 +62,7 @@ def _get_service() -> Service:
                 notifier=Notifier(SETTINGS),
                 recogniser=lambda: get_recogniser(SETTINGS.catalog_uri),
                 # The slowest rate we accept, so the longest acceptable chunk always fits.
-                limiter=AudioRateLimiter(SETTINGS.rate_limit, SETTINGS.max_chunk_bytes / (2 * min(SUPPORTED_SAMPLE_RATES))),
+                limiter=AudioRateLimiter(SETTINGS.rate_limit, SETTINGS.max_chunk_bytes / (2 * MIN_SAMPLE_RATE)),
             )
         return _service
 
@@ -79,4 +79,4 @@ flask.current_app.register_error_handler(HTTPException, _json_http_error)
 
 @functions_framework.http
 def omi_webhook(request: flask.Request) -> flask.Response:
-    return handle(request, _get_service, SETTINGS.webhook_token)
+    return handle(request, _get_service, SETTINGS)

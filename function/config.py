@@ -7,13 +7,17 @@ rather than on the first chunk of someone's audio.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 from dataclasses import dataclass
 from typing import Mapping
 
 UID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-SUPPORTED_SAMPLE_RATES = (8000, 16000)
+# Omi sends 16000 or 8000 Hz; other rates are accepted (the engine resamples), never refused,
+# because a 4xx would make Omi drop the batch and count a failure against the webhook.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 
 
 class ConfigError(ValueError):
@@ -38,8 +42,18 @@ class Settings:
     omi_api_url: str = "https://api.omi.me"  # OMI_API_URL
     notify_timeout_seconds: float = 5.0  # NOTIFY_TIMEOUT_SECONDS
     notify_cooldown_seconds: float = 600.0  # NOTIFY_COOLDOWN_SECONDS: same song, same user
-    notify_hourly_limit: int = 10  # NOTIFY_HOURLY_LIMIT: Omi allows 10 per user per UTC hour
-    webhook_token: str = ""  # WEBHOOK_TOKEN: when set, required as ?token= (see http_edge)
+    # NOTIFY_HOURLY_LIMIT: per user and UTC hour; Omi's counter starts at 2 of 10, so its 10th
+    # call of an hour is refused: 9 is what Omi really allows.
+    notify_hourly_limit: int = 9
+    omi_memories: bool = False  # OMI_MEMORIES: also save each notified song as an Omi memory
+    webhook_token: str = ""  # WEBHOOK_TOKEN: when set, POST /audio needs it as ?token=
+    # OMI_SIGNING_SECRET: comma-separated; when set, POST /audio needs a valid X-Omi-Signature.
+    signing_secrets: tuple[str, ...] = ()
+    admin_token: str = ""  # ADMIN_TOKEN: operator endpoints (metrics, dashboard, any uid's data)
+    user_link_secret: str = ""  # USER_LINK_SECRET: keys of users' own history links
+    public_url: str = ""  # PUBLIC_URL: base of the links we send users (else the request's host)
+    history_retention_days: float = 90.0  # HISTORY_RETENTION_DAYS
+    max_gap_seconds: float = 40.0  # MAX_GAP_SECONDS: audio after a longer silence starts a new buffer
     rate_limit: float = 8.0  # RATE_LIMIT_AUDIO_SECONDS_PER_SECOND per uid and instance; 0: off
     service_name: str = "omi-song-recognition"  # SERVICE_NAME
     log_level: str = "INFO"  # LOG_LEVEL
@@ -47,6 +61,20 @@ class Settings:
     @property
     def notifications_enabled(self) -> bool:
         return bool(self.omi_app_id and self.omi_app_secret)
+
+    @property
+    def link_secret(self) -> str:
+        """The secret users' history links are keyed with: USER_LINK_SECRET, else one derived
+        from the app secret (so an app deployment has links without another secret), else none."""
+        if self.user_link_secret:
+            return self.user_link_secret
+        if self.omi_app_secret:
+            return hmac.new(self.omi_app_secret.encode(), b"user-history-links", hashlib.sha256).hexdigest()
+        return ""
+
+    @property
+    def audio_authenticated(self) -> bool:
+        return bool(self.webhook_token or self.signing_secrets)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -67,6 +95,14 @@ class Settings:
             if not low <= value <= high:
                 raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw}")
             return value
+
+        def flag(name: str, default: bool) -> bool:
+            raw = env.get(name, "").strip().lower()
+            if not raw:
+                return default
+            if raw not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"{name} must be true or false, got {raw!r}")
+            return raw in ("true", "1", "yes")
 
         backend = text("STORAGE_BACKEND", d.storage_backend).lower()
         if backend not in ("local", "gcp"):
@@ -89,7 +125,14 @@ class Settings:
             notify_timeout_seconds=number("NOTIFY_TIMEOUT_SECONDS", d.notify_timeout_seconds, 0.1, 60),
             notify_cooldown_seconds=number("NOTIFY_COOLDOWN_SECONDS", d.notify_cooldown_seconds, 0, 86400),
             notify_hourly_limit=int(number("NOTIFY_HOURLY_LIMIT", d.notify_hourly_limit, 0, 1000)),
+            omi_memories=flag("OMI_MEMORIES", d.omi_memories),
             webhook_token=text("WEBHOOK_TOKEN", d.webhook_token),
+            signing_secrets=tuple(s.strip() for s in env.get("OMI_SIGNING_SECRET", "").split(",") if s.strip()),
+            admin_token=text("ADMIN_TOKEN", d.admin_token),
+            user_link_secret=text("USER_LINK_SECRET", d.user_link_secret),
+            public_url=text("PUBLIC_URL", d.public_url).rstrip("/"),
+            history_retention_days=number("HISTORY_RETENTION_DAYS", d.history_retention_days, 1, 36500),
+            max_gap_seconds=number("MAX_GAP_SECONDS", d.max_gap_seconds, 1, 86400),
             rate_limit=number("RATE_LIMIT_AUDIO_SECONDS_PER_SECOND", d.rate_limit, 0, 1000),
             service_name=text("SERVICE_NAME", d.service_name),
             log_level=text("LOG_LEVEL", d.log_level).upper(),
@@ -100,6 +143,10 @@ class Settings:
             raise ConfigError("GCS_BUCKET is required when STORAGE_BACKEND=gcp")
         if bool(settings.omi_app_id) != bool(settings.omi_app_secret):
             raise ConfigError("OMI_APP_ID and OMI_APP_SECRET must be set together")
+        if settings.omi_memories and not settings.notifications_enabled:
+            raise ConfigError("OMI_MEMORIES=true needs OMI_APP_ID and OMI_APP_SECRET")
+        if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"PUBLIC_URL must be an http(s) URL, got {settings.public_url!r}")
         if not settings.omi_api_url.startswith(("http://", "https://")):
             raise ConfigError(f"OMI_API_URL must be an http(s) URL, got {settings.omi_api_url!r}")
         return settings

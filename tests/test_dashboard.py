@@ -34,7 +34,8 @@ from tests.webhook_support import (  # noqa: F401  (fixtures)
     webhook_env,
 )
 
-TOKEN = "dashboard-token-0123456789"
+TOKEN = "dashboard-token-0123456789"  # ADMIN_TOKEN: the dashboard is the operator's
+AUDIO_TOKEN = "audio-token-0123456789"  # WEBHOOK_TOKEN: opens audio deliveries only
 RATE = 16000
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -49,7 +50,8 @@ TILES = {
 
 
 def test_the_dashboard_needs_the_token(webhook_env) -> None:
-    webhook_env.setenv("WEBHOOK_TOKEN", TOKEN)
+    webhook_env.setenv("WEBHOOK_TOKEN", AUDIO_TOKEN)
+    webhook_env.setenv("ADMIN_TOKEN", TOKEN)
     client = build_client()
 
     refused = client.get("/dashboard")
@@ -92,7 +94,8 @@ def service_url(tmp_path: Path, catalog_uri: str) -> Iterator[str]:  # noqa: F81
         "STORAGE_BACKEND": "local",
         "DATA_DIR": str(tmp_path / "data"),
         "CATALOG_URI": catalog_uri,
-        "WEBHOOK_TOKEN": TOKEN,
+        "WEBHOOK_TOKEN": AUDIO_TOKEN,
+        "ADMIN_TOKEN": TOKEN,
         "MIN_AUDIO_SECONDS": "5",
         "RECOGNITION_STRIDE_SECONDS": "2",
         "MAX_BUFFER_SECONDS": "8",
@@ -132,7 +135,7 @@ def stream(omi: httpx.Client, url: str, uid: str, pcm: bytes) -> list[str]:
     statuses = []
     for i in range(0, len(pcm), RATE * 2):
         reply = omi.post(
-            f"{url}/audio?token={TOKEN}&sample_rate={RATE}&uid={uid}",
+            f"{url}/audio?token={AUDIO_TOKEN}&sample_rate={RATE}&uid={uid}",
             content=pcm[i : i + RATE * 2],
             headers={"Content-Type": "application/octet-stream", "Idempotency-Key": str(uuid.uuid4())},
         )

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from function.config import Settings
+from function.storage import open_store
 from function.storage.base import PendingNotification, Recognition, Store, StoreUnavailable
 
 RATE = 16000
 CHUNK = 3200  # 0.1 s of PCM16 at 16 kHz: small, so the suite stays fast
 HOUR = 3600.0
+DAY = 86400.0
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC, a whole hour
 
 
@@ -96,6 +100,25 @@ def test_key_is_remembered_after_its_chunk_was_consumed(store: Store) -> None:
 
     assert retry.duplicate is True
     assert store.buffer_info("u1").buffered_bytes == 0
+
+
+@pytest.mark.parametrize("gap,kept", [(30.0, 2), (41.0, 1), (3 * HOUR, 1)], ids=["within", "just-over", "three-hours"])
+def test_audio_after_a_long_gap_starts_a_new_buffer(store: Store, backend_env: dict[str, str], gap: float, kept: int) -> None:
+    """A batch Omi dropped, or a new recording session, must not be spliced onto the old audio."""
+    store.append("u1", "k1", RATE, pcm(1), T0, max_gap_seconds=40)
+    assert store.claim("u1", CHUNK, 0, 4 * HOUR, T0 + 0.5) is not None
+
+    appended = store.append("u1", "k2", RATE, pcm(2), T0 + gap, max_gap_seconds=40)
+
+    info = store.buffer_info("u1")
+    assert (appended.buffered_bytes, info.chunks) == (kept * CHUNK, kept)
+    assert (info.sample_rate, info.last_audio_at) == (RATE, T0 + gap)
+    if kept == 1:
+        assert appended.attempted is False
+        assert store.claim("u1", CHUNK, 0, 30, T0 + gap + 1) is not None, "the old lease went with the old buffer"
+    else:
+        assert store.claim("u1", CHUNK, 0, 30, T0 + gap + 1) is None
+    assert stored_chunk_objects(backend_env, "u1") == kept
 
 
 def test_sample_rate_change_starts_a_new_buffer(store: Store, backend_env: dict[str, str]) -> None:
@@ -249,13 +272,24 @@ def test_reserve_notification_cooldown_and_hourly_limit(store: Store) -> None:
         store.reserve_notification("u1", "song-a", T0 + HOUR + 600, 600, 2),
     ]
 
-    assert verdicts == ["ok", "cooldown", "ok", "limit", "ok", "cooldown", "ok"]
+    # The day's first notification carries the user's history link.
+    assert verdicts == ["ok_link", "cooldown", "ok", "limit", "ok", "cooldown", "ok"]
+
+
+def test_the_history_link_goes_out_once_a_day(store: Store) -> None:
+    verdicts = [
+        store.reserve_notification("u1", "song-a", T0, 600, 9),
+        store.reserve_notification("u1", "song-b", T0 + 700, 600, 9),
+        store.reserve_notification("u1", "song-c", T0 + 86400, 600, 9),
+    ]
+
+    assert verdicts == ["ok_link", "ok", "ok_link"]
 
 
 def test_notification_limits_are_per_uid(store: Store) -> None:
     store.reserve_notification("u1", "song-a", T0, 600, 1)
 
-    assert store.reserve_notification("u2", "song-a", T0, 600, 1) == "ok"
+    assert store.reserve_notification("u2", "song-a", T0, 600, 1) == "ok_link"
 
 
 def test_deferred_notifications(store: Store) -> None:
@@ -267,12 +301,12 @@ def test_deferred_notifications(store: Store) -> None:
     assert before == 0.0
     assert store.notifications_deferred_until("u1") == T0 + 100
     assert store.reserve_notification("u1", "song-a", T0 + 99, 600, 10) == "limit"
-    assert store.reserve_notification("u1", "song-a", T0 + 100, 600, 10) == "ok"
+    assert store.reserve_notification("u1", "song-a", T0 + 100, 600, 10) == "ok_link"
 
 
 def failed_send(store: Store, uid: str = "u1", song: str = "song-a", limit: int = 1) -> PendingNotification:
     """Reserve a notification at T0 whose send failed, and hand it back for a retry at T0 + 5."""
-    assert store.reserve_notification(uid, song, T0, 600, limit) == "ok"
+    assert store.reserve_notification(uid, song, T0, 600, limit) == "ok_link"
     pending = PendingNotification(song, f"🎵 {song}", T0, attempts=1, retry_at=T0 + 5, expires_at=T0 + 600)
     store.release_notification(uid, pending, T0 + 1)
     return pending
@@ -356,6 +390,36 @@ def test_history_is_newest_first(store: Store) -> None:
     assert history[0] == hit
     assert [r.at for r in store.history("u1", limit=2)] == [T0 + 3, T0 + 2]
     assert store.history("nobody") == []
+
+
+def test_a_user_deletes_their_history_and_nobody_elses(store: Store) -> None:
+    for r in (recognition("u1", T0 + 1, matched=True, song_id="s1"), recognition("u1", T0 + 2), recognition("u2", T0 + 3)):
+        store.record(r)
+
+    deleted = store.delete_history("u1")
+
+    assert deleted == 2
+    assert store.history("u1") == []
+    assert [r.uid for r in store.recognitions_since(T0)] == ["u2"]
+    assert store.delete_history("u1") == 0
+
+
+def test_history_expires_after_the_retention(backend_env) -> None:
+    """Locally a sweep on each write; in the cloud an `expires_at` for Firestore's TTL policy."""
+    store = open_store(Settings.from_env({**os.environ, "HISTORY_RETENTION_DAYS": "1"}))
+    store.record(recognition("u1", T0, matched=True, song_id="s1"))
+
+    store.record(recognition("u2", T0 + DAY + 1, matched=True, song_id="s2"))
+
+    if backend_env["STORAGE_BACKEND"] == "local":
+        assert store.history("u1") == []
+    else:
+        from google.cloud import firestore
+
+        db = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"])
+        stamps = [d.get("expires_at").timestamp() for d in db.collection_group("recognitions").stream()]
+        assert sorted(stamps) == [T0 + DAY, T0 + DAY, T0 + 2 * DAY + 1, T0 + 2 * DAY + 1]
+    assert [r.song_id for r in store.history("u2")] == ["s2"]
 
 
 def test_set_notification_updates_that_history_entry_only(store: Store) -> None:

@@ -13,7 +13,12 @@ def open_store(settings: Settings) -> Store:
         # Imported here so the local backend and the core never load a cloud SDK.
         from function.storage.gcp import GcpStore
 
-        return GcpStore(settings.gcs_bucket, settings.gcp_project, settings.firestore_database)
+        return GcpStore(
+            settings.gcs_bucket,
+            settings.gcp_project,
+            settings.firestore_database,
+            history_retention_seconds=settings.history_retention_days * 86400,
+        )
     from function.storage.local import LocalStore
 
-    return LocalStore(settings.data_dir)
+    return LocalStore(settings.data_dir, history_retention_seconds=settings.history_retention_days * 86400)

@@ -70,6 +70,15 @@ class BufferState:
     lease_expires: float | None
 
 
+def starts_new_buffer(buffered_rate: int | None, last_audio_at: float | None, sample_rate: int, now: float, max_gap: float) -> bool:
+    """Whether a chunk must not be joined to the buffer before it: recorded at another rate, or
+    after a silence longer than `max_gap` (a batch Omi dropped, or another recording session):
+    voting across the splice would match two stretches of music as if they were one."""
+    if buffered_rate is None:
+        return False
+    return buffered_rate != sample_rate or (last_audio_at is not None and now - last_audio_at > max_gap)
+
+
 def may_claim(state: BufferState, min_bytes: int, stride_bytes: int, now: float) -> bool:
     if state.lease_token is not None and (state.lease_expires or 0.0) > now:
         return False
@@ -107,11 +116,15 @@ def decide_notification(
     hourly_limit: int,
     deferred_until: float,
 ) -> tuple[str, dict]:
-    """The verdict and the uid's notification state after it.
+    """The verdict and the uid's notification state after it: 'ok', or 'ok_link' when this is
+    the user's first notification of the UTC day (it carries the link to their own history, so
+    the link reaches them daily through Omi without a notification of its own), 'cooldown' or
+    'limit'.
 
     The state is a JSON-able dict {"hour": UTC hour number, "count": notifications reserved in
-    it, "recent": {song_id: last notified at}, and "pending" (see `release_reservation`)}; only
-    songs still within their cooldown are kept, so it stays small.
+    it, "recent": {song_id: last notified at}, "link_day": UTC day the link was last sent, and
+    "pending" (see `release_reservation`)}; only songs still within their cooldown are kept, so
+    it stays small.
     """
     hour = int(now // 3600)
     state = state or {}
@@ -122,10 +135,19 @@ def decide_notification(
     elif now < deferred_until or count >= hourly_limit:
         verdict = "limit"
     else:
-        verdict = "ok"
         count += 1
         recent[song_id] = now
+        day = utc_day(now)
+        if state.get("link_day") != day:
+            state = {**state, "link_day": day}
+            verdict = "ok_link"
+        else:
+            verdict = "ok"
     return verdict, {**state, "hour": hour, "count": count, "recent": recent}
+
+
+def granted(verdict: str) -> bool:
+    return verdict in ("ok", "ok_link")
 
 
 def _count(state: dict, now: float) -> int:

@@ -8,7 +8,8 @@ Invariants every backend keeps:
 - `append` is atomic and idempotent per (uid, key): a chunk is either stored once and counted
   once, or not at all (and then the call raises `StoreUnavailable`, so the edge answers 503 and
   Omi retries). A key seen before for that uid returns `duplicate=True` and changes nothing.
-- A chunk at a sample rate different from the uid's buffer drops the old buffer first.
+- A chunk at a sample rate different from the uid's buffer, or arriving more than
+  `max_gap_seconds` after the buffer's last chunk, drops the old buffer first.
 - At most one unexpired `Lease` per uid exists at a time, across processes and instances.
   Clearing the buffer or restarting it at another sample rate also ends the lease.
 - All times are Unix seconds (float) passed in by the caller, so tests control the clock.
@@ -97,7 +98,9 @@ class Recognition:
 
 class Store(Protocol):
     # --- audio buffer -------------------------------------------------------------------------
-    def append(self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float) -> Appended:
+    def append(
+        self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, max_gap_seconds: float = float("inf")
+    ) -> Appended:
         """Store one chunk in arrival order (see the invariants above)."""
 
     def claim(
@@ -159,7 +162,11 @@ class Store(Protocol):
     def record(self, recognition: Recognition) -> None: ...
 
     def history(self, uid: str, limit: int = 50) -> list[Recognition]:
-        """Newest first."""
+        """Newest first. Entries older than the store's history retention are gone (local: swept
+        as new ones are recorded; cloud: a Firestore TTL on `expires_at`)."""
+
+    def delete_history(self, uid: str) -> int:
+        """Forget every recognition of the uid (the user asked); how many there were."""
 
     def recognitions_since(self, since: float) -> list[Recognition]:
         """Every recognition (all uids) finished at or after `since`, for /metrics."""

@@ -49,6 +49,7 @@ from function.storage._rules import (
     BufferState,
     check_uid,
     decide_notification,
+    granted,
     keep_newest,
     key_hash,
     may_claim,
@@ -56,6 +57,7 @@ from function.storage._rules import (
     recognition_from_dict,
     release_reservation,
     retry_at,
+    starts_new_buffer,
     take_pending,
     unavailable_on,
     utc_day,
@@ -133,7 +135,10 @@ def _consume(dropped: list[_Chunk]) -> dict:
 
 
 class GcpStore:
-    def __init__(self, bucket: str, project: str, database: str) -> None:
+    def __init__(self, bucket: str, project: str, database: str, history_retention_seconds: float = 0.0) -> None:
+        """`history_retention_seconds` > 0 stamps each recognition with `expires_at`, which a
+        Firestore TTL policy on the `recognitions` collection group (infra/) acts on."""
+        self._retention = history_retention_seconds
         self._bucket_name = bucket
         self._project = project or None
         self._db = firestore.Client(project=self._project, database=database)
@@ -199,11 +204,16 @@ class GcpStore:
                 log.warning("buffer objects left to the lifecycle rule: %s", type(exc).__name__)
                 return
 
-    def _drop_buffer(self, uid: str, sample_rate: int | None) -> int:
-        """Forget the uid's buffer (a clear, or `sample_rate` replacing another); chunks dropped."""
+    def _drop_buffer(self, uid: str, sample_rate: int | None, now: float = 0.0, max_gap: float = float("inf")) -> int:
+        """Forget the uid's buffer: a clear (`sample_rate` None), or before a chunk at
+        `sample_rate` that must start a new buffer (checked again on fresh data); chunks dropped."""
 
         def plan(data: dict | None) -> tuple[tuple[int, int, int] | None, dict | None]:
-            if data is None or (sample_rate is not None and data.get("sample_rate") in (None, sample_rate)):
+            if data is None:
+                return None, None
+            if sample_rate is not None and not starts_new_buffer(
+                data.get("sample_rate"), data.get("last_audio_at"), sample_rate, now, max_gap
+            ):
                 return None, None
             changes = {
                 "sample_rate": sample_rate if sample_rate is not None else DELETE_FIELD,
@@ -263,14 +273,17 @@ class GcpStore:
 
     # --- audio buffer -------------------------------------------------------------------------
     @_transient
-    def append(self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float) -> Appended:
+    def append(
+        self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, max_gap_seconds: float = float("inf")
+    ) -> Appended:
         check_uid(uid)
         digest = key_hash(key)
         user_ref = self._user(uid)
         user = self._get(user_ref) or {}
         retry = retry_at(user.get("notify"))
-        if user.get("sample_rate") not in (None, sample_rate):
-            self._drop_buffer(uid, sample_rate)
+        fresh = not starts_new_buffer(user.get("sample_rate"), user.get("last_audio_at"), sample_rate, now, max_gap_seconds)
+        if not fresh:
+            self._drop_buffer(uid, sample_rate, now, max_gap_seconds)
         seq = time.time_ns()
         name = f"buffers/{uid}/chunks/{seq:020d}-{digest}.pcm"
         self._upload(name, pcm)
@@ -314,7 +327,6 @@ class GcpStore:
             self._delete_objects([name])
             current = self._get(user_ref) or {}
             return Appended(True, current.get("buffered_bytes", 0), current.get("sample_rate") or sample_rate, retry)
-        fresh = user.get("sample_rate") in (None, sample_rate)
         new_bytes = (user.get("new_bytes", 0) if fresh else 0) + len(pcm)
         attempted = bool(user.get("attempted", False)) and fresh
         return Appended(False, results[1].transform_results[0].integer_value, sample_rate, retry, new_bytes, attempted)
@@ -409,7 +421,7 @@ class GcpStore:
             verdict, state = decide_notification(
                 data.get("notify"), song_id, now, cooldown_seconds, hourly_limit, deferred_until
             )
-            return verdict, {"notify": state} if verdict == "ok" else None
+            return verdict, {"notify": state} if granted(verdict) else None
 
         return self._mutate(self._user(uid), plan)
 
@@ -452,6 +464,8 @@ class GcpStore:
     @_transient
     def record(self, recognition: Recognition) -> None:
         data = asdict(recognition)
+        if self._retention > 0:
+            data["expires_at"] = datetime.fromtimestamp(recognition.at + self._retention, timezone.utc)
         doc_id = uuid.uuid4().hex
         batch = self._db.batch()
         batch.set(self._db.collection("recognitions").document(doc_id), data)
@@ -463,6 +477,19 @@ class GcpStore:
         newest_first = firestore.Query.DESCENDING
         query = self._user(uid).collection("recognitions").order_by("at", direction=newest_first)
         return [recognition_from_dict(d.to_dict()) for d in query.limit(limit).stream(**_FS)]
+
+    @_transient
+    def delete_history(self, uid: str) -> int:
+        """Each entry lives twice (under the user, and in the top-level collection /metrics
+        reads): both copies go, in batches within Firestore's 500 writes."""
+        mine = [doc.id for doc in self._user(uid).collection("recognitions").select([]).stream(**_FS)]
+        for start in range(0, len(mine), 250):
+            batch = self._db.batch()
+            for doc_id in mine[start : start + 250]:
+                batch.delete(self._user(uid).collection("recognitions").document(doc_id))
+                batch.delete(self._db.collection("recognitions").document(doc_id))
+            batch.commit(**_FS)
+        return len(mine)
 
     @_transient
     def recognitions_since(self, since: float) -> list[Recognition]:

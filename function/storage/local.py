@@ -26,6 +26,7 @@ from function.storage._rules import (
     BufferState,
     check_uid,
     decide_notification,
+    granted,
     keep_newest,
     key_hash,
     may_claim,
@@ -33,6 +34,7 @@ from function.storage._rules import (
     recognition_from_dict,
     release_reservation,
     retry_at,
+    starts_new_buffer,
     take_pending,
     unavailable_on,
     utc_day,
@@ -83,7 +85,8 @@ _transient = unavailable_on(sqlite3.OperationalError, OSError)
 
 
 class LocalStore:
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, history_retention_seconds: float = float("inf")) -> None:
+        self._retention = history_retention_seconds
         self._root = Path(data_dir)
         self._chunks = self._root / "chunks"
         self._chunks.mkdir(parents=True, exist_ok=True)
@@ -193,13 +196,15 @@ class LocalStore:
 
     # --- audio buffer -------------------------------------------------------------------------
     @_transient
-    def append(self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float) -> Appended:
+    def append(
+        self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, max_gap_seconds: float = float("inf")
+    ) -> Appended:
         check_uid(uid)
         digest = key_hash(key)
         name = f"{uid}/{time.time_ns():020d}-{digest}.pcm"
         path = self._write_file(name, pcm)
         try:
-            appended = self._commit_chunk(uid, digest, name, sample_rate, len(pcm), now)
+            appended = self._commit_chunk(uid, digest, name, sample_rate, len(pcm), now, max_gap_seconds)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -208,7 +213,7 @@ class LocalStore:
         return appended
 
     def _commit_chunk(
-        self, uid: str, digest: str, name: str, sample_rate: int, nbytes: int, now: float
+        self, uid: str, digest: str, name: str, sample_rate: int, nbytes: int, now: float, max_gap: float
     ) -> Appended:
         with self._transaction() as (db, doomed):
             db.execute("DELETE FROM receipts WHERE at < ?", (now - KEY_MEMORY_SECONDS,))
@@ -220,7 +225,7 @@ class LocalStore:
             if not fresh:
                 rate = user["sample_rate"] if user is not None and user["sample_rate"] else sample_rate
                 return Appended(True, self._buffered(db, uid)[0], rate, retry)
-            if user is not None and user["sample_rate"] not in (None, sample_rate):
+            if user is not None and starts_new_buffer(user["sample_rate"], user["last_audio_at"], sample_rate, now, max_gap):
                 self._drop_buffer(db, doomed, uid)
             db.execute("INSERT INTO chunks (uid, nbytes, name) VALUES (?, ?, ?)", (uid, nbytes, name))
             db.execute(
@@ -337,7 +342,7 @@ class LocalStore:
                 hourly_limit,
                 deferred_until=user["deferred_until"] if user is not None else 0.0,
             )
-            if verdict == "ok":
+            if granted(verdict):
                 self._set_notify_state(db, uid, state)
             return verdict
 
@@ -384,10 +389,18 @@ class LocalStore:
     @_transient
     def record(self, recognition: Recognition) -> None:
         with self._transaction() as (db, _):
+            # The sweep rides on the write: the index on `at` makes it a range delete, and a
+            # deployment that records nothing has nothing new to expire either.
+            db.execute("DELETE FROM recognitions WHERE at < ?", (recognition.at - self._retention,))
             db.execute(
                 "INSERT INTO recognitions (uid, at, body) VALUES (?, ?, ?)",
                 (recognition.uid, recognition.at, json.dumps(asdict(recognition))),
             )
+
+    @_transient
+    def delete_history(self, uid: str) -> int:
+        with self._transaction() as (db, _):
+            return db.execute("DELETE FROM recognitions WHERE uid = ?", (uid,)).rowcount
 
     @_transient
     def history(self, uid: str, limit: int = 50) -> list[Recognition]:

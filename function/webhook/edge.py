@@ -1,11 +1,21 @@
 """The HTTP surface: routes, request validation, and the mapping of outcomes to status codes.
 
-Status codes are chosen for how Omi reacts to them (see shared/omi/CONTRACT.md): it retries
-timeouts, 5xx, 408 and 429 and drops the rest of a batch on any other 4xx. So input that can
-never succeed gets a 4xx before anything touches storage, a storage outage gets 503 (the chunk
-comes back later), and a delivered chunk gets 2xx whatever happens to its recognition or
-notification afterwards. Every error body is JSON with a `reason`; exception text never leaves
-the process.
+Status codes are chosen for how Omi reacts to them (see shared/omi/CONTRACT.md and the
+README's status table): the developer setting retries timeouts, 5xx, 408 and 429 and drops the
+rest of a batch on any other 4xx; the app path never retries; every failure counts toward a
+circuit breaker shared by all users of the deployment, the webhook's disabling after 100 failed
+batches and an app's after 72 hours. So whatever is ours to absorb is a 2xx: audio over the
+per-uid rate is acknowledged and shed, any sample rate from 8 to 48 kHz is taken. Only what can
+never succeed gets a 4xx (401 unsigned or wrong token, 413, malformed bodies), before anything
+touches storage; a storage outage is 503 (the developer path brings the chunk back); a delivered
+chunk is 2xx whatever happens to its recognition or notification afterwards. Every error body is
+JSON with a `reason`; exception text never leaves the process.
+
+Who may call what: POST /audio needs the webhook's credentials (a valid `X-Omi-Signature` when
+OMI_SIGNING_SECRET is set, `?token=` when WEBHOOK_TOKEN is set); a user's own pages need the key
+of their link (function/webhook/user_links.py); the operator's endpoints need ADMIN_TOKEN, and
+are closed altogether when audio is protected but ADMIN_TOKEN is not set (a webhook URL, which
+Omi's logs and every user's app configuration hold, must never open anyone's history).
 
 Accepted request bodies for POST /audio: raw PCM16LE mono, sent as
 `application/octet-stream` (what Omi sends), any `audio/*` type (e.g. `audio/L16`), or with no
@@ -25,13 +35,15 @@ from urllib.parse import parse_qsl
 import flask
 import werkzeug.exceptions
 
-from function.config import SUPPORTED_SAMPLE_RATES, UID_PATTERN
+from function.config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UID_PATTERN, Settings
+from function.dashboard.pages import me_page, privacy_page, setup_page
 from function.dashboard_view import dashboard
-from function.webhook.ingest import Service, ingest_chunk
+from function.engine.recogniser import CatalogError
 from function.logs import log
 from function.metrics import metrics
-from function.engine.recogniser import CatalogError
 from function.storage.base import Recognition, StoreUnavailable
+from function.webhook import signing, user_links
+from function.webhook.ingest import Service, ingest_chunk
 
 ACTIVE_WINDOW_SECONDS = 600.0
 MAX_IDEMPOTENCY_KEY = 256
@@ -43,11 +55,10 @@ Handler = Callable[[flask.Request, Service, str], flask.Response]
 
 
 class BadRequest(Exception):
-    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
+    def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
-        self.retry_after = retry_after
 
 
 def error(status: int, reason: str) -> flask.Response:
@@ -84,9 +95,8 @@ def _sample_rate(raw: str | None) -> int:
         rate = int(raw.strip())
     except ValueError:
         raise BadRequest(400, f"sample_rate must be an integer, got {raw[:32]!r}") from None
-    if rate not in SUPPORTED_SAMPLE_RATES:
-        supported = " or ".join(str(r) for r in SUPPORTED_SAMPLE_RATES)
-        raise BadRequest(400, f"unsupported sample_rate {rate}: send {supported} Hz PCM16")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise BadRequest(400, f"unsupported sample_rate {rate}: send {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz PCM16")
     return rate
 
 
@@ -95,11 +105,16 @@ def _content_type_ok(request: flask.Request) -> bool:
     return mime in ("", "application/octet-stream") or mime.startswith("audio/")
 
 
-def _idempotency_key(request: flask.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key", "").strip()
-    if len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise BadRequest(400, f"Idempotency-Key must be printable and at most {MAX_IDEMPOTENCY_KEY} characters")
-    return key or None
+def _delivery_id(request: flask.Request) -> str | None:
+    """The developer path's `Idempotency-Key`, else a signed delivery's `X-Omi-Delivery` (the
+    app path sends no key), else none: such a delivery is never taken for a duplicate."""
+    for header in ("Idempotency-Key", "X-Omi-Delivery"):
+        key = request.headers.get(header, "").strip()
+        if len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+            raise BadRequest(400, f"{header} must be printable and at most {MAX_IDEMPOTENCY_KEY} characters")
+        if key:
+            return key
+    return None
 
 
 def _body(request: flask.Request, cap: int) -> bytes:
@@ -128,19 +143,47 @@ def _body(request: flask.Request, cap: int) -> bytes:
     return body
 
 
+def _check_signature(request: flask.Request, settings: Settings, uid: str, body: bytes) -> None:
+    if not settings.signing_secrets:
+        return
+    try:
+        signing.verify(request.headers.get("X-Omi-Signature", ""), uid, body, settings.signing_secrets, time.time())
+    except signing.BadSignature as exc:
+        raise BadRequest(401, str(exc)) from None
+
+
+def base_url(request: flask.Request, settings: Settings) -> str:
+    """Where links sent to users point: PUBLIC_URL, else the host this request reached. The
+    request's Host is trusted only when audio is authenticated: otherwise anyone could post
+    audio for a victim's uid with a Host of their own and have the victim sent a link (with
+    its key) to it; then, without PUBLIC_URL, no link is sent at all."""
+    if settings.public_url:
+        return settings.public_url
+    if not settings.audio_authenticated:
+        return ""
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+    return f"{proto if proto in ('http', 'https') else request.scheme}://{request.host}"
+
+
 def post_audio(request: flask.Request, service: Service, _: str) -> flask.Response:
     params = query_params(request)
     uid = valid_uid(params.get("uid"))
     rate = _sample_rate(params.get("sample_rate"))
     if not _content_type_ok(request):
         raise BadRequest(415, f"unsupported Content-Type {request.mimetype!r}: send application/octet-stream")
-    key = _idempotency_key(request)
+    key = _delivery_id(request)
     pcm = _body(request, service.settings.max_chunk_bytes)
-    wait = service.limiter.admit(uid, len(pcm) / (2 * rate), time.time())
-    if wait:
+    _check_signature(request, service.settings, uid, pcm)
+    seconds = len(pcm) / (2 * rate)
+    if service.limiter.admit(uid, seconds, time.time()):
+        # Acknowledged, not refused: Omi ignores Retry-After, so a 429 would only lose the
+        # audio anyway and count a failure against every user of the deployment.
         limit = service.settings.rate_limit
-        raise BadRequest(429, f"over {limit:g} s of audio per second for this uid", retry_after=int(wait))
-    result = ingest_chunk(service, uid, key, rate, pcm, time.time())
+        log("WARNING", "audio shed: over the per-uid rate", event="audio_shed", uid=uid, seconds=round(seconds, 3))
+        return flask.jsonify(
+            {"status": "shed", "reason": f"over {limit:g} s of audio per second for this uid", "received_bytes": len(pcm)}
+        )
+    result = ingest_chunk(service, uid, key, rate, pcm, time.time(), base_url(request, service.settings))
     payload: dict = {
         "status": "ok",
         "received_bytes": len(pcm),
@@ -239,9 +282,64 @@ def metrics_view(request: flask.Request, service: Service, _: str) -> flask.Resp
     return flask.jsonify(metrics(service.store, time.time()))
 
 
+def _own_uid(request: flask.Request, service: Service, uid: str) -> str:
+    """The uid of a user's own link, or 403/404 before anything is read."""
+    valid_uid(uid)
+    secret = service.settings.link_secret
+    if not secret:
+        raise BadRequest(404, "personal history links are not configured on this deployment (USER_LINK_SECRET)")
+    if not user_links.key_matches(secret, uid, request.args.get("key", "")):
+        raise BadRequest(403, "this link is not valid for this user: open the one Omi sent you")
+    return uid
+
+
+def setup(request: flask.Request, service: Service, _: str) -> flask.Response:
+    return setup_page()
+
+
+def privacy(request: flask.Request, service: Service, _: str) -> flask.Response:
+    return privacy_page()
+
+
+def my_page(request: flask.Request, service: Service, uid: str) -> flask.Response:
+    _own_uid(request, service, uid)
+    return me_page()
+
+
+def my_history(request: flask.Request, service: Service, uid: str) -> flask.Response:
+    _own_uid(request, service, uid)
+    songs = [
+        {
+            "time": _iso(r.at),
+            "at": r.at,
+            "song_id": r.song_id,
+            "title": r.title,
+            "artist": r.artist,
+            "album": r.album,
+            "offset_seconds": r.offset_seconds,
+            "search_url": user_links.search_url(r.title, r.artist),
+        }
+        for r in _songs(service, uid)
+    ]
+    return flask.jsonify({"uid": uid, "songs": songs, "retention_days": service.settings.history_retention_days})
+
+
+def delete_my_history(request: flask.Request, service: Service, uid: str) -> flask.Response:
+    """The user's songs and any audio still buffered for them: what they asked to forget."""
+    _own_uid(request, service, uid)
+    deleted = service.store.delete_history(uid)
+    audio = service.store.clear(uid)
+    log("INFO", "history deleted by its user", uid=uid, deleted=deleted)
+    return flask.jsonify({"status": "deleted", "deleted": deleted, "audio_cleared": audio})
+
+
 ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
     (re.compile(r"/audio"), {"POST": post_audio, "GET": setup_check}),
     (re.compile(r"/health"), {"GET": health}),
+    (re.compile(r"/setup"), {"GET": setup}),
+    (re.compile(r"/privacy"), {"GET": privacy}),
+    (re.compile(r"/me/([^/]+)"), {"GET": my_page}),
+    (re.compile(r"/me/([^/]+)/history"), {"GET": my_history, "DELETE": delete_my_history}),
     (re.compile(r"/stats/([^/]+)"), {"GET": stats}),
     (re.compile(r"/buffer/([^/]+)"), {"DELETE": clear_buffer}),
     (re.compile(r"/history/([^/]+)"), {"GET": history}),
@@ -250,22 +348,38 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 ]
 
 
-# Omi's setup check is called without our token (the app manifest holds a bare URL), and an
-# uptime check needs /health; everything else carries audio or personal data.
-PUBLIC = {(setup_check, "GET"), (health, "GET")}
+# Omi's setup check is called without our token (the app manifest holds a bare URL), an uptime
+# check needs /health, the setup and privacy pages are for anyone considering the app, and a
+# user's own pages check the key of their link themselves.
+PUBLIC = {setup_check, health, setup, privacy, my_page, my_history, delete_my_history}
 
 
-def check_token(request: flask.Request, handler: Handler, token: str) -> None:
-    """With WEBHOOK_TOKEN set, every non-public request must carry it as `?token=`, compared in
-    constant time, before anything touches storage."""
-    if not token or (handler, request.method) in PUBLIC:
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
+def check_access(request: flask.Request, handler: Handler, settings: Settings) -> None:
+    """Before anything touches storage: audio needs WEBHOOK_TOKEN as `?token=` when set (its
+    signature is checked once the body is read); operator endpoints need ADMIN_TOKEN as a
+    Bearer header or `?token=`, compared in constant time."""
+    if handler in PUBLIC:
         return
-    given = query_params(request).get("token", "")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise BadRequest(401, "missing or wrong token")
+    token = query_params(request).get("token", "")
+    if handler is post_audio:
+        if settings.webhook_token and not _same(token, settings.webhook_token):
+            raise BadRequest(401, "missing or wrong token")
+        return
+    if not settings.admin_token:
+        if settings.audio_authenticated:
+            raise BadRequest(403, "operator endpoints are closed: set ADMIN_TOKEN to use them")
+        return
+    bearer = request.headers.get("Authorization", "")
+    given = bearer[7:].strip() if bearer[:7].lower() == "bearer " else token
+    if not _same(given, settings.admin_token):
+        raise BadRequest(401, "missing or wrong admin token")
 
 
-def _route(request: flask.Request, get_service: Callable[[], Service], token: str) -> flask.Response:
+def _route(request: flask.Request, get_service: Callable[[], Service], settings: Settings) -> flask.Response:
     path = request.path.rstrip("/") or "/"
     for pattern, methods in ROUTES:
         found = pattern.fullmatch(path)
@@ -276,22 +390,19 @@ def _route(request: flask.Request, get_service: Callable[[], Service], token: st
             response = error(405, f"{request.method} is not allowed on {path}; use {', '.join(methods)}")
             response.headers["Allow"] = ", ".join(methods)
             return response
-        check_token(request, handler, token)
+        check_access(request, handler, settings)
         return handler(request, get_service(), found.group(1) if found.groups() else "")
     return error(404, f"no such endpoint: {path}")
 
 
-def handle(request: flask.Request, get_service: Callable[[], Service], token: str = "") -> flask.Response:
+def handle(request: flask.Request, get_service: Callable[[], Service], settings: Settings) -> flask.Response:
     """Answer one request; the only place exceptions become status codes. The service is
     fetched inside, so failing to open storage is a 503 like any other storage outage."""
     try:
-        return _route(request, get_service, token)
+        return _route(request, get_service, settings)
     except BadRequest as exc:
         log("WARNING", "request refused", status=exc.status, reason=exc.reason, path=request.path)
-        response = error(exc.status, exc.reason)
-        if exc.retry_after is not None:
-            response.headers["Retry-After"] = str(exc.retry_after)
-        return response
+        return error(exc.status, exc.reason)
     except StoreUnavailable as exc:
         log("ERROR", "storage unavailable", exc=exc, path=request.path)
         return error(503, "storage unavailable, retry later")

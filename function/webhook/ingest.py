@@ -19,7 +19,8 @@ from typing import Callable, Protocol
 
 from function.config import Settings
 from function.logs import log
-from function.webhook.omi_client import Notifier, song_message
+from function.webhook.omi_client import Notifier, loggable, song_message
+from function.webhook.user_links import history_link
 from function.webhook.ratelimit import AudioRateLimiter
 from function.engine.recogniser import CatalogError, Match
 from function.webhook.naming import named
@@ -61,8 +62,11 @@ def audio_bytes(seconds: float, sample_rate: int) -> int:
     return int(round(seconds * sample_rate)) * 2
 
 
-def ingest_chunk(service: Service, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float) -> ChunkResult:
-    appended = service.store.append(uid, key, sample_rate, pcm, now)
+def ingest_chunk(
+    service: Service, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, base_url: str = ""
+) -> ChunkResult:
+    """`base_url`: where the links in this user's notifications point ("" sends none)."""
+    appended = service.store.append(uid, key, sample_rate, pcm, now, service.settings.max_gap_seconds)
     result = ChunkResult(appended.duplicate, appended.buffered_bytes, appended.sample_rate, None)
     log(
         "DEBUG" if result.duplicate else "INFO",
@@ -81,7 +85,7 @@ def ingest_chunk(service: Service, uid: str, key: str | None, sample_rate: int, 
         return result
     if appended.attempted and appended.new_bytes < audio_bytes(s.stride_seconds, result.sample_rate):
         return result
-    return replace(result, recognition=_maybe_recognise(service, uid, result.sample_rate, now))
+    return replace(result, recognition=_maybe_recognise(service, uid, result.sample_rate, now, base_url))
 
 
 class _Skipped(Exception):
@@ -93,7 +97,7 @@ class _Skipped(Exception):
         self.reason = reason
 
 
-def _maybe_recognise(service: Service, uid: str, rate: int, now: float) -> dict | None:
+def _maybe_recognise(service: Service, uid: str, rate: int, now: float, base_url: str) -> dict | None:
     s = service.settings
     lease = service.store.claim(
         uid,
@@ -110,7 +114,7 @@ def _maybe_recognise(service: Service, uid: str, rate: int, now: float) -> dict 
         return {"status": skipped.status, "reason": skipped.reason}
     retry = None
     if recognition.matched:
-        notification, error, retry = _notify(service, recognition, now)
+        notification, error, retry = _notify(service, recognition, now, base_url)
         recognition = replace(recognition, notification=notification, notification_error=error)
     _record(service, recognition)
     if retry is not None:
@@ -169,21 +173,31 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
     )
 
 
-def _notify(service: Service, recognised: Recognition, now: float) -> tuple[str, str | None, PendingNotification | None]:
+def _notify(
+    service: Service, recognised: Recognition, now: float, base_url: str
+) -> tuple[str, str | None, PendingNotification | None]:
     """Once per song while it plays, within Omi's hourly allowance; never raises, because the
     recognition stands whatever happens to its notification. A send worth retrying comes
-    back as the pending notification to hand to the store once the history holds the entry."""
+    back as the pending notification to hand to the store once the history holds the entry.
+    The day's first notification carries the user's link to their own history; with
+    OMI_MEMORIES, a song that was notified also becomes an Omi memory linking there."""
     s, store, uid = service.settings, service.store, recognised.uid
     try:
         if store.notifications_deferred_until(uid) > now:
             return "skipped_deferred", None, None
         song_id = recognised.song_id or ""
         decision = store.reserve_notification(uid, song_id, now, s.notify_cooldown_seconds, s.notify_hourly_limit)
-        if decision != "ok":
+        if decision not in ("ok", "ok_link"):
             return f"skipped_{decision}", None, None
         message = song_message(recognised.title or "", recognised.artist or "")
+        link = history_link(base_url, s.link_secret, uid)
+        if link and decision == "ok_link":
+            message += f"\nYour songs: {link}"
         first = PendingNotification(song_id, message, recognised.at, 0, now, now + s.notify_cooldown_seconds)
-        return _send(service, uid, first, now)
+        outcome = _send(service, uid, first, now)
+        if outcome[0] == "sent" and s.omi_memories:
+            service.notifier.create_memory(uid, recognised.title or "", recognised.artist or "", song_id, link)
+        return outcome
     except StoreUnavailable as exc:
         log("ERROR", "notification skipped: storage unavailable", uid=uid, reason=str(exc))
         return "failed", "storage unavailable", None
@@ -193,8 +207,9 @@ def _send(service: Service, uid: str, attempt: PendingNotification, now: float) 
     """One send; a failure worth retrying is rescheduled with exponential back-off (1, 2, 4 s
     ... at most a minute, or Omi's Retry-After) while the song's cooldown lasts."""
     result = service.notifier.send(uid, attempt.message)
-    if result.status == "rate_limited":
-        service.store.defer_notifications(uid, now + (result.retry_after_seconds or 0.0))
+    if result.defer_seconds:
+        # A 429, or a success that used Omi's last notification of the hour.
+        service.store.defer_notifications(uid, now + result.defer_seconds)
     if not result.retryable:
         return result.status, result.reason, None
     attempts = attempt.attempts + 1
@@ -216,7 +231,7 @@ def _retry_notification(service: Service, uid: str, now: float) -> None:
             status, error, retry = "failed", f"gave up after {pending.attempts} attempts", None
         else:
             status, error, retry = _send(service, uid, pending, now)
-        log("INFO", "notification retried", uid=uid, notification=pending.message, status=status, attempts=pending.attempts)
+        log("INFO", "notification retried", uid=uid, notification=loggable(pending.message), status=status, attempts=pending.attempts)
         service.store.set_notification(uid, pending.recognised_at, status, error)
         if retry is not None:
             service.store.release_notification(uid, retry, now)

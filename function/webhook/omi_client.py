@@ -1,9 +1,12 @@
-"""The client for Omi's notification API (POST /v2/integrations/{app_id}/notification).
+"""The client for Omi's integration API: notifications (POST /v2/integrations/{app_id}/notification)
+and memories (POST /v2/integrations/{app_id}/user/memories, the app's `create_memories` action).
 
 It only delivers and reports; whether a notification should be sent at all (cooldown, hourly
 limit, a pending Retry-After) is decided in `function/webhook/ingest.py` against the store, so the
-decision holds across instances. The app secret goes in the Authorization header and nowhere
-else: not in results, not in log lines.
+decision holds across instances. It reports what Omi says of its own limit: a 429's Retry-After,
+and a success whose `X-RateLimit-Remaining` is 0 (the next call this hour would be refused), so
+the store defers the user's notifications rather than spending a call to learn it. The app
+secret goes in the Authorization header and nowhere else: not in results, not in log lines.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class NotifyResult:
     status: str  # sent | failed | rate_limited | logged
     reason: str | None = None
     retry_after_seconds: float | None = None
+    # Send no notification to this user for this long: Omi's hourly allowance is used up.
+    defer_seconds: float | None = None
     # Certainly not delivered and may succeed later: a refused connection, a 429 or a 5xx. A
     # timed-out answer is not: Omi may have shown the notification already, and a retry
     # could show it twice.
@@ -35,6 +40,20 @@ class NotifyResult:
 
 def song_message(title: str, artist: str) -> str:
     return f"🎵 {title} by {artist}" if artist else f"🎵 {title}"
+
+
+def loggable(message: str) -> str:
+    """The song line of a notification: a personal link on the next line stays out of logs."""
+    return message.split("\n", 1)[0]
+
+
+def _until_reset(header: str | None, now: float) -> float:
+    """Seconds until Omi's window resets, from X-RateLimit-Reset as epoch seconds or a delta,
+    else to the top of the UTC hour, where Omi's window ends."""
+    if header and header.strip().isdigit():
+        value = float(header.strip())
+        return max(0.0, value - now) if value > 1e9 else value
+    return math.floor(now / _HOUR) * _HOUR + _HOUR - now
 
 
 def _retry_after(header: str | None, now: float) -> float:
@@ -63,7 +82,7 @@ class Notifier:
     def send(self, uid: str, message: str) -> NotifyResult:
         s = self._settings
         if not s.notifications_enabled:
-            log("NOTICE", "notification (not sent: OMI_APP_ID/OMI_APP_SECRET unset)", uid=uid, notification=message)
+            log("NOTICE", "notification (not sent: OMI_APP_ID/OMI_APP_SECRET unset)", uid=uid, notification=loggable(message))
             return NotifyResult("logged")
         try:
             response = self._client.post(
@@ -82,12 +101,43 @@ class Notifier:
         if response.status_code == 429:
             wait = _retry_after(response.headers.get("Retry-After"), time.time())
             log("WARNING", "notification rate limited by Omi", uid=uid, retry_after_seconds=wait)
-            return NotifyResult("rate_limited", "HTTP 429", retry_after_seconds=wait, retryable=True)
+            return NotifyResult("rate_limited", "HTTP 429", retry_after_seconds=wait, defer_seconds=wait, retryable=True)
         if response.is_success:
-            log("INFO", "notification sent", uid=uid, notification=message)
+            remaining = response.headers.get("X-RateLimit-Remaining")
+            log("INFO", "notification sent", uid=uid, notification=loggable(message), remaining=remaining)
+            if response.headers.get("X-RateLimit-Remaining", "").strip() == "0":
+                return NotifyResult("sent", defer_seconds=_until_reset(response.headers.get("X-RateLimit-Reset"), time.time()))
             return NotifyResult("sent")
+        if response.status_code == 403:
+            # Omi's word for "this user has not enabled the app": nothing to retry.
+            return self._failed(uid, "HTTP 403: the user has not enabled this app in Omi")
         retryable = response.status_code >= 500
         return self._failed(uid, f"HTTP {response.status_code}: {response.text[:200]}", retryable)
+
+    def create_memory(self, uid: str, title: str, artist: str, song_id: str, link: str | None) -> str:
+        """Save a notified song as an Omi memory ("Heard <title> by <artist>", tagged music,
+        linking to the user's history). Best effort, never retried: the notification already
+        told the user, and Omi's allowance of 60 memories an hour is far above our 9
+        notifications. Returns created | failed."""
+        s = self._settings
+        heard = f"Heard {title} by {artist}" if artist else f"Heard {title}"
+        item = {"content": heard, "tags": ["music"], "source_id": song_id, "source_url": link}
+        body = {"text": heard, "text_source": "other", "text_source_spec": "song recognition", "memories": [item]}
+        try:
+            response = self._client.post(
+                f"/v2/integrations/{s.omi_app_id}/user/memories",
+                params={"uid": uid},
+                json=body,
+                headers={"Authorization": f"Bearer {s.omi_app_secret}"},
+            )
+        except httpx.HTTPError as exc:
+            log("WARNING", "memory not created", uid=uid, reason=type(exc).__name__)
+            return "failed"
+        if not response.is_success:
+            log("WARNING", "memory not created", uid=uid, reason=f"HTTP {response.status_code}")
+            return "failed"
+        log("INFO", "memory created", uid=uid)
+        return "created"
 
     @staticmethod
     def _failed(uid: str, reason: str, retryable: bool = False) -> NotifyResult:
