@@ -315,4 +315,4 @@ def test_the_privacy_statement_matches_the_code() -> None:
     assert Settings().max_buffer_seconds == 60 and "60-second window" in privacy
     lifecycle = re.search(r"lifecycle_rule\s*{\s*condition\s*{\s*age\s*=\s*(\d+)", storage)
     assert lifecycle and lifecycle.group(1) == "1" and "after one day at most" in privacy
-    assert "90 days" in privacy
+    assert Settings().history_retention_days == 90 and "kept for 90 days" in privacy
