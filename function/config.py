@@ -127,7 +127,7 @@ class Settings:
             notify_hourly_limit=int(number("NOTIFY_HOURLY_LIMIT", d.notify_hourly_limit, 0, 1000)),
             omi_memories=flag("OMI_MEMORIES", d.omi_memories),
             webhook_token=text("WEBHOOK_TOKEN", d.webhook_token),
-            signing_secrets=tuple(s.strip() for s in env.get("OMI_SIGNING_SECRET", "").split(",") if s.strip()),
+            signing_secrets=tuple(s.strip() for s in text("OMI_SIGNING_SECRET", "").split(",") if s.strip()),
             admin_token=text("ADMIN_TOKEN", d.admin_token),
             user_link_secret=text("USER_LINK_SECRET", d.user_link_secret),
             public_url=text("PUBLIC_URL", d.public_url).rstrip("/"),

@@ -59,6 +59,7 @@ from tests.webhook_support import (  # noqa: F401  (fixtures)
 RATE = 16000
 CHUNK_BYTES = RATE * 2  # one second of PCM16
 USER_HOUR_CHUNKS = 3600
+APP_BATCH_SECONDS = 5  # an Omi app's audio_bytes trigger: one POST per ~5-s batch
 
 # Public list prices, USD, checked 2025 (Tier-1 regions; free tiers ignored).
 PRICE_DATE = "2025 list prices, free tiers ignored"
@@ -268,8 +269,11 @@ def ledger(monkeypatch: pytest.MonkeyPatch) -> Ledger:
 # --- the streams ------------------------------------------------------------------------------
 @dataclass
 class Stream:
-    """Operations and request times of one user's stream, with the recognitions it ran."""
+    """Operations and request times of one user's stream, with the recognitions it ran.
+    `chunks` counts POSTs, of `post_seconds` of audio each (1 s on the developer path, a whole
+    ~5-s batch on the app path); `per_chunk` is per POST."""
 
+    post_seconds: int = 1
     chunks: int = 0
     ops: Counter[str] = field(default_factory=Counter)
     ingest_only: list[Counter[str]] = field(default_factory=list)
@@ -294,14 +298,17 @@ class Stream:
         return out
 
 
-def stream(client: FlaskClient, ledger: Ledger, uid: str, pcm: bytes) -> Stream:
-    """POST `pcm` as Omi does, one 1-s chunk per request, noting each request's operations,
-    wall time (what request-based Cloud Run bills) and CPU time."""
-    out = Stream()
-    for start in range(0, len(pcm) - CHUNK_BYTES + 1, CHUNK_BYTES):
+def stream(client: FlaskClient, ledger: Ledger, uid: str, pcm: bytes, post_seconds: int = 1) -> Stream:
+    """POST `pcm` as Omi does, noting each request's operations, wall time (what request-based
+    Cloud Run bills) and CPU time: the developer path's 1-s chunks, each with an
+    Idempotency-Key, or (`post_seconds` > 1) the app path's one POST per batch, without one."""
+    out = Stream(post_seconds)
+    step = post_seconds * CHUNK_BYTES
+    for start in range(0, len(pcm) - step + 1, step):
         before = ledger.snapshot()
         wall, cpu = time.perf_counter(), time.process_time()
-        response = post_chunk(client, uid, pcm[start : start + CHUNK_BYTES], RATE, key=str(uuid.uuid4()))
+        key = str(uuid.uuid4()) if post_seconds == 1 else None
+        response = post_chunk(client, uid, pcm[start : start + step], RATE, key=key)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         assert response.status_code == 200, response.get_data(as_text=True)
         delta = ledger.snapshot()
@@ -319,10 +326,11 @@ def stream(client: FlaskClient, ledger: Ledger, uid: str, pcm: bytes) -> Stream:
     return out
 
 
-def cost_per_user_hour(per_chunk: dict[str, float], rounded: bool = False) -> dict[str, float]:
-    """Dollars for 3600 chunks at PRICES; Cloud Run bills the request's wall time at the
-    allocated 1 vCPU and 1 GiB (request-based billing), plus the per-request fee."""
-    n = USER_HOUR_CHUNKS
+def cost_per_user_hour(per_chunk: dict[str, float], post_seconds: int = 1, rounded: bool = False) -> dict[str, float]:
+    """Dollars for an hour of POSTs of `post_seconds` each at PRICES; Cloud Run bills the
+    request's wall time at the allocated 1 vCPU and 1 GiB (request-based billing), plus the
+    per-request fee."""
+    n = USER_HOUR_CHUNKS / post_seconds
     seconds = per_chunk["request_seconds_rounded_100ms" if rounded else "request_seconds"]
     cost = {
         "cloud_storage": n
@@ -375,6 +383,9 @@ def test_operations_per_chunk_on_the_cloud_backend(
     played = stream(client, ledger, "listener", music)
     # One minute of a street that plays no catalogued song: a miss, then a retry every stride.
     street = stream(client, ledger, "walker", looped(load_pcm16(street_noise, RATE), 60))
+    # The same two minutes as an Omi app delivers them: one POST per 5-s batch.
+    app_played = stream(client, ledger, "app-listener", music, post_seconds=APP_BATCH_SECONDS)
+    app_street = stream(client, ledger, "app-walker", looped(load_pcm16(street_noise, RATE), 60), post_seconds=APP_BATCH_SECONDS)
 
     # The counters are really wired to the clients gcp.py uses (else every bound passes at 0).
     assert ledger.unclassified == [], ledger.unclassified
@@ -401,6 +412,19 @@ def test_operations_per_chunk_on_the_cloud_backend(
         for key, ceiling in MAX_PER_CHUNK.items():
             assert per_chunk[key] <= ceiling, f"{scenario}: {key} {per_chunk[key]:.2f} per chunk > {ceiling}"
 
+    # The app path: every POST is a chunk (one object, one read-and-commit) and, past the first
+    # 3 s, a recognition; music is named at once after each match empties the buffer.
+    assert app_played.chunks == app_street.chunks == 12
+    assert app_played.recognitions.count("match") >= 10, app_played.recognitions
+    assert app_street.recognitions == ["no_match"] * 12, app_street.recognitions
+    app_figures = {"app_music": app_played.per_chunk(), "app_no_music": app_street.per_chunk()}
+    developer_cost = {name: cost_per_user_hour(f) for name, f in figures.items()}
+    app_cost = {name: cost_per_user_hour(f, APP_BATCH_SECONDS) for name, f in app_figures.items()}
+    # Storage and Firestore per hour: a fifth of the POSTs, so about a fifth of the operations.
+    for dev, app in (("music", "app_music"), ("no_music", "app_no_music")):
+        stored = ("cloud_storage", "firestore")
+        assert sum(app_cost[app][k] for k in stored) < 0.35 * sum(developer_cost[dev][k] for k in stored), (app_cost, developer_cost)
+
     out = os.environ.get("OPERATION_COUNTS_OUT")
     if out:
         report = {
@@ -413,8 +437,15 @@ def test_operations_per_chunk_on_the_cloud_backend(
             "prices_usd": PRICES,
             "cloud_run_assumptions": {"vcpu": RUN_VCPU, "memory_gib": RUN_GIB, "billing": "request-based"},
             "chunks_per_user_hour": USER_HOUR_CHUNKS,
-            "recognitions": {"music": played.recognitions, "no_music": street.recognitions},
+            "recognitions": {
+                "music": played.recognitions,
+                "no_music": street.recognitions,
+                "app_music": app_played.recognitions,
+                "app_no_music": app_street.recognitions,
+            },
             "per_chunk": figures,
+            "app_batch_seconds": APP_BATCH_SECONDS,
+            "per_app_post": app_figures,
             "request_seconds": {
                 name: {
                     "ingest_mean": sum(s.wall_ingest) / len(s.wall_ingest),
@@ -423,9 +454,10 @@ def test_operations_per_chunk_on_the_cloud_backend(
                 for name, s in (("music", played), ("no_music", street))
             },
             "api_calls": dict(sorted(ledger.methods.items())),
-            "usd_per_user_hour": {name: cost_per_user_hour(f) for name, f in figures.items()},
+            "usd_per_user_hour": {**developer_cost, **app_cost},
             "usd_per_user_hour_if_each_request_rounds_to_100ms": {
-                name: cost_per_user_hour(f, rounded=True) for name, f in figures.items()
+                **{name: cost_per_user_hour(f, rounded=True) for name, f in figures.items()},
+                **{name: cost_per_user_hour(f, APP_BATCH_SECONDS, rounded=True) for name, f in app_figures.items()},
             },
         }
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
