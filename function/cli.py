@@ -1,4 +1,4 @@
-"""`python -m function register | recognise | catalog | remove | simulate` (a stable interface)."""
+"""`python -m function register | recognise | catalog | remove | simulate | omi-app` (a stable interface)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from function import simulate
+from function import omi_app, simulate
 from function.engine.decode import DecodeError, decode_query_file
 from function.engine.catalog import CatalogError
 from function.engine.recogniser import Recogniser
@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="replay an audio file as an Omi device streams it")
     simulate.add_arguments(p)
     p.set_defaults(run=simulate.run)
+
+    p = sub.add_parser("omi-app", help="print the Omi app manifest for a deployed function URL")
+    omi_app.add_arguments(p)
+    p.set_defaults(run=omi_app.run)
     return parser
 
 

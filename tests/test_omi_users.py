@@ -286,3 +286,18 @@ def test_links_are_off_without_a_secret(webhook_env) -> None:
 
     assert response.status_code == 404
     assert "USER_LINK_SECRET" in response.json["reason"]
+
+
+def test_with_signing_a_valid_signature_suffices_and_the_token_alone_does_not(signed, store) -> None:
+    """An app's deliveries carry no token; a token without a signature is not Omi."""
+    signed.setenv("WEBHOOK_TOKEN", "audio-token-0123456789")
+    client = build_client()
+    body = noise_pcm(1.0)
+
+    app_delivery = app_post(client, "alice", body)
+    token_only = client.post(
+        "/audio?token=audio-token-0123456789&sample_rate=16000&uid=alice", data=body, headers={"Content-Type": "application/octet-stream"}
+    )
+
+    assert (app_delivery.status_code, token_only.status_code) == (200, 401)
+    assert store.buffer_info("alice").chunks == 1

@@ -359,14 +359,15 @@ def _same(given: str, expected: str) -> bool:
 
 
 def check_access(request: flask.Request, handler: Handler, settings: Settings) -> None:
-    """Before anything touches storage: audio needs WEBHOOK_TOKEN as `?token=` when set (its
-    signature is checked once the body is read); operator endpoints need ADMIN_TOKEN as a
-    Bearer header or `?token=`, compared in constant time."""
+    """Before anything touches storage: audio needs WEBHOOK_TOKEN as `?token=` when set and no
+    signing secret is (a signature, checked once the body is read, is the stronger proof, and
+    an app's deliveries carry no token); operator endpoints need ADMIN_TOKEN as a Bearer header
+    or `?token=`. Every comparison is constant-time."""
     if handler in PUBLIC:
         return
     token = query_params(request).get("token", "")
     if handler is post_audio:
-        if settings.webhook_token and not _same(token, settings.webhook_token):
+        if settings.webhook_token and not settings.signing_secrets and not _same(token, settings.webhook_token):
             raise BadRequest(401, "missing or wrong token")
         return
     if not settings.admin_token:
