@@ -29,7 +29,6 @@ import json
 import re
 import socket
 import sys
-from typing import Sequence
 from urllib.parse import urlsplit
 
 TEMPLATE_URL = "https://YOUR-FUNCTION-URL"
@@ -170,15 +169,3 @@ def run(args: argparse.Namespace) -> int:
         return 2
     sys.stdout.write(to_json(app))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m function omi-app", description="Print this function's Omi app manifest."
-    )
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

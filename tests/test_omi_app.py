@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from function import omi_app
+from function import cli, omi_app
 from function.dashboard import pages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ def test_urls_omi_would_refuse_are_refused_with_a_reason(url: str, reason: str) 
 
 
 def test_the_command_prints_the_manifest(capsys: pytest.CaptureFixture[str]) -> None:
-    code = omi_app.main(["--url", URL, "--memories"])
+    code = cli.main(["omi-app", "--url", URL, "--memories"])
 
     out, err = capsys.readouterr()
     assert code == 0 and err == ""
@@ -165,7 +165,7 @@ def test_the_command_prints_the_manifest(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_the_command_refuses_a_private_url_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    code = omi_app.main(["--url", "https://192.168.1.20:8080"])
+    code = cli.main(["omi-app", "--url", "https://192.168.1.20:8080"])
 
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
@@ -280,12 +280,13 @@ def test_the_history_page_uses_only_elements_it_has() -> None:
     assert "/history" in script and '"DELETE"' in script
 
 
-def test_the_helper_gives_the_dashboard_its_policy() -> None:
-    from function import dashboard_view
+def test_the_dashboard_gets_the_same_policy_as_before_the_helper() -> None:
+    """The policy dashboard_view.py built by hand before pages.py served the dashboard."""
+    policy = pages.dashboard_page().headers["Content-Security-Policy"]
 
-    policy = pages.content_security_policy(dashboard_view.PAGE, connect="'self'")
-
-    assert policy == dashboard_view.CONTENT_SECURITY_POLICY
+    assert policy.startswith("default-src 'none'; script-src 'sha256-")
+    assert "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert pages.dashboard_page().headers["Referrer-Policy"] == "no-referrer"
 
 
 @pytest.mark.parametrize(

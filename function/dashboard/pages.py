@@ -1,6 +1,7 @@
 """The pages this service shows to people, and the Content-Security-Policy every page gets.
 
-`me_page` (GET /me/<uid>?key=...) is a user's own history; `setup_page` (GET /setup) is what an
+`dashboard_page` (GET /dashboard) is the operator's view of /metrics and /history; `me_page`
+(GET /me/<uid>?key=...) is a user's own history; `setup_page` (GET /setup) is what an
 Omi user reads when installing the app; `privacy_page` (GET /privacy) says what is kept and for
 how long. Each is a static file beside this module, read once per instance and served as is: no
 server data is ever written into a page, so nothing a user sent can end up in its HTML. A page
@@ -115,11 +116,18 @@ class Page:
         return html_response(self.html, self.policy, self.cache_control)
 
 
-# The history page fetches /me/<uid>/history from this service; its URL carries the user's key,
-# so no copy of it is kept in any cache.
+# The dashboard fetches /metrics and /history with the admin token it was opened with, and the
+# history page /me/<uid>/history with the user's key: both URLs carry a secret, so no copy of
+# either page's request is kept in any cache.
+DASHBOARD = Page.load("page.html", connect="'self'", cache_control="no-store")
 ME = Page.load("me.html", connect="'self'", cache_control="no-store")
 SETUP = Page.load("setup.html", cache_control="public, max-age=3600")
 PRIVACY = Page.load("privacy.html", cache_control="public, max-age=3600")
+
+
+def dashboard_page() -> flask.Response:
+    """GET /dashboard: the page opened with ?token=<ADMIN_TOKEN> fetches the JSON with it."""
+    return DASHBOARD.response()
 
 
 def me_page() -> flask.Response:

@@ -36,8 +36,7 @@ import flask
 import werkzeug.exceptions
 
 from function.config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UID_PATTERN, Settings
-from function.dashboard.pages import me_page, privacy_page, setup_page
-from function.dashboard_view import dashboard
+from function.dashboard.pages import dashboard_page, me_page, privacy_page, setup_page
 from function.engine.recogniser import CatalogError
 from function.logs import log
 from function.metrics import metrics
@@ -291,6 +290,10 @@ def _own_uid(request: flask.Request, service: Service, uid: str) -> str:
     if not user_links.key_matches(secret, uid, request.args.get("key", "")):
         raise BadRequest(403, "this link is not valid for this user: open the one Omi sent you")
     return uid
+
+
+def dashboard(request: flask.Request, service: Service, _: str) -> flask.Response:
+    return dashboard_page()
 
 
 def setup(request: flask.Request, service: Service, _: str) -> flask.Response:
