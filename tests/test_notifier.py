@@ -112,3 +112,42 @@ def test_the_secret_never_reaches_the_log(omi_api: OmiApi, capsys: pytest.Captur
 
 def test_song_message_without_an_artist_names_the_title_only() -> None:
     assert song_message("Hv2", "") == "🎵 Hv2"
+
+
+def test_the_ninth_of_the_hour_is_sent_and_says_to_hold_the_rest_until_the_hour(omi_api: OmiApi) -> None:
+    """Omi's counter starts at 2 of 10: after the 9th success X-RateLimit-Remaining is 0, and
+    the client reports the wait to the top of the hour instead of spending a call to learn it."""
+    notifier = notifier_for(omi_api)
+
+    results = [notifier.send("u", f"🎵 song {i}") for i in range(9)]
+
+    assert [r.status for r in results] == ["sent"] * 9
+    assert all(r.defer_seconds is None for r in results[:8])
+    to_the_hour = 3600 - time.time() % 3600
+    assert to_the_hour - 5 <= results[8].defer_seconds <= to_the_hour + 1
+
+
+def test_a_user_who_has_not_enabled_the_app_is_a_failure_not_retried(omi_api: OmiApi) -> None:
+    omi_api.disable("u")
+
+    result = notifier_for(omi_api).send("u", "🎵 x by y")
+
+    assert (result.status, result.retryable) == ("failed", False)
+    assert "not enabled this app" in result.reason
+
+
+def test_a_memory_is_created_with_the_song_and_the_link(omi_api: OmiApi) -> None:
+    outcome = notifier_for(omi_api).create_memory("u", "Hv2", "Colobot", "song1", "https://x.test/me/u?key=k")
+
+    assert outcome == "created"
+    [memory] = omi_api.memories()
+    assert memory.headers["Authorization"] == f"Bearer {SECRET}"
+    assert memory.json["memories"] == [
+        {"content": "Heard Hv2 by Colobot", "tags": ["music"], "source_id": "song1", "source_url": "https://x.test/me/u?key=k"}
+    ]
+
+
+def test_a_memory_refused_by_omi_is_reported_not_raised(omi_api: OmiApi) -> None:
+    omi_api.disable("u")
+
+    assert notifier_for(omi_api).create_memory("u", "Hv2", "Colobot", "song1", None) == "failed"
