@@ -6,7 +6,8 @@ locals {
     "cloudfunctions.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
-    "run.googleapis.com", # a 2nd gen function is a Cloud Run service
+    "logging.googleapis.com", # the audio_shed log-based metric (monitoring.tf)
+    "run.googleapis.com",     # a 2nd gen function is a Cloud Run service
     "secretmanager.googleapis.com",
     "storage.googleapis.com",
   ]

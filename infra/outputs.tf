@@ -4,7 +4,7 @@ output "function_url" {
 }
 
 output "webhook_url" {
-  description = "Paste into the Omi app: Settings > Developer > Realtime audio bytes (Omi appends &sample_rate=...&uid=...). Contains the token: `terraform output -raw webhook_url`."
+  description = "The webhook URL for Omi: Settings > Developer > Realtime audio bytes, or your app's webhook_url (Omi appends &sample_rate=...&uid=...). Contains the token: `terraform output -raw webhook_url`."
   value       = "${google_cloudfunctions2_function.webhook.url}/audio?token=${var.webhook_token}"
   sensitive   = true
 }
@@ -27,4 +27,20 @@ output "bucket" {
 output "service_account_email" {
   description = "Identity the function runs as."
   value       = google_service_account.function.email
+}
+
+output "admin_token" {
+  description = "Token of the operator endpoints (/metrics, /dashboard, /stats, /history, DELETE /buffer): `Authorization: Bearer <token>` or ?token=. Generated unless var.admin_token is set: `terraform output -raw admin_token`."
+  value       = local.admin_token
+  sensitive   = true
+}
+
+output "dashboard_url" {
+  description = "The operator dashboard, opened with the admin token: <dashboard_url>?token=$(terraform output -raw admin_token)."
+  value       = "${google_cloudfunctions2_function.webhook.url}/dashboard"
+}
+
+output "audio_shed_metric" {
+  description = "Cloud Monitoring metric type counting audio dropped over the per-uid rate (log lines with jsonPayload.event=audio_shed): chart it or alert on it in Metrics Explorer."
+  value       = "logging.googleapis.com/user/${google_logging_metric.audio_shed.name}"
 }

@@ -89,3 +89,22 @@ resource "google_firestore_field" "chunk_receipts_ttl" {
 
   depends_on = [google_firestore_database.state]
 }
+
+# Recognitions (recognitions/<id> for /metrics and users/<uid>/recognitions/<id> for the user's
+# history) carry `expires_at` = recognised + history_retention_days. The field's collection is a
+# collection group, so one policy covers both; Firestore deletes expired documents, usually within
+# a day of expiry. Created after the chunks policy: field operations on one new database can
+# conflict.
+resource "google_firestore_field" "recognitions_ttl" {
+  project    = var.project_id
+  database   = var.firestore_database
+  collection = "recognitions"
+  field      = "expires_at"
+
+  ttl_config {}
+
+  # Nothing queries expires_at: no single-field index, so the two writes per recognition stay cheap.
+  index_config {}
+
+  depends_on = [google_firestore_database.state, google_firestore_field.chunk_receipts_ttl]
+}

@@ -66,13 +66,60 @@ variable "omi_app_secret" {
 }
 
 variable "webhook_token" {
-  description = "Shared token the webhook requires in its URL (?token=...). Omi sends no signature, so this is the only thing keeping strangers from filling your buffers. Generate with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+  description = "Shared token the webhook requires in its URL (?token=...; the webhook_url output carries it). It authenticates every sender, signing or not; add omi_signing_secret when Omi issues your app one. Generate with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
   type        = string
   sensitive   = true
 
   validation {
     condition     = length(var.webhook_token) >= 16 && can(regex("^[A-Za-z0-9_-]+$", var.webhook_token))
     error_message = "webhook_token must be at least 16 URL-safe characters (letters, digits, _ and -)."
+  }
+}
+
+variable "omi_signing_secret" {
+  description = "Omi's webhook signing secret for your app (OMI_SIGNING_SECRET). When set, every POST /audio must carry a valid X-Omi-Signature; during a rotation give both, comma-separated (new,old). Empty: no signature check, and no secret is created (Secret Manager cannot store an empty one)."
+  type        = string
+  sensitive   = true
+  default     = ""
+
+  validation {
+    condition     = var.omi_signing_secret == "" || can(regex("[^,[:space:]]", var.omi_signing_secret))
+    error_message = "omi_signing_secret must be empty or hold at least one secret (comma-separated)."
+  }
+}
+
+variable "admin_token" {
+  description = "Token of the operator endpoints (/metrics, /dashboard, /stats, /history, DELETE /buffer), sent as `Authorization: Bearer <token>` or ?token=. Empty: Terraform generates one and keeps it in its state; read it with `terraform output -raw admin_token`."
+  type        = string
+  sensitive   = true
+  default     = ""
+
+  validation {
+    condition     = var.admin_token == "" || (length(var.admin_token) >= 16 && can(regex("^[A-Za-z0-9_-]+$", var.admin_token)))
+    error_message = "admin_token must be empty (generated) or at least 16 URL-safe characters (letters, digits, _ and -)."
+  }
+}
+
+variable "user_link_secret" {
+  description = "Key of users' private history links (/me/<uid>?key=...). Empty: Terraform generates one and keeps it in its state, so links survive a rotation of omi_app_secret (the code would otherwise derive the key from the app secret). Changing it invalidates every link already sent."
+  type        = string
+  sensitive   = true
+  default     = ""
+
+  validation {
+    condition     = var.user_link_secret == "" || length(var.user_link_secret) >= 16
+    error_message = "user_link_secret must be empty (generated) or at least 16 characters."
+  }
+}
+
+variable "public_url" {
+  description = "Base URL of the links sent to users (PUBLIC_URL), e.g. a custom domain. Empty: not set, and the function uses the host each authenticated audio request reached (its own URL). It cannot default to the function's URL: the function would refer to itself."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.public_url == "" || can(regex("^https?://", var.public_url))
+    error_message = "public_url must be empty or an http(s) URL."
   }
 }
 
@@ -125,13 +172,46 @@ variable "notify_cooldown_seconds" {
 }
 
 variable "notify_hourly_limit" {
-  description = "Notifications per user per UTC hour; Omi allows 10."
+  description = "Notifications per user per UTC hour. Omi's counter starts at 2 of 10, so it refuses the 10th call of an hour: 9 is what Omi really allows."
   type        = number
-  default     = 10
+  default     = 9
+
+  validation {
+    condition     = var.notify_hourly_limit >= 0 && var.notify_hourly_limit <= 1000
+    error_message = "notify_hourly_limit must be between 0 and 1000."
+  }
+}
+
+variable "omi_memories" {
+  description = "Also save each notified song as an Omi memory (the app needs the create_facts action)."
+  type        = bool
+  default     = false
+}
+
+variable "history_retention_days" {
+  description = "Days a recognition stays in users' history and in /metrics. Each recognition carries expires_at; a Firestore TTL policy deletes it after that (usually within a day of expiry)."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.history_retention_days >= 1 && var.history_retention_days <= 36500
+    error_message = "history_retention_days must be between 1 and 36500."
+  }
+}
+
+variable "max_gap_seconds" {
+  description = "Audio arriving after a longer silence starts a new buffer instead of joining the old one."
+  type        = number
+  default     = 40
+
+  validation {
+    condition     = var.max_gap_seconds >= 1 && var.max_gap_seconds <= 86400
+    error_message = "max_gap_seconds must be between 1 and 86400."
+  }
 }
 
 variable "rate_limit_audio_seconds_per_second" {
-  description = "Per uid and instance: more audio than this per wall-clock second, sustained, gets 429 with Retry-After; 0 disables."
+  description = "Per uid and instance: audio beyond this many seconds per wall-clock second, sustained, is acknowledged (200) and dropped, and logged as event audio_shed (the audio_shed_metric output counts it); 0 disables."
   type        = number
   default     = 8
 }

@@ -11,6 +11,11 @@ terraform {
       source  = "hashicorp/archive"
       version = "~> 2.4"
     }
+    # Generates the admin token and the user-link secret when their variables are left empty.
+    random = {
+      source  = "hashicorp/random"
+      version = "~> 3.5"
+    }
   }
 }
 
