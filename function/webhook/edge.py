@@ -305,7 +305,11 @@ def privacy(request: flask.Request, service: Service, _: str) -> flask.Response:
 
 
 def my_page(request: flask.Request, service: Service, uid: str) -> flask.Response:
-    _own_uid(request, service, uid)
+    """The page holds no data (its script fetches the history with the key), so it is served
+    whatever the key: an old or mistyped link then says so in words, not in JSON."""
+    valid_uid(uid)
+    if not service.settings.link_secret:
+        raise BadRequest(404, "personal history links are not configured on this deployment (USER_LINK_SECRET)")
     return me_page()
 
 
@@ -352,8 +356,8 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 
 
 # Omi's setup check is called without our token (the app manifest holds a bare URL), an uptime
-# check needs /health, the setup and privacy pages are for anyone considering the app, and a
-# user's own pages check the key of their link themselves.
+# check needs /health, the setup and privacy pages are for anyone considering the app, a user's
+# history page holds no data, and their history checks the key of their link itself.
 PUBLIC = {setup_check, health, setup, privacy, my_page, my_history, delete_my_history}
 
 
