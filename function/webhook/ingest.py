@@ -24,6 +24,7 @@ from function.webhook.user_links import history_link
 from function.webhook.ratelimit import AudioRateLimiter
 from function.engine.recogniser import CatalogError, Match
 from function.webhook.naming import named
+from function.storage._rules import granted
 from function.storage.base import Lease, PendingNotification, Recognition, Store, StoreUnavailable
 
 # Back-off between retries of a failed notification stops growing here.
@@ -187,7 +188,7 @@ def _notify(
             return "skipped_deferred", None, None
         song_id = recognised.song_id or ""
         decision = store.reserve_notification(uid, song_id, now, s.notify_cooldown_seconds, s.notify_hourly_limit)
-        if decision not in ("ok", "ok_link"):
+        if not granted(decision):
             return f"skipped_{decision}", None, None
         message = song_message(recognised.title or "", recognised.artist or "")
         link = history_link(base_url, s.link_secret, uid)
