@@ -20,7 +20,8 @@ import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from function.metrics import WINDOW_SECONDS, summarise
+from function.metrics import WINDOW_SECONDS, counts_of, hour_of, summarise
+from function.storage._rules import merge_counts
 from function.storage.base import Recognition
 from tests.conftest import free_port
 from tests.webhook_support import (  # noqa: F401  (fixtures)
@@ -72,7 +73,11 @@ def test_metrics_carry_what_the_dashboard_draws() -> None:
         Recognition(uid="b", at=now - 60, latency_ms=7000.0, audio_seconds=5.0, matched=True, **song),
     ]
 
-    body = summarise(made, {"2023-11-08": 1, "2023-11-14": 2}, now)
+    hours: dict[int, dict] = {}
+    for r in made:
+        hours[hour_of(r.at)] = merge_counts(hours.get(hour_of(r.at)), counts_of(r))
+
+    body = summarise(hours, {"2023-11-08": 1, "2023-11-14": 2}, now)
 
     hourly = body["hourly"]
     assert hourly["start"] <= now - WINDOW_SECONDS < hourly["start"] + hourly["hour_seconds"]
@@ -80,7 +85,11 @@ def test_metrics_carry_what_the_dashboard_draws() -> None:
     assert (sum(hourly["attempts"]), sum(hourly["matches"])) == (3, 2)
     assert (hourly["attempts"][-2:], hourly["matches"][-2:]) == ([1, 1], [0, 1])
     assert body["today"] == {"date": "2023-11-14", "recognition_attempts": 2, "matches": 1, "active_users": 2}
-    assert body["latency_ms"]["p50"] == 50.1
+    # Percentiles from the histogram: the upper bound of the bucket holding them, the largest
+    # latency seen for the open bucket.
+    assert (body["latency_ms"]["p50"], body["latency_ms"]["p95"]) == (100.0, 7000.0)
+    assert body["latency_ms"]["mean"] == round((50.0 + 50.1 + 7000.0) / 3, 1)
+    assert body["top_songs"] == [{"song_id": "s1", "title": "Song", "artist": "Artist", "matches": 2}]
     assert [b["count"] for b in body["latency_histogram"]] == [0, 0, 1, 1, 0, 0, 0, 0, 0, 1]
     assert body["latency_histogram"][-1]["upper_ms"] is None
 

@@ -367,6 +367,10 @@ def recognition(uid: str, at: float, **fields: object) -> Recognition:
     return Recognition(**{"uid": uid, "at": at, **defaults, **fields})
 
 
+def song(uid: str, at: float, song_id: str) -> Recognition:
+    return recognition(uid, at, matched=True, song_id=song_id, title=f"title {song_id}", artist="artist")
+
+
 def test_history_is_newest_first(store: Store) -> None:
     hit = recognition(
         "u1",
@@ -381,7 +385,7 @@ def test_history_is_newest_first(store: Store) -> None:
         notification="sent",
         extra={"why": ["a", 1]},
     )
-    for r in (recognition("u1", T0 + 1), hit, recognition("u1", T0 + 2), recognition("u2", T0 + 4)):
+    for r in (song("u1", T0 + 1, "s0"), hit, song("u1", T0 + 2, "s2"), song("u2", T0 + 4, "s3")):
         store.record(r)
 
     history = store.history("u1")
@@ -393,14 +397,14 @@ def test_history_is_newest_first(store: Store) -> None:
 
 
 def test_a_user_deletes_their_history_and_nobody_elses(store: Store) -> None:
-    for r in (recognition("u1", T0 + 1, matched=True, song_id="s1"), recognition("u1", T0 + 2), recognition("u2", T0 + 3)):
+    for r in (song("u1", T0 + 1, "s1"), song("u1", T0 + 2, "s2"), song("u2", T0 + 3, "s3")):
         store.record(r)
 
     deleted = store.delete_history("u1")
 
     assert deleted == 2
     assert store.history("u1") == []
-    assert [r.uid for r in store.recognitions_since(T0)] == ["u2"]
+    assert [r.song_id for r in store.history("u2")] == ["s3"]
     assert store.delete_history("u1") == 0
 
 
@@ -418,7 +422,7 @@ def test_history_expires_after_the_retention(backend_env) -> None:
 
         db = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"])
         stamps = [d.get("expires_at").timestamp() for d in db.collection_group("recognitions").stream()]
-        assert sorted(stamps) == [T0 + DAY, T0 + DAY, T0 + 2 * DAY + 1, T0 + 2 * DAY + 1]
+        assert sorted(stamps) == [T0 + DAY, T0 + 2 * DAY + 1]
     assert [r.song_id for r in store.history("u2")] == ["s2"]
 
 
@@ -429,17 +433,24 @@ def test_set_notification_updates_that_history_entry_only(store: Store) -> None:
     store.set_notification("u1", T0 + 1, "sent", None)
 
     assert [(r.notification, r.notification_error) for r in store.history("u1")] == [("skipped_cooldown", None), ("sent", None)]
-    assert [r.notification for r in store.recognitions_since(T0)] == ["sent", "skipped_cooldown"]
     assert store.history("u1")[1].song_id == "s1"
 
 
-def test_recognitions_since_covers_all_uids(store: Store) -> None:
-    for r in (recognition("u1", T0), recognition("u2", T0 + 10), recognition("u1", T0 + 20)):
-        store.record(r)
+def test_counts_add_up_per_hour_across_writers(store: Store) -> None:
+    hour = int(T0 // HOUR)
+    store.add_counts(hour, {"attempts": 2, "matches": 1, "latency_max_ms": 30.0, "latency": {"b1": 2}, "songs": {"s1": 1},
+                            "names": {"s1": {"title": "T", "artist": "A"}}, "notifications": {"sent": 1}})
+    store.add_counts(hour, {"attempts": 1, "matches": 0, "latency_max_ms": 12.0, "latency": {"b1": 1}})
+    store.add_counts(hour + 1, {"attempts": 5, "matches": 0})
+    store.add_counts(hour - 5, {"attempts": 7})
 
-    recent = store.recognitions_since(T0 + 10)
+    counts = store.counts_since(hour)
 
-    assert sorted((r.uid, r.at) for r in recent) == [("u1", T0 + 20), ("u2", T0 + 10)]
+    assert counts == {
+        hour: {"attempts": 3, "matches": 1, "latency_max_ms": 30.0, "latency": {"b1": 3}, "songs": {"s1": 1},
+               "names": {"s1": {"title": "T", "artist": "A"}}, "notifications": {"sent": 1}},
+        hour + 1: {"attempts": 5, "matches": 0},
+    }
 
 
 def test_active_users(store: Store) -> None:

@@ -184,6 +184,24 @@ def retry_at(state: dict | None) -> float | None:
     return pending["retry_at"] if pending else None
 
 
+def merge_counts(into: dict | None, add: dict) -> dict:
+    """Metrics counters added together (function/metrics.py makes them): numbers summed, maps
+    merged key by key, except `latency_max_ms`, a maximum, and `names` (song id -> title and
+    artist), the latest value. Pure, so an instance's pending counts, the local backend's rows
+    and a summary over hours all add up the same way."""
+    out = dict(into or {})
+    for key, value in add.items():
+        if key == "names":
+            out[key] = {**out.get(key, {}), **value}
+        elif key == "latency_max_ms":
+            out[key] = max(out.get(key, value), value)
+        elif isinstance(value, dict):
+            out[key] = merge_counts(out.get(key), value)
+        else:
+            out[key] = out.get(key, 0) + value
+    return out
+
+
 _RECOGNITION_FIELDS = {f.name for f in fields(Recognition)}
 
 

@@ -76,7 +76,7 @@ class Lease:
 
 @dataclass(frozen=True)
 class Recognition:
-    """One recognition attempt, match or miss, as kept for /history and /metrics."""
+    """One recognition attempt, match or miss: counted for /metrics, kept for /history if matched."""
 
     uid: str
     at: float  # when the attempt finished
@@ -159,17 +159,21 @@ class Store(Protocol):
     def notifications_deferred_until(self, uid: str) -> float: ...
 
     # --- history and metrics ------------------------------------------------------------------
-    def record(self, recognition: Recognition) -> None: ...
+    def record(self, recognition: Recognition) -> None:
+        """Keep a named song in the uid's history (misses are only counted, see `add_counts`)."""
 
     def history(self, uid: str, limit: int = 50) -> list[Recognition]:
-        """Newest first. Entries older than the store's history retention are gone (local: swept
-        as new ones are recorded; cloud: a Firestore TTL on `expires_at`)."""
+        """The uid's songs, newest first. Entries older than the store's history retention are
+        gone (local: swept as new ones are recorded; cloud: a Firestore TTL on `expires_at`)."""
 
     def delete_history(self, uid: str) -> int:
-        """Forget every recognition of the uid (the user asked); how many there were."""
+        """Forget every song of the uid (the user asked); how many there were."""
 
-    def recognitions_since(self, since: float) -> list[Recognition]:
-        """Every recognition (all uids) finished at or after `since`, for /metrics."""
+    def add_counts(self, hour: int, counts: dict) -> None:
+        """Add metrics counters (function/metrics.py) to those of UTC hour `hour` (Unix time // 3600)."""
+
+    def counts_since(self, hour: int) -> dict[int, dict]:
+        """Every UTC hour's counters from `hour` on, for /metrics."""
 
     def active_users(self, since: float) -> int:
         """Users whose audio arrived at or after `since`."""

@@ -10,9 +10,11 @@ Layout
   the audio, a retry can arrive after a recognition used the chunk) and are excluded by a cursor:
   the buffer is the chunks with `seq > after_seq`. `expires_at` is meant for a Firestore TTL
   policy on the `chunks` collection group, which reaps old receipts.
-- `recognitions/<id>` for /metrics and the same document under `users/<uid>/recognitions` for
-  /history: every query then runs on Firestore's automatic single-field indexes, no composite
-  index to deploy. `active_days/<YYYY-MM-DD>` holds the uids seen that day, each added once a day.
+- `users/<uid>/recognitions/<id>`: the uid's songs (matches only), with `expires_at` for the TTL
+  policy on the `recognitions` collection group. `metrics_hours/<hour>`: one UTC hour's counters
+  (function/metrics.py), written by merges of increments. `active_days/<YYYY-MM-DD>` holds the
+  uids seen that day, each added once a day. Every query runs on Firestore's automatic
+  single-field indexes: no composite index to deploy.
 
 Hot path: `append` reads the user document, uploads the object, then commits ONE batch (create
 the chunk document, increment the user's counters): the batch is the commit point, so a failed
@@ -117,6 +119,22 @@ def _state(data: dict) -> BufferState:
         lease_token=data.get("lease_token"),
         lease_expires=data.get("lease_expires"),
     )
+
+
+def _increments(counts: dict) -> dict:
+    """Metrics counters as Firestore transforms (see `merge_counts`): sums become Increment,
+    the largest latency Maximum, song names plain values."""
+    out: dict[str, Any] = {}
+    for key, value in counts.items():
+        if key == "names":
+            out[key] = value
+        elif key == "latency_max_ms":
+            out[key] = Maximum(value)
+        elif isinstance(value, dict):
+            out[key] = _increments(value)
+        else:
+            out[key] = Increment(value)
+    return out
 
 
 def _holds(data: dict | None, lease: Lease) -> bool:
@@ -449,7 +467,6 @@ class GcpStore:
         batch = self._db.batch()
         for doc in mine.stream(**_FS):
             batch.update(doc.reference, changes)
-            batch.update(self._db.collection("recognitions").document(doc.id), changes)
         batch.commit(**_FS)
 
     @_transient
@@ -461,41 +478,46 @@ class GcpStore:
         return float((self._get(self._user(uid)) or {}).get("deferred_until", 0.0))
 
     # --- history and metrics ------------------------------------------------------------------
+    def _history(self, uid: str) -> firestore.CollectionReference:
+        return self._user(uid).collection("recognitions")
+
     @_transient
     def record(self, recognition: Recognition) -> None:
         data = asdict(recognition)
         if self._retention > 0:
             data["expires_at"] = datetime.fromtimestamp(recognition.at + self._retention, timezone.utc)
-        doc_id = uuid.uuid4().hex
-        batch = self._db.batch()
-        batch.set(self._db.collection("recognitions").document(doc_id), data)
-        batch.set(self._user(recognition.uid).collection("recognitions").document(doc_id), data)
-        batch.commit(**_FS)
+        self._history(recognition.uid).document(uuid.uuid4().hex).set(data, **_FS)
 
     @_transient
     def history(self, uid: str, limit: int = 50) -> list[Recognition]:
-        newest_first = firestore.Query.DESCENDING
-        query = self._user(uid).collection("recognitions").order_by("at", direction=newest_first)
+        query = self._history(uid).order_by("at", direction=firestore.Query.DESCENDING)
         return [recognition_from_dict(d.to_dict()) for d in query.limit(limit).stream(**_FS)]
 
     @_transient
     def delete_history(self, uid: str) -> int:
-        """Each entry lives twice (under the user, and in the top-level collection /metrics
-        reads): both copies go, in batches within Firestore's 500 writes."""
-        mine = [doc.id for doc in self._user(uid).collection("recognitions").select([]).stream(**_FS)]
-        for start in range(0, len(mine), 250):
+        """In batches within Firestore's 500 writes."""
+        mine = [doc.reference for doc in self._history(uid).select([]).stream(**_FS)]
+        for start in range(0, len(mine), 500):
             batch = self._db.batch()
-            for doc_id in mine[start : start + 250]:
-                batch.delete(self._user(uid).collection("recognitions").document(doc_id))
-                batch.delete(self._db.collection("recognitions").document(doc_id))
+            for ref in mine[start : start + 500]:
+                batch.delete(ref)
             batch.commit(**_FS)
         return len(mine)
 
     @_transient
-    def recognitions_since(self, since: float) -> list[Recognition]:
-        query = self._db.collection("recognitions").where(filter=FieldFilter("at", ">=", since))
-        query = query.order_by("at")
-        return [recognition_from_dict(d.to_dict()) for d in query.stream(**_FS)]
+    def add_counts(self, hour: int, counts: dict) -> None:
+        """One merge write of increments: concurrent instances add up without a transaction."""
+        ref = self._db.collection("metrics_hours").document(str(hour))
+        ref.set({"hour": hour, **_increments(counts)}, merge=True, **_FS)
+
+    @_transient
+    def counts_since(self, hour: int) -> dict[int, dict]:
+        query = self._db.collection("metrics_hours").where(filter=FieldFilter("hour", ">=", hour))
+        out = {}
+        for doc in query.stream(**_FS):
+            data = doc.to_dict()
+            out[data.pop("hour")] = data
+        return out
 
     @_transient
     def active_users(self, since: float) -> int:

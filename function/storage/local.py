@@ -30,6 +30,7 @@ from function.storage._rules import (
     keep_newest,
     key_hash,
     may_claim,
+    merge_counts,
     read_window,
     recognition_from_dict,
     release_reservation,
@@ -76,6 +77,8 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS recognitions_by_uid ON recognitions (uid, at)",
     "CREATE INDEX IF NOT EXISTS recognitions_by_time ON recognitions (at)",
+    # Metrics: one row per UTC hour (function/metrics.py), however many attempts it counts.
+    "CREATE TABLE IF NOT EXISTS hourly_counts (hour INTEGER PRIMARY KEY, body TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS active_days (
         day TEXT NOT NULL, uid TEXT NOT NULL, PRIMARY KEY (day, uid)
     ) WITHOUT ROWID""",
@@ -410,11 +413,19 @@ class LocalStore:
         return [recognition_from_dict(json.loads(row["body"])) for row in rows]
 
     @_transient
-    def recognitions_since(self, since: float) -> list[Recognition]:
-        rows = self._connection().execute(
-            "SELECT body FROM recognitions WHERE at >= ? ORDER BY at, id", (since,)
-        )
-        return [recognition_from_dict(json.loads(row["body"])) for row in rows]
+    def add_counts(self, hour: int, counts: dict) -> None:
+        with self._transaction() as (db, _):
+            row = db.execute("SELECT body FROM hourly_counts WHERE hour = ?", (hour,)).fetchone()
+            merged = merge_counts(json.loads(row["body"]) if row else None, counts)
+            db.execute(
+                "INSERT INTO hourly_counts (hour, body) VALUES (?, ?) ON CONFLICT (hour) DO UPDATE SET body = excluded.body",
+                (hour, json.dumps(merged)),
+            )
+
+    @_transient
+    def counts_since(self, hour: int) -> dict[int, dict]:
+        rows = self._connection().execute("SELECT hour, body FROM hourly_counts WHERE hour >= ?", (hour,))
+        return {row["hour"]: json.loads(row["body"]) for row in rows}
 
     @_transient
     def active_users(self, since: float) -> int:

@@ -47,8 +47,6 @@ from function.webhook.ingest import Service, ingest_chunk
 ACTIVE_WINDOW_SECONDS = 600.0
 MAX_IDEMPOTENCY_KEY = 256
 HISTORY_DEFAULT, HISTORY_MAX = 50, 200
-# /history and /stats list songs, but the store's history interleaves misses: look this far back.
-HISTORY_SCAN = 250
 
 Handler = Callable[[flask.Request, Service, str], flask.Response]
 
@@ -239,14 +237,10 @@ def _song(r: Recognition) -> dict:
     }
 
 
-def _songs(service: Service, uid: str) -> list[Recognition]:
-    return [r for r in service.store.history(uid, HISTORY_SCAN) if r.matched]
-
-
 def stats(request: flask.Request, service: Service, uid: str) -> flask.Response:
     valid_uid(uid)
     info = service.store.buffer_info(uid)
-    songs = _songs(service, uid)
+    songs = service.store.history(uid, 1)
     seconds = round(info.buffered_bytes / (2 * info.sample_rate), 3) if info.sample_rate else 0.0
     return flask.jsonify(
         {
@@ -273,12 +267,12 @@ def history(request: flask.Request, service: Service, uid: str) -> flask.Respons
     raw = request.args.get("limit", str(HISTORY_DEFAULT))
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= HISTORY_MAX:
         raise BadRequest(400, f"limit must be an integer from 1 to {HISTORY_MAX}")
-    songs = _songs(service, uid)[: int(raw)]
+    songs = service.store.history(uid, int(raw))
     return flask.jsonify({"uid": uid, "songs": [_song(r) for r in songs]})
 
 
 def metrics_view(request: flask.Request, service: Service, _: str) -> flask.Response:
-    return flask.jsonify(metrics(service.store, time.time()))
+    return flask.jsonify(metrics(service.store, service.metrics, time.time()))
 
 
 def _own_uid(request: flask.Request, service: Service, uid: str) -> str:
@@ -326,7 +320,7 @@ def my_history(request: flask.Request, service: Service, uid: str) -> flask.Resp
             "offset_seconds": r.offset_seconds,
             "search_url": user_links.search_url(r.title, r.artist),
         }
-        for r in _songs(service, uid)
+        for r in service.store.history(uid, HISTORY_MAX)
     ]
     return flask.jsonify({"uid": uid, "songs": songs, "retention_days": service.settings.history_retention_days})
 

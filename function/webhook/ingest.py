@@ -14,11 +14,12 @@ guess is named is function/webhook/naming.py's rule. A match empties the buffer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 from function.config import Settings
 from function.logs import log
+from function.metrics import MetricsCounter
 from function.webhook.omi_client import Notifier, loggable, song_message
 from function.webhook.user_links import history_link
 from function.webhook.ratelimit import AudioRateLimiter
@@ -44,6 +45,7 @@ class Service:
     notifier: Notifier
     recogniser: Callable[[], Recognises]  # loads lazily; raises CatalogError if there is no catalog
     limiter: AudioRateLimiter
+    metrics: MetricsCounter = field(default_factory=MetricsCounter)
 
 
 @dataclass(frozen=True)
@@ -241,9 +243,14 @@ def _retry_notification(service: Service, uid: str, now: float) -> None:
 
 
 def _record(service: Service, recognition: Recognition) -> None:
-    """The history is best effort once the audio is safely stored: a storage hiccup here must
+    """Every attempt is counted (function/metrics.py); a song goes into the user's history once
+    per play: a match of the song notified less than NOTIFY_COOLDOWN_SECONDS ago is the same
+    song still playing. Best effort once the audio is safely stored: a storage hiccup here must
     not turn a delivered chunk into a 503 that Omi would resend."""
-    _best_effort(recognition.uid, service.store.record, recognition)
+    service.metrics.count(recognition)
+    if recognition.matched and recognition.notification != "skipped_cooldown":
+        _best_effort(recognition.uid, service.store.record, recognition)
+    service.metrics.flush(service.store, recognition.at)
 
 
 def _best_effort(uid: str, write: Callable[..., None], *args: object) -> None:
