@@ -53,6 +53,9 @@ class Settings:
     user_link_secret: str = ""  # USER_LINK_SECRET: keys of users' own history links
     public_url: str = ""  # PUBLIC_URL: base of the links we send users (else the request's host)
     history_retention_days: float = 90.0  # HISTORY_RETENTION_DAYS
+    # ALLOW_UNAUTHENTICATED: the gcp backend refuses to start with open audio unless this says
+    # it is on purpose (a test stack, the emulators).
+    allow_unauthenticated: bool = False
     max_gap_seconds: float = 40.0  # MAX_GAP_SECONDS: audio after a longer silence starts a new buffer
     rate_limit: float = 8.0  # RATE_LIMIT_AUDIO_SECONDS_PER_SECOND per uid and instance; 0: off
     service_name: str = "omi-song-recognition"  # SERVICE_NAME
@@ -133,6 +136,7 @@ class Settings:
             public_url=text("PUBLIC_URL", d.public_url).rstrip("/"),
             history_retention_days=number("HISTORY_RETENTION_DAYS", d.history_retention_days, 1, 36500),
             max_gap_seconds=number("MAX_GAP_SECONDS", d.max_gap_seconds, 1, 86400),
+            allow_unauthenticated=flag("ALLOW_UNAUTHENTICATED", d.allow_unauthenticated),
             rate_limit=number("RATE_LIMIT_AUDIO_SECONDS_PER_SECOND", d.rate_limit, 0, 1000),
             service_name=text("SERVICE_NAME", d.service_name),
             log_level=text("LOG_LEVEL", d.log_level).upper(),
@@ -141,6 +145,11 @@ class Settings:
             raise ConfigError("MAX_BUFFER_SECONDS must be at least MIN_AUDIO_SECONDS")
         if backend == "gcp" and not settings.gcs_bucket:
             raise ConfigError("GCS_BUCKET is required when STORAGE_BACKEND=gcp")
+        if backend == "gcp" and not (settings.audio_authenticated or settings.allow_unauthenticated):
+            raise ConfigError(
+                "STORAGE_BACKEND=gcp needs WEBHOOK_TOKEN or OMI_SIGNING_SECRET (or ALLOW_UNAUTHENTICATED=true on purpose):"
+                " a deployed webhook must not take anyone's audio"
+            )
         if bool(settings.omi_app_id) != bool(settings.omi_app_secret):
             raise ConfigError("OMI_APP_ID and OMI_APP_SECRET must be set together")
         if settings.omi_memories and not settings.notifications_enabled:

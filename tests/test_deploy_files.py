@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 CLOUDBUILD = ROOT / "cloudbuild.yaml"
 
-# Settings that only mean something on a developer's machine, so a deployment never sets them.
-LOCAL_ONLY_SETTINGS = {"DATA_DIR"}
+# Settings that only mean something on a developer's machine or a test stack, so a deployment
+# never sets them (ALLOW_UNAUTHENTICATED would open a deployed webhook's audio to anyone).
+LOCAL_ONLY_SETTINGS = {"DATA_DIR", "ALLOW_UNAUTHENTICATED"}
 SECRET_SETTINGS = {"OMI_APP_SECRET", "WEBHOOK_TOKEN", "OMI_SIGNING_SECRET", "ADMIN_TOKEN", "USER_LINK_SECRET"}
 # Bound only while its variable is set (a Secret Manager version cannot be empty); every other
 # secret always exists, so cloudbuild.yaml can name it.

@@ -40,6 +40,7 @@ def outage_env(private_emulators: Emulators, monkeypatch: pytest.MonkeyPatch, ca
     env = {
         **private_emulators.env,
         "STORAGE_BACKEND": "gcp",
+        "ALLOW_UNAUTHENTICATED": "true",  # an emulator stack
         "GOOGLE_CLOUD_PROJECT": f"outage-{uuid.uuid4().hex[:12]}",
         "GCS_BUCKET": f"outage-{uuid.uuid4().hex[:12]}",
         "CATALOG_URI": catalog_uri,
