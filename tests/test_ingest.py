@@ -276,3 +276,24 @@ def test_two_threads_posting_for_one_user_lose_no_chunk_and_trigger_one_recognit
     [attempt] = recognitions(responses)
     assert attempt["audio_seconds"] == 10.0
     assert first_client.get("/metrics").json["recognition_attempts"] == 1
+
+
+def test_a_chunk_that_finds_every_recognition_slot_busy_is_answered_without_one(webhook_env, store) -> None:
+    """Plain chunks never wait behind recognitions: with the instance's slots taken the chunk is
+    stored and answered, and the next chunk with a free slot recognises."""
+    client = build_client()
+    import main  # the module functions-framework just loaded for this app
+
+    slots = main._get_service().slots
+    held = sum(slots.acquire(blocking=False) for _ in range(64))
+    try:
+        busy = post_seconds(client, "alice", noise_pcm(5.0))
+    finally:
+        for _ in range(held):
+            slots.release()
+    free = post_chunk(client, "alice", noise_pcm(1.0, seed=3))
+
+    assert all(r.status_code == 200 for r in busy)
+    assert recognitions(busy) == []
+    assert free.json["recognition"]["audio_seconds"] == 6.0
+    assert store.buffer_info("alice").buffered_bytes == 6 * 32000

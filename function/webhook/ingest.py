@@ -9,10 +9,17 @@ only grants the next claim after RECOGNITION_STRIDE_SECONDS of new audio, so eve
 over all the audio since the buffer began and the evidence for a song accumulates; a user
 playing no music costs one attempt per stride rather than one per 1-s chunk. Whether the best
 guess is named is function/webhook/naming.py's rule. A match empties the buffer.
+
+Plain chunks never wait behind a recognition: an instance runs at most RECOGNITION_SLOTS
+recognitions at once (one per core: a vote is CPU-bound, more at once only slow each other and
+every plain chunk sharing the cores). A chunk that finds every slot taken is stored and answered
+at once without claiming; its user's buffer stays claimable, so the next chunk tries again.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
@@ -28,6 +35,7 @@ from function.webhook.naming import named
 from function.storage._rules import granted
 from function.storage.base import Lease, PendingNotification, Recognition, Store, StoreUnavailable
 
+RECOGNITION_SLOTS = os.cpu_count() or 1
 # Back-off between retries of a failed notification stops growing here.
 MAX_RETRY_INTERVAL_SECONDS = 60.0
 
@@ -46,6 +54,7 @@ class Service:
     recogniser: Callable[[], Recognises]  # loads lazily; raises CatalogError if there is no catalog
     limiter: AudioRateLimiter
     metrics: MetricsCounter = field(default_factory=MetricsCounter)
+    slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(RECOGNITION_SLOTS))
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,13 @@ def ingest_chunk(
         return result
     if appended.attempted and appended.new_bytes < audio_bytes(s.stride_seconds, result.sample_rate):
         return result
-    return replace(result, recognition=_maybe_recognise(service, uid, result.sample_rate, now, base_url))
+    if not service.slots.acquire(blocking=False):
+        log("DEBUG", "recognition deferred: every slot of this instance is busy", uid=uid)
+        return result
+    try:
+        return replace(result, recognition=_maybe_recognise(service, uid, result.sample_rate, now, base_url))
+    finally:
+        service.slots.release()
 
 
 class _Skipped(Exception):
