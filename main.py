@@ -28,11 +28,15 @@ from function.webhook.edge import error, handle
 from function.webhook.ingest import Service
 from function.webhook.omi_client import Notifier
 from function.webhook.ratelimit import AudioRateLimiter
+from function.webhook.server import limit_gunicorn_requests
 from function.engine.recogniser import CatalogError, get_recogniser
 from function.storage import open_store
 
 SETTINGS = Settings.from_env()
 logs.configure(SETTINGS.log_level)
+# functions-framework configures gunicorn only after importing this file: its request-line limit
+# is off, and this is the one place to put it back (function/webhook/server.py).
+limit_gunicorn_requests()
 
 
 def _load_catalog() -> None:

@@ -43,6 +43,7 @@ from function.metrics import metrics
 from function.storage.base import Recognition, StoreUnavailable
 from function.webhook import signing, user_links
 from function.webhook.ingest import Service, ingest_chunk
+from function.webhook.server import BodyDeadline, body_seconds
 
 ACTIVE_WINDOW_SECONDS = 600.0
 MAX_IDEMPOTENCY_KEY = 256
@@ -120,15 +121,25 @@ def _body(request: flask.Request, cap: int) -> bytes:
 
     A body shorter than its Content-Length (a client that died mid-upload) or one that cannot
     be read (a malformed chunked encoding) is refused with 400 before anything is stored: kept,
-    it would hold its Idempotency-Key and turn Omi's full retry into a "duplicate".
+    it would hold its Idempotency-Key and turn Omi's full retry into a "duplicate". One that
+    has not arrived within `body_seconds` of its size (function/webhook/server.py) is refused
+    the same way with 408, which Omi's developer path retries: a trickling client must not hold
+    one of the server's few threads for as long as it likes.
     """
     declared = request.content_length
     if declared is not None and declared > cap:
         raise BadRequest(413, f"body of {declared} bytes is over the {cap}-byte limit")
-    try:
-        body = request.stream.read(cap + 1)
-    except (OSError, ValueError, werkzeug.exceptions.HTTPException) as exc:
-        raise BadRequest(400, f"the body could not be read ({type(exc).__name__}): send it again") from None
+    with BodyDeadline(request.environ, body_seconds(cap + 1 if declared is None else declared)) as deadline:
+        try:
+            body = request.stream.read(cap + 1)
+        except (OSError, ValueError, werkzeug.exceptions.HTTPException) as exc:
+            if deadline.expired:
+                body = None
+            else:
+                raise BadRequest(400, f"the body could not be read ({type(exc).__name__}): send it again") from None
+    if deadline.expired and (body is None or (declared is not None and len(body) != declared)):
+        got = "" if body is None else f" ({len(body)} of {declared} bytes came)"
+        raise BadRequest(408, f"the body did not arrive within {deadline.seconds:.1f} s{got}: send it again")
     if declared is not None and len(body) != declared:
         raise BadRequest(400, f"body ended after {len(body)} of its {declared} declared bytes: send it again")
     if len(body) > cap:
