@@ -8,9 +8,19 @@ Layout (a directory, or a gs:// prefix mirrored locally):
 Hashes are dense (HASH_BITS bits), so a CSR offset table replaces storing a hash per posting:
 4 bytes a posting, and a lookup is two array reads instead of a binary search. The postings are
 memory-mapped; the offsets (8 MB whatever the catalog's size) are rebuilt at load from the
-compressed counts, ~0.6 MB on disk for a 100-song catalog instead of 8 MB. Each save writes a
-new generation and then atomically replaces catalog.json, so a reader in another process never
-sees half a catalog.
+compressed counts, ~0.6 MB on disk for a 100-song catalog instead of 8 MB.
+
+Catalogs change under running processes, so:
+- each save writes a new generation through new files and then atomically replaces
+  catalog.json; no file is ever rewritten in place, since a process may have it mapped;
+- a save deletes the generation before the previous one, not the previous one: a reader that
+  read the manifest just before it was replaced still finds its arrays, and a reader overtaken
+  by two saves reads the manifest again (LOAD_ATTEMPTS);
+- postings.npy is mapped only if its size is what its header and catalog.json say, and every
+  lookup first checks (one fstat) that the mapped file was not truncated or rewritten since, so
+  a catalog copied over a live one is refused with the reason instead of crashing the process
+  with SIGBUS. That check cannot cover a truncation during the lookup itself: replace a catalog
+  with `register`/`remove` (or by pointing CATALOG_URI at a new one), never by copying over it.
 """
 
 from __future__ import annotations
@@ -18,12 +28,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import weakref
 import zipfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 
-from function.engine.catalog_location import location_for
+from function.engine.catalog_location import GcsLocation, LocalLocation, Version, location_for
 from function.engine.config import CONFIG
 from function.engine.fingerprint import HASH_BITS, MAX_FRAMES
 
@@ -32,6 +45,14 @@ FORMAT = 3
 SONG_SHIFT = 16
 MAX_SONGS = 1 << (32 - SONG_SHIFT)
 N_HASHES = 1 << HASH_BITS
+# A reader that finds the generation its manifest names already deleted reads the manifest again,
+# up to this many reads in all: only a reader overtaken by two saves between reading catalog.json
+# and opening the arrays gets there, since a save keeps the previous generation.
+LOAD_ATTEMPTS = 3
+REPLACE_ADVICE = (
+    "replace a catalog with `python -m function register` / `remove` (or point CATALOG_URI at a new one),"
+    " never by copying files over it"
+)
 
 
 class CatalogError(RuntimeError):
@@ -57,6 +78,15 @@ class Song:
         return d
 
 
+@dataclass(frozen=True)
+class _Mapped:
+    """The open postings.npy a catalog memory-mapped, with its size and mtime when mapped."""
+
+    file: BinaryIO
+    size: int
+    mtime_ns: int
+
+
 @dataclass
 class Fingerprinted:
     """A song ready to be added: its metadata and its landmarks."""
@@ -67,18 +97,52 @@ class Fingerprinted:
 
 
 class Catalog:
-    def __init__(self, uri: str, create: bool = False) -> None:
-        self.location = location_for(uri)
+    def __init__(
+        self, uri: str, create: bool = False, location: LocalLocation | GcsLocation | None = None
+    ) -> None:
+        self.location = location or location_for(uri)
         self.uri = uri
         self.songs: list[Song] = []
         self.generation = 0
+        # The stored catalog.json's version when it was read (None: nothing stored yet).
+        self.version: Version | None = None
         self.offsets = np.zeros(N_HASHES + 1, dtype=np.uint32)
         self.postings = np.zeros(0, dtype=np.uint32)
-        if self.location.exists():
-            self._load()
-        elif not create:
+        self._mapped: _Mapped | None = None
+        if not self._load() and not create:
             raise CatalogError(f"no catalog at {uri} (register songs first: python -m function register PATH)")
         self._index_songs()
+
+    def reopened(self) -> "Catalog":
+        """The stored catalog as it is now, through this one's location (a gs:// catalog reuses
+        its local mirror); this one stays usable for whoever still holds it."""
+        return Catalog(self.uri, location=self.location)
+
+    def is_stale(self) -> bool:
+        """Whether catalog.json was replaced since this catalog read it: one stat locally, one
+        metadata read (a Class B operation) on Cloud Storage."""
+        return self.location.version() != self.version
+
+    def require_songs(self) -> None:
+        """A catalog without songs could only ever answer "no match", which reads as "this music
+        is not registered": it is refused instead, like a missing one."""
+        if not self.songs:
+            raise CatalogError(f"{self.uri}: the catalog has no songs (register songs first: python -m function register PATH)")
+
+    def check_mapped(self) -> None:
+        """Refuse to read postings whose file was truncated or rewritten in place since it was
+        mapped (a `cp` over a live catalog): reading it would crash the process with SIGBUS, or
+        pair another catalog's postings with this one's offsets. One fstat of the mapped file
+        itself, so it runs before every lookup. A file deleted, or replaced by a new one (what a
+        save does), leaves the mapped one intact and passes."""
+        if self._mapped is None:
+            return
+        st = os.fstat(self._mapped.file.fileno())
+        if (st.st_size, st.st_mtime_ns) != (self._mapped.size, self._mapped.mtime_ns):
+            raise CatalogError(
+                f"{self.uri}: catalog changed under this process: {self._mapped.file.name} was rewritten in place"
+                f" ({self._mapped.size} bytes when loaded, {st.st_size} bytes now); {REPLACE_ADVICE}"
+            )
 
     def _index_songs(self) -> None:
         self._by_id = {s.song_id: i for i, s in enumerate(self.songs)}
@@ -102,35 +166,91 @@ class Catalog:
         self._index_songs()
 
     # --- reading --------------------------------------------------------------------------------
-    def _load(self) -> None:
+    def _load(self) -> bool:
+        """Read the stored catalog; False if there is none."""
+        attempt = 1
+        while True:
+            version = self.location.fetch()
+            if version is None:
+                return False
+            try:
+                self._read()
+            except FileNotFoundError as exc:
+                # Missing arrays under a manifest that has since been replaced: a save deleted
+                # the generation this read was about to open. Read the new manifest.
+                if attempt == LOAD_ATTEMPTS or self.location.version() == version:
+                    raise CatalogError(f"{self.uri}: catalog is corrupt or unreadable: {exc}") from None
+                attempt += 1
+                continue
+            self.version = version
+            return True
+
+    def _read(self) -> None:
+        """catalog.json and the generation it names; FileNotFoundError passes through for `_load`."""
         root = self.location.local_dir
         try:
-            manifest = json.loads((root / "catalog.json").read_text())
-            if manifest.get("format") != FORMAT:
-                raise CatalogError(
-                    f"{self.uri}: catalog format {manifest.get('format')}, expected {FORMAT}:"
-                    " register the songs again into a new catalog"
-                )
-            if manifest.get("frozen") != CONFIG.frozen():
-                raise CatalogError(
-                    f"{self.uri}: built with other fingerprint parameters ({manifest.get('frozen')}); re-register"
-                )
-            self.songs = [Song(**s) for s in manifest["songs"]]
-            self.generation = int(manifest["generation"].lstrip("g"))
+            manifest = self._manifest()
+            songs = [Song(**s) for s in manifest["songs"]]
+            generation = int(manifest["generation"].lstrip("g"))
             gen_dir = root / manifest["generation"]
+            count = int(manifest["postings"])
             with np.load(gen_dir / "counts.npz") as stored:
                 counts = stored["counts"]
-            self.offsets = np.zeros(len(counts) + 1, dtype=np.uint32)
-            np.cumsum(counts, dtype=np.uint32, out=self.offsets[1:])
-            self.postings = np.load(gen_dir / "postings.npy", mmap_mode="r")
-        except CatalogError:
+        except (CatalogError, FileNotFoundError):
             raise
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
             raise CatalogError(f"{self.uri}: catalog is corrupt or unreadable: {exc}") from None
-        if self.offsets.shape != (N_HASHES + 1,) or int(self.offsets[-1]) != len(self.postings):
+        offsets = np.zeros(len(counts) + 1, dtype=np.uint32)
+        np.cumsum(counts, dtype=np.uint32, out=offsets[1:])
+        if offsets.shape != (N_HASHES + 1,) or int(offsets[-1]) != count:
             raise CatalogError(f"{self.uri}: catalog is corrupt: offsets and postings disagree")
-        if len(self.postings) != manifest.get("postings"):
-            raise CatalogError(f"{self.uri}: catalog is corrupt: expected {manifest.get('postings')} postings")
+        self.postings = self._map(gen_dir / "postings.npy", count)
+        self.songs, self.generation, self.offsets = songs, generation, offsets
+
+    def _manifest(self) -> dict:
+        """catalog.json, refused unless written in this format with these fingerprint parameters."""
+        manifest = json.loads((self.location.local_dir / "catalog.json").read_text())
+        if manifest.get("format") != FORMAT:
+            raise CatalogError(
+                f"{self.uri}: catalog format {manifest.get('format')}, expected {FORMAT}:"
+                " register the songs again into a new catalog"
+            )
+        if manifest.get("frozen") != CONFIG.frozen():
+            raise CatalogError(
+                f"{self.uri}: built with other fingerprint parameters ({manifest.get('frozen')}); re-register"
+            )
+        return manifest
+
+    def _map(self, path: Path, count: int) -> np.ndarray:
+        """Memory-map postings.npy, only if its size is exactly what its header and catalog.json
+        say: reading a mapped page beyond the end of its file kills the process with SIGBUS,
+        which no Python code can catch, so a partly written or truncated file (a copy over the
+        catalog still running) is refused here rather than found out while naming a song."""
+        file = open(path, "rb")
+        try:
+            size = os.fstat(file.fileno()).st_size
+            try:
+                major, _ = np.lib.format.read_magic(file)
+                header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = header(file)
+            except ValueError as exc:
+                raise CatalogError(f"{self.uri}: catalog is corrupt: {path} ({size} bytes) has no array header: {exc}") from None
+            start = file.tell()
+            if dtype != np.dtype("<u4") or len(shape) != 1 or fortran:
+                raise CatalogError(f"{self.uri}: catalog is corrupt: {path} holds {dtype} {shape}, not uint32 postings")
+            by_header, by_manifest = start + 4 * shape[0], start + 4 * count
+            if size != by_header or size != by_manifest:
+                raise CatalogError(
+                    f"{self.uri}: catalog is corrupt: {path} is {size} bytes, its header says {by_header} and"
+                    f" catalog.json {by_manifest} ({count} postings): a copy still running or cut short? {REPLACE_ADVICE}"
+                )
+            postings = np.memmap(file, dtype=dtype, mode="r", offset=start, shape=shape)
+        except BaseException:
+            file.close()
+            raise
+        self._mapped = _Mapped(file, size, os.fstat(file.fileno()).st_mtime_ns)
+        weakref.finalize(self, file.close)
+        return postings
 
     def __contains__(self, song_id: str) -> bool:
         return song_id in self._by_id
@@ -146,6 +266,7 @@ class Catalog:
         With a `budget`, the most common of the remaining hashes are skipped too until at most
         that many postings are read: the rarest hashes say the most about which song it is.
         """
+        self.check_mapped()
         starts = self.offsets[hashes].astype(np.int64)
         lengths = self.offsets[hashes + 1].astype(np.int64) - starts
         lengths[lengths > max_postings] = 0
@@ -175,10 +296,13 @@ class Catalog:
         self._index_songs()
         self._rebuild(np.concatenate(new_hashes), np.concatenate(new_postings), keep=None)
 
-    def add_source(self, song_id: str, source: str) -> None:
+    def add_source(self, song_id: str, source: str) -> bool:
+        """Record another path of a registered song; whether it was new."""
         song = self.songs[self._by_id[song_id]]
-        if source not in song.sources:
-            song.sources.append(source)
+        if source in song.sources:
+            return False
+        song.sources.append(source)
+        return True
 
     def remove(self, song_ids: list[str]) -> int:
         doomed = {self._by_id[s] for s in song_ids if s in self._by_id}
@@ -212,21 +336,26 @@ class Catalog:
         postings = np.concatenate([old_postings, new_postings])
         order = np.argsort(hashes, kind="stable")
         self.postings = postings[order]
+        if self._mapped is not None:  # the postings are in memory from here on
+            self._mapped.file.close()
+            self._mapped = None
         counts = np.bincount(hashes, minlength=N_HASHES)
         self.offsets = np.zeros(N_HASHES + 1, dtype=np.uint32)
         np.cumsum(counts, out=self.offsets[1:])
 
     def save(self) -> None:
+        """Write a new generation, point catalog.json at it, and delete the generation before
+        the previous one (see the module docstring for why the previous one stays)."""
         root = self.location.local_dir
         root.mkdir(parents=True, exist_ok=True)
-        previous = f"g{self.generation:06d}"
+        stale = [f"g{self.generation - 1:06d}"] if self.generation > 1 else []
         self.generation += 1
         gen = f"g{self.generation:06d}"
         (root / gen).mkdir(exist_ok=True)
         counts = np.diff(np.asarray(self.offsets))
         narrow = np.uint16 if len(counts) == 0 or counts.max() <= np.iinfo(np.uint16).max else np.uint32
-        np.savez_compressed(root / gen / "counts.npz", counts=counts.astype(narrow))
-        np.save(root / gen / "postings.npy", np.asarray(self.postings))
+        _write_new(root / gen / "counts.npz", lambda f: np.savez_compressed(f, counts=counts.astype(narrow)))
+        _write_new(root / gen / "postings.npy", lambda f: np.save(f, np.asarray(self.postings)))
         manifest = {
             "format": FORMAT,
             "frozen": CONFIG.frozen(),
@@ -235,11 +364,10 @@ class Catalog:
             "postings": int(len(self.postings)),
             "songs": [asdict(s) for s in self.songs],
         }
-        tmp = root / "catalog.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, root / "catalog.json")
-        self.location.push([f"{gen}/counts.npz", f"{gen}/postings.npy", "catalog.json"], deleted=[previous + "/"])
-        shutil.rmtree(root / previous, ignore_errors=True)
+        _write_new(root / "catalog.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        self.location.push([f"{gen}/counts.npz", f"{gen}/postings.npy", "catalog.json"], deleted=[g + "/" for g in stale])
+        for g in stale:
+            shutil.rmtree(root / g, ignore_errors=True)
 
     def stats(self) -> dict:
         root = self.location.local_dir
@@ -253,3 +381,12 @@ class Catalog:
             "hashes": int(len(self.postings)),
             "bytes": int(index_bytes),
         }
+
+
+def _write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` as a new file renamed over the old one: a process may have the old one
+    memory-mapped, and truncating a mapped file kills that process with SIGBUS."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)

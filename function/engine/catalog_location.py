@@ -1,15 +1,27 @@
 """Where a catalog lives: a local directory, or `gs://bucket/prefix` mirrored to a local cache.
 
 The catalog code always works on local files (so numpy can memory-map them); a Cloud Storage
-location downloads the prefix once when opened and uploads what changed when saved. The
-google-cloud-storage import happens only for a gs:// URI, so the core needs no cloud SDK.
+location downloads catalog.json and the generation it names into its mirror on `fetch`, and
+uploads what changed when saved. The google-cloud-storage import happens only for a gs:// URI,
+so the core needs no cloud SDK.
+
+Both answer `version()`: a cheap token that changes whenever catalog.json is replaced (a stat
+locally, one metadata read of catalog.json on Cloud Storage), which is how a running process
+notices a new generation without reading the catalog again.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Iterable
+
+# What `version()` answers: equal tokens mean the same catalog.json.
+Version = tuple[int, ...]
 
 
 class LocalLocation:
@@ -17,8 +29,18 @@ class LocalLocation:
         self.uri = path
         self.local_dir = Path(path)
 
-    def exists(self) -> bool:
-        return (self.local_dir / "catalog.json").is_file()
+    def version(self) -> Version | None:
+        """catalog.json's inode, size and modification time; None if there is none. A save
+        renames a new file over it (a new inode), and a copy over it changes its mtime."""
+        try:
+            st = os.stat(self.local_dir / "catalog.json")
+        except FileNotFoundError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def fetch(self) -> Version | None:
+        """The files are already here: the version of the catalog.json about to be read."""
+        return self.version()
 
     def push(self, relative_paths: Iterable[str], deleted: Iterable[str] = ()) -> None:
         """Files are already in place locally."""
@@ -35,32 +57,57 @@ class GcsLocation:
         self._prefix = prefix.strip("/")
         self._bucket = storage.Client().bucket(bucket_name)
         self.local_dir = Path(tempfile.mkdtemp(prefix="catalog-"))
-        self._pulled = False
+        # The mirror goes with the last catalog using it (a failed load, a replaced catalog):
+        # Cloud Run's /tmp is memory. Files still mapped stay readable until unmapped.
+        weakref.finalize(self, shutil.rmtree, self.local_dir, True)
 
     def _name(self, relative: str) -> str:
         return f"{self._prefix}/{relative}" if self._prefix else relative
 
-    def exists(self) -> bool:
-        self._pull()
-        return (self.local_dir / "catalog.json").is_file()
+    def version(self) -> Version | None:
+        """catalog.json's object generation (Cloud Storage gives each write a new one): one
+        metadata read, a Class B operation; None if there is no catalog."""
+        blob = self._bucket.get_blob(self._name("catalog.json"))
+        return None if blob is None else (blob.generation,)
 
-    def _pull(self) -> None:
-        """Download catalog.json, then the one generation of arrays it names."""
-        if self._pulled:
-            return
-        self._pulled = True
-        manifest = self._bucket.blob(self._name("catalog.json"))
-        if not manifest.exists():
-            return
-        import json
+    def fetch(self) -> Version | None:
+        """Download catalog.json, then the one generation of arrays it names, into the mirror;
+        the manifest's version (read before it, so a change meanwhile is seen at the next check).
 
-        data = manifest.download_as_bytes()
-        generation = json.loads(data)["generation"]
-        for blob in self._bucket.list_blobs(prefix=self._name(generation) + "/"):
-            target = self.local_dir / blob.name[len(self._name("")) :].lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            blob.download_to_filename(str(target))
-        (self.local_dir / "catalog.json").write_bytes(data)
+        Each file is downloaded beside its target and renamed over it, and the mirror's other
+        generations are deleted: the catalog loaded before may still have them memory-mapped,
+        which unlinking leaves intact and truncating would crash (SIGBUS). A generation deleted
+        from the bucket while it downloads leaves its files missing, which the catalog answers
+        by reading the manifest again.
+        """
+        from google.api_core.exceptions import NotFound
+
+        version = self.version()
+        if version is None:
+            return None
+        try:
+            data = self._bucket.blob(self._name("catalog.json")).download_as_bytes()
+        except NotFound:
+            return None
+        try:
+            generation = json.loads(data)["generation"]
+        except (ValueError, KeyError, TypeError):
+            generation = None  # the catalog reports the corrupt manifest when it reads it
+        if generation is not None:
+            for blob in self._bucket.list_blobs(prefix=self._name(generation) + "/"):
+                target = self.local_dir / blob.name[len(self._name("")) :].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    blob.download_to_filename(str(target) + ".part")
+                except NotFound:
+                    continue
+                os.replace(str(target) + ".part", target)
+            for stale in self.local_dir.glob("g*"):
+                if stale.is_dir() and stale.name != generation:
+                    shutil.rmtree(stale, ignore_errors=True)
+        (self.local_dir / "catalog.json.part").write_bytes(data)
+        os.replace(self.local_dir / "catalog.json.part", self.local_dir / "catalog.json")
+        return version
 
     def push(self, relative_paths: Iterable[str], deleted: Iterable[str] = ()) -> None:
         """Upload arrays before the manifest, so a reader never sees a manifest without its data."""

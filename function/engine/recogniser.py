@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,11 +16,18 @@ from function.engine.config import CONFIG
 from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint, with_neighbours
 from function.engine.matcher import Vote, vote
 from function.engine.song_tags import read_tags
+from function.logs import log
 
 DEFAULT_THRESHOLD = CONFIG.threshold
 # A song is named from seconds of audio; longer queries (whole recordings given to the CLI)
 # are cut to their first two minutes, which also keeps every offset within the vote's range.
 MAX_QUERY_SECONDS = 120
+# A process serving recognitions looks for a new catalog generation at most this often: a stat of
+# catalog.json locally, one metadata read of it (a Class B operation) on Cloud Storage, made by the
+# first get_recogniser call after the interval, so an idle instance makes none. Songs registered
+# while the function runs are named within this long. A constant, not a setting: the check costs
+# almost nothing, and no deployment has needed another value.
+RELOAD_CHECK_SECONDS = 30.0
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".m4a", ".aac", ".mp4", ".opus"}
 
 __all__ = ["Match", "RegisterResult", "Recogniser", "CatalogError", "get_recogniser", "analyse_file"]
@@ -135,8 +143,9 @@ class Recogniser:
         A plain vote that is sure (CONFIG.sure_without_neighbours) is the answer; otherwise the
         vote is taken again with every landmark's time-gap neighbours. When that is no match
         either, the query's newest seconds are voted again as if played at each of
-        CONFIG.speed_variants, and the surest vote wins.
+        CONFIG.speed_variants, and the surest vote wins. A catalog without songs is a CatalogError.
         """
+        self.catalog.require_songs()
         internal = to_internal(samples[: int(MAX_QUERY_SECONDS * sample_rate)], sample_rate)
         hashes, frames = fingerprint(internal, QUERY_DENSITY)
         best = vote(self.catalog, hashes, frames)
@@ -187,13 +196,75 @@ def _pcm_samples(pcm: bytes) -> np.ndarray:
     return pcm16_to_float(pcm[: len(pcm) // 2 * 2])
 
 
-_cache: dict[str, Recogniser] = {}
+class _Held:
+    """The recogniser get_recogniser hands out for one catalog URI, replaced by one on the
+    catalog's new generation once the stored manifest changes. A replacement is a new object, so
+    a recognition that already holds the old one finishes on it."""
+
+    def __init__(self, recogniser: Recogniser) -> None:
+        self.recogniser = recogniser
+        self.checked_at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def current(self) -> Recogniser:
+        """The recogniser to use now; CatalogError if the catalog cannot answer (no songs, or its
+        mapped postings were damaged and the stored catalog does not load either)."""
+        held = self.recogniser
+        try:
+            held.catalog.check_mapped()
+        except CatalogError:
+            # Its postings were truncated or rewritten under this process: load what is stored
+            # now (every caller waits for it, as none can use the old one), or fail with why.
+            with self._lock:
+                if self.recogniser is held:
+                    self._replace()
+        else:
+            if time.monotonic() - self.checked_at >= RELOAD_CHECK_SECONDS and self._lock.acquire(blocking=False):
+                try:
+                    self._refresh()
+                finally:
+                    self._lock.release()
+        recogniser = self.recogniser
+        recogniser.catalog.require_songs()
+        return recogniser
+
+    def _refresh(self) -> None:
+        """Swap in the stored catalog's new generation, if there is one. Requests arriving
+        meanwhile use the old one instead of waiting, and if the new one does not load (a
+        partial copy, Cloud Storage unreachable) the old one, which works, is kept and the
+        check is made again an interval later."""
+        self.checked_at = time.monotonic()
+        catalog = self.recogniser.catalog
+        try:
+            if catalog.is_stale():
+                self._replace()
+                log("INFO", "catalog reloaded", catalog=catalog.uri, generation=self.recogniser.catalog.generation)
+        except Exception as exc:  # whatever failed, the loaded catalog still names songs
+            log(
+                "WARNING",
+                "catalog not reloaded: still serving the one loaded before",
+                catalog=catalog.uri,
+                generation=catalog.generation,
+                reason=f"{type(exc).__name__}: {exc}",
+            )
+
+    def _replace(self) -> None:
+        held = self.recogniser
+        self.recogniser = Recogniser(held.catalog.reopened(), held.threshold)
+        self.checked_at = time.monotonic()
+
+
+_cache: dict[str, _Held] = {}
 _cache_lock = threading.Lock()
 
 
 def get_recogniser(catalog_uri: str) -> Recogniser:
-    """One catalog per process, loaded on first use and shared by every request after it."""
+    """One catalog per process, loaded on first use and shared by every request after it, and
+    reloaded when it changes: a new generation within RELOAD_CHECK_SECONDS, at once if its
+    mapped files were damaged. CatalogError if there is no usable catalog (none, corrupt, or
+    without songs); a missing or corrupt one is tried again on the next call."""
     with _cache_lock:
         if catalog_uri not in _cache:
-            _cache[catalog_uri] = Recogniser.open(catalog_uri)
-        return _cache[catalog_uri]
+            _cache[catalog_uri] = _Held(Recogniser.open(catalog_uri))
+        held = _cache[catalog_uri]
+    return held.current()

@@ -32,6 +32,7 @@ def register_files(
     bar = Progress(len(files), "registering", enabled=progress and bool(files))
     results: list[RegisterResult] = []
     pending: dict[str, Fingerprinted] = {}
+    new_sources = False
     for path, item in zip(files, _analysed(files, workers)):
         if isinstance(item, RegisterResult):
             results.append(item)
@@ -40,7 +41,7 @@ def register_files(
         song = item.song
         duplicate = song.song_id in catalog or song.song_id in pending
         if song.song_id in catalog:
-            catalog.add_source(song.song_id, song.sources[0])
+            new_sources |= catalog.add_source(song.song_id, song.sources[0])
         elif song.song_id in pending:
             sources = pending[song.song_id].song.sources
             if song.sources[0] not in sources:
@@ -64,7 +65,9 @@ def register_files(
         replace(r, version_of=versions[r.song_id]) if r.song_id in versions else r
         for r in results
     ]
-    if pending or any(r.status == "duplicate" for r in results) or not catalog.location.exists():
+    # Saved only if something changed: a run whose files all failed writes nothing, and in
+    # particular no empty catalog, which would then answer "no match" for every song.
+    if pending or new_sources:
         catalog.save()
     return results
 
