@@ -29,7 +29,6 @@ class Settings:
     storage_backend: str = "local"  # STORAGE_BACKEND: "local" (files + SQLite) or "gcp"
     data_dir: str = "./data"  # DATA_DIR: local backend's chunks and SQLite database
     catalog_uri: str = "./data/catalog"  # CATALOG_URI: local directory or gs://bucket/prefix
-    gcs_bucket: str = ""  # GCS_BUCKET: buffer bucket (gcp backend)
     gcp_project: str = ""  # GOOGLE_CLOUD_PROJECT
     firestore_database: str = "(default)"  # FIRESTORE_DATABASE
     min_audio_seconds: float = 3.0  # MIN_AUDIO_SECONDS: buffered audio before the first attempt
@@ -114,7 +113,6 @@ class Settings:
             storage_backend=backend,
             data_dir=text("DATA_DIR", d.data_dir),
             catalog_uri=text("CATALOG_URI", d.catalog_uri),
-            gcs_bucket=text("GCS_BUCKET", d.gcs_bucket),
             gcp_project=text("GOOGLE_CLOUD_PROJECT", d.gcp_project),
             firestore_database=text("FIRESTORE_DATABASE", d.firestore_database),
             min_audio_seconds=number("MIN_AUDIO_SECONDS", d.min_audio_seconds, 1, 600),
@@ -143,8 +141,6 @@ class Settings:
         )
         if settings.max_buffer_seconds < settings.min_audio_seconds:
             raise ConfigError("MAX_BUFFER_SECONDS must be at least MIN_AUDIO_SECONDS")
-        if backend == "gcp" and not settings.gcs_bucket:
-            raise ConfigError("GCS_BUCKET is required when STORAGE_BACKEND=gcp")
         if backend == "gcp" and not (settings.audio_authenticated or settings.allow_unauthenticated):
             raise ConfigError(
                 "STORAGE_BACKEND=gcp needs WEBHOOK_TOKEN or OMI_SIGNING_SECRET (or ALLOW_UNAUTHENTICATED=true on purpose):"

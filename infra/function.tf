@@ -4,7 +4,6 @@ locals {
   # a new setting is missing here. cloudbuild.yaml merges into these, never replaces them.
   function_environment = {
     STORAGE_BACKEND                     = "gcp"
-    GCS_BUCKET                          = google_storage_bucket.songs.name
     CATALOG_URI                         = "gs://${google_storage_bucket.songs.name}/catalog"
     GOOGLE_CLOUD_PROJECT                = var.project_id
     FIRESTORE_DATABASE                  = var.firestore_database

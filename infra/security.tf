@@ -13,7 +13,7 @@ resource "google_project_iam_member" "function_datastore" {
 
 resource "google_storage_bucket_iam_member" "function_objects" {
   bucket = google_storage_bucket.songs.name
-  role   = "roles/storage.objectAdmin"
+  role   = "roles/storage.objectViewer"
   member = google_service_account.function.member
 }
 

@@ -1,27 +1,11 @@
-# One bucket, two prefixes: buffers/ holds each user's 1-s chunks and composed buffers, which are
-# worthless after a day (a user who stopped talking mid-song); catalog/ holds the fingerprint
-# catalog, which must live forever, so the lifecycle rule is scoped to buffers/ only.
+# The fingerprint catalog (catalog/), which the function only reads. The audio buffers are
+# Firestore documents (function/storage/gcp.py), not objects here.
 resource "google_storage_bucket" "songs" {
   name                        = local.bucket_name
   location                    = var.region
   storage_class               = "STANDARD"
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
-
-  lifecycle_rule {
-    condition {
-      age            = 1
-      matches_prefix = ["buffers/"]
-    }
-    action {
-      type = "Delete"
-    }
-  }
-
-  # Chunks are created and deleted every second; soft delete would bill each for 7 more days.
-  soft_delete_policy {
-    retention_duration_seconds = 0
-  }
 
   depends_on = [google_project_service.required]
 }

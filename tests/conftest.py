@@ -125,15 +125,10 @@ def backend_env(
     if request.param == "gcp":
         env.update(request.getfixturevalue("emulators"))
         env["GOOGLE_CLOUD_PROJECT"] = f"test-{uuid.uuid4().hex[:12]}"
-        env["GCS_BUCKET"] = f"test-{uuid.uuid4().hex[:12]}"
         # An emulator stack: open audio on purpose (a deployment refuses to start that way).
         env["ALLOW_UNAUTHENTICATED"] = "true"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    if request.param == "gcp":
-        from google.cloud import storage
-
-        storage.Client(project=env["GOOGLE_CLOUD_PROJECT"]).create_bucket(env["GCS_BUCKET"])
     return env
 
 

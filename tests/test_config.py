@@ -7,7 +7,7 @@ import pytest
 
 from function.config import ConfigError, Settings
 
-GCP = {"STORAGE_BACKEND": "gcp", "GCS_BUCKET": "b"}
+GCP = {"STORAGE_BACKEND": "gcp"}
 
 
 def test_the_cloud_backend_refuses_to_start_with_open_audio() -> None:

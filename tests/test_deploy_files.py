@@ -34,7 +34,6 @@ OPTIONAL_SECRET_SETTINGS = {"OMI_SIGNING_SECRET"}
 # What the gcp backend cannot start without; cloudbuild.yaml must set these.
 GCP_REQUIRED_SETTINGS = {
     "STORAGE_BACKEND",
-    "GCS_BUCKET",
     "CATALOG_URI",
     "GOOGLE_CLOUD_PROJECT",
     "FIRESTORE_DATABASE",
@@ -303,7 +302,7 @@ def test_settings_are_found_in_config_py() -> None:
     # pass on an empty set.
     names = settings_read_by_code()
 
-    assert {"STORAGE_BACKEND", "GCS_BUCKET", "OMI_APP_ID", "OMI_APP_SECRET", "MIN_AUDIO_SECONDS"} <= names
+    assert {"STORAGE_BACKEND", "CATALOG_URI", "OMI_APP_ID", "OMI_APP_SECRET", "MIN_AUDIO_SECONDS"} <= names
     assert len(names) >= 15
 
 
@@ -351,11 +350,10 @@ def test_public_url_is_set_only_when_given() -> None:
     assert "google_cloudfunctions2_function" not in str(terraform_locals()["public_url_environment"])
 
 
-def test_terraform_environment_points_at_the_buffer_bucket_and_firestore() -> None:
+def test_terraform_environment_points_at_the_catalog_bucket_and_firestore() -> None:
     env = function_environment()
 
     assert env["STORAGE_BACKEND"] == "gcp"
-    assert env["GCS_BUCKET"] == "${google_storage_bucket.songs.name}"
     assert env["CATALOG_URI"] == "gs://${google_storage_bucket.songs.name}/catalog"
     assert env["FIRESTORE_DATABASE"] == "${var.firestore_database}"
     assert env["GOOGLE_CLOUD_PROJECT"] == "${var.project_id}"
@@ -372,13 +370,12 @@ def test_function_is_sized_for_recognition() -> None:
     assert service["service_account_email"] == "${google_service_account.function.email}"
 
 
-def test_buffers_expire_after_a_day_and_the_catalog_is_kept() -> None:
+def test_the_catalog_bucket_keeps_its_objects() -> None:
+    """The bucket holds only the catalog (audio lives in Firestore, reaped by TTL): no rule
+    may delete from it."""
     bucket = resources("google_storage_bucket")["songs"]
-    rules = bucket["lifecycle_rule"]
-    deletes = [r for r in rules if r["action"][0]["type"] == "Delete"]
 
-    assert [(r["condition"][0]["age"], r["condition"][0]["matches_prefix"]) for r in deletes] == [(1, ["buffers/"])]
-    assert not any("catalog" in str(r) for r in rules)
+    assert "lifecycle_rule" not in bucket
     assert bucket["uniform_bucket_level_access"] is True
 
 
@@ -400,7 +397,8 @@ def test_service_account_has_least_privilege() -> None:
     }
 
     assert project_roles == {"roles/datastore.user"}
-    assert bucket_roles == [("${google_storage_bucket.songs.name}", "roles/storage.objectAdmin")]
+    # The function only reads the catalog; registering is done from a developer's machine.
+    assert bucket_roles == [("${google_storage_bucket.songs.name}", "roles/storage.objectViewer")]
     accessor = "roles/secretmanager.secretAccessor"
     assert secret_grants == {
         ("${google_secret_manager_secret.omi_app_secret.id}", accessor),

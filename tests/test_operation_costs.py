@@ -67,35 +67,42 @@ PRICES: dict[str, float] = {
     # Cloud Storage, Standard class in a region (infra/: the bucket is in var.region, us-central1)
     "gcs_class_a_per_op": 0.005 / 1000,
     "gcs_class_b_per_op": 0.0004 / 1000,
-    # Firestore Standard edition, multi-region nam5 (infra/: firestore_location default)
-    "firestore_read_per_doc": 0.06 / 100_000,
-    "firestore_write_per_doc": 0.18 / 100_000,
-    "firestore_delete_per_doc": 0.02 / 100_000,
+    # Firestore Standard edition in a region, us-central1 (infra/: firestore_location default,
+    # beside the function); a multi-region such as nam5 costs twice as much (MULTI_REGION).
+    "firestore_read_per_doc": 0.03 / 100_000,
+    "firestore_write_per_doc": 0.09 / 100_000,
+    "firestore_delete_per_doc": 0.01 / 100_000,
     # Cloud Run request-based billing (CPU only allocated during requests), Tier 1
     "run_vcpu_second": 0.000024,
     "run_gib_second": 0.0000025,
     "run_request": 0.40 / 1_000_000,
 }
+MULTI_REGION = {
+    **PRICES,
+    "firestore_read_per_doc": 0.06 / 100_000,
+    "firestore_write_per_doc": 0.18 / 100_000,
+    "firestore_delete_per_doc": 0.02 / 100_000,
+}
 RUN_VCPU = 1.0  # the README's deploy command: --cpu=1 --memory=1Gi
 RUN_GIB = 1.0
 RUN_ROUNDING_SECONDS = 0.1  # Cloud Run rounds billable instance time up to 100 ms
 
-# Per-chunk ceilings, a little above what the two streams measure (music: 1.33 Class A, 0.33
-# Class B, 4.65 reads, 3.73 writes; street: 1.93, 0.48, 17.4, 4.43; the counts are deterministic,
-# only the times vary). One more operation of any kind per chunk breaks them. The street costs
-# more than it did at MIN_AUDIO_SECONDS=10 / stride 5 (1.18, 0.18, 5.2, 2.9): every attempt,
-# one per 2 s while no song is named, now reads the whole buffer's chunk list (about 35
-# document reads at 30 s buffered on average), the price of votes that accumulate.
+# Per-chunk ceilings, a little above what the two streams measure (music: 4.65 reads, 3.13
+# writes; street: 17.4, 3.47; the counts are deterministic, only the times vary). One more
+# operation of any kind per chunk breaks them. Every attempt, one per 2 s while no song is named,
+# reads the whole buffer's chunk documents (about 35 at 30 s buffered on average), the price of
+# votes that accumulate; no Cloud Storage operation at all since the audio moved to Firestore
+# (it was 1.33 Class A per chunk with music, $0.024 of the $0.067 an hour).
 MAX_PER_CHUNK: dict[str, float] = {
-    "gcs_class_a": 2.0,
-    "gcs_class_b": 0.5,
+    "gcs_class_a": 0.0,
+    "gcs_class_b": 0.0,
     "firestore_reads": 18.0,
-    "firestore_writes": 4.5,
+    "firestore_writes": 3.6,
     "firestore_deletes": 0.2,
 }
 # A chunk that triggers no recognition must cost exactly this (plus, once a UTC day per user,
 # one write to active_days): the hot path of gcp.py's `append`.
-INGEST_ONLY = {"gcs_class_a": 1, "gcs_class_b": 0, "firestore_reads": 1, "firestore_writes": 2}
+INGEST_ONLY = {"gcs_class_a": 0, "gcs_class_b": 0, "firestore_reads": 1, "firestore_writes": 2}
 
 
 # --- counting at the transport layer ----------------------------------------------------------
@@ -326,25 +333,27 @@ def stream(client: FlaskClient, ledger: Ledger, uid: str, pcm: bytes, post_secon
     return out
 
 
-def cost_per_user_hour(per_chunk: dict[str, float], post_seconds: int = 1, rounded: bool = False) -> dict[str, float]:
-    """Dollars for an hour of POSTs of `post_seconds` each at PRICES; Cloud Run bills the
+def cost_per_user_hour(
+    per_chunk: dict[str, float], post_seconds: int = 1, rounded: bool = False, prices: dict[str, float] = PRICES
+) -> dict[str, float]:
+    """Dollars for an hour of POSTs of `post_seconds` each at `prices`; Cloud Run bills the
     request's wall time at the allocated 1 vCPU and 1 GiB (request-based billing), plus the
     per-request fee."""
     n = USER_HOUR_CHUNKS / post_seconds
     seconds = per_chunk["request_seconds_rounded_100ms" if rounded else "request_seconds"]
     cost = {
         "cloud_storage": n
-        * (per_chunk["gcs_class_a"] * PRICES["gcs_class_a_per_op"] + per_chunk["gcs_class_b"] * PRICES["gcs_class_b_per_op"]),
+        * (per_chunk["gcs_class_a"] * prices["gcs_class_a_per_op"] + per_chunk["gcs_class_b"] * prices["gcs_class_b_per_op"]),
         "firestore": n
         * (
-            per_chunk["firestore_reads"] * PRICES["firestore_read_per_doc"]
-            + per_chunk["firestore_writes"] * PRICES["firestore_write_per_doc"]
-            + (per_chunk["firestore_deletes"] + per_chunk["firestore_ttl_deletes"]) * PRICES["firestore_delete_per_doc"]
+            per_chunk["firestore_reads"] * prices["firestore_read_per_doc"]
+            + per_chunk["firestore_writes"] * prices["firestore_write_per_doc"]
+            + (per_chunk["firestore_deletes"] + per_chunk["firestore_ttl_deletes"]) * prices["firestore_delete_per_doc"]
         ),
         "cloud_run": n
         * (
-            seconds * (RUN_VCPU * PRICES["run_vcpu_second"] + RUN_GIB * PRICES["run_gib_second"])
-            + PRICES["run_request"]
+            seconds * (RUN_VCPU * prices["run_vcpu_second"] + RUN_GIB * prices["run_gib_second"])
+            + prices["run_request"]
         ),
     }
     cost["total"] = sum(cost.values())
@@ -375,8 +384,24 @@ def test_operations_per_chunk_on_the_cloud_backend(
     client = build_client()
     # Warm up outside the counted streams: a freshly started Firestore emulator answers its first
     # call slowly, and the catalog loads on first use; neither is a per-chunk cost.
-    assert post_chunk(client, "warm-up", bytes(CHUNK_BYTES), RATE).status_code == 200
+    assert post_chunk(client, "warm-up", looped(load_pcm16(street_noise, RATE), 1), RATE).status_code == 200
     assert client.get("/health").status_code == 200
+
+    # A minute of digital silence (a muted microphone) is acknowledged without storage at all.
+    before = ledger.snapshot()
+    for _ in range(60):
+        assert post_chunk(client, "muted", bytes(CHUNK_BYTES), RATE).json["status"] == "silent"
+    silent = ledger.snapshot()
+    silent.subtract(before)
+    assert +silent == Counter(), dict(silent)
+
+    # The Cloud Storage counter is live, else "no Cloud Storage operation" below would pass at 0.
+    probe = storage.Client(project=os.environ["GOOGLE_CLOUD_PROJECT"]).create_bucket(f"probe-{uuid.uuid4().hex[:12]}")
+    probe.blob("probe").upload_from_string(b"x")
+    assert ledger.ops["gcs_class_a"] == 1, dict(ledger.ops)
+    ledger.ops.clear()
+    ledger.methods.clear()
+    ledger.unclassified.clear()
 
     # One minute of music: three registered songs back to back, 20 s each.
     music = b"".join(music_pcm(t, 0.0, 20.0, RATE) for t in tracks[:3])
@@ -391,7 +416,10 @@ def test_operations_per_chunk_on_the_cloud_backend(
     assert ledger.unclassified == [], ledger.unclassified
     assert played.chunks == street.chunks == 60
     for s in (played, street):
-        assert s.ops["gcs_class_a"] >= s.chunks and s.ops["firestore_writes"] >= 2 * s.chunks, dict(s.ops)
+        assert s.ops["firestore_writes"] >= 2 * s.chunks, dict(s.ops)
+        # The audio lives in Firestore documents: the store never touches Cloud Storage (the
+        # counting session is live: see the probe before the streams).
+        assert s.ops["gcs_class_a"] == s.ops["gcs_class_b"] == s.ops["gcs_free"] == 0, dict(s.ops)
         assert s.ops["chunk_receipts_created"] == s.chunks, dict(s.ops)
     # The streams did what they stand for: music named at almost every first attempt (3 s after
     # the buffer empties; a quiet 3 s may need the next one), the street never, attempted every
@@ -455,6 +483,11 @@ def test_operations_per_chunk_on_the_cloud_backend(
             },
             "api_calls": dict(sorted(ledger.methods.items())),
             "usd_per_user_hour": {**developer_cost, **app_cost},
+            "usd_per_user_hour_firestore_multi_region": {
+                **{name: cost_per_user_hour(f, prices=MULTI_REGION) for name, f in figures.items()},
+                **{name: cost_per_user_hour(f, APP_BATCH_SECONDS, prices=MULTI_REGION) for name, f in app_figures.items()},
+            },
+            "silence": "60 s of digital silence: no storage operation at all (asserted), one request per chunk",
             "usd_per_user_hour_if_each_request_rounds_to_100ms": {
                 **{name: cost_per_user_hour(f, rounded=True) for name, f in figures.items()},
                 **{name: cost_per_user_hour(f, APP_BATCH_SECONDS, rounded=True) for name, f in app_figures.items()},

@@ -12,6 +12,7 @@ import pytest
 
 from function.config import Settings
 from function.storage import open_store
+from function.storage._rules import KEY_MEMORY_SECONDS, key_hash
 from function.storage.base import PendingNotification, Recognition, Store, StoreUnavailable
 
 RATE = 16000
@@ -33,13 +34,16 @@ def fill(store: Store, uid: str, count: int, now: float = T0, first: int = 0) ->
 
 
 def stored_chunk_objects(backend_env: dict[str, str], uid: str) -> int:
-    """Chunk files (local) or chunk objects (gcp) physically present for the uid."""
+    """Chunks of audio the uid's buffer can still reach: files (local); documents after the
+    buffer's cursor (gcp: documents before it are only receipts, for the TTL to delete, and
+    `test_every_chunk_document_expires` checks that it will)."""
     if backend_env["STORAGE_BACKEND"] == "local":
         return len(list((Path(backend_env["DATA_DIR"]) / "chunks" / uid).glob("*.pcm")))
-    from google.cloud import storage
+    from google.cloud import firestore
 
-    client = storage.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"])
-    return len(list(client.list_blobs(backend_env["GCS_BUCKET"], prefix=f"buffers/{uid}/chunks/")))
+    user = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"]).collection("users").document(uid)
+    after = (user.get().to_dict() or {}).get("after_seq", 0)
+    return sum(1 for d in user.collection("chunks").stream() if d.get("seq") > after)
 
 
 # --- appending --------------------------------------------------------------------------------
@@ -538,3 +542,112 @@ def test_gcp_ping_fails_fast_when_nothing_listens(monkeypatch: pytest.MonkeyPatc
         store.ping()
 
     assert time.monotonic() - started < 10
+
+
+# --- the cloud backend's own guarantees ---------------------------------------------------------
+@pytest.fixture
+def gcp_store(backend_env: dict[str, str], store: Store) -> Store:
+    if backend_env["STORAGE_BACKEND"] != "gcp":
+        pytest.skip("the gcp backend's document layout")  # the local half is covered above
+    return store
+
+
+def chunk_documents(backend_env: dict[str, str], uid: str) -> list[dict]:
+    from google.cloud import firestore
+
+    user = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"]).collection("users").document(uid)
+    return [{"id": d.id, **d.to_dict()} for d in user.collection("chunks").stream()]
+
+
+@pytest.mark.parametrize("backend_env", ["gcp"], indirect=True)
+def test_every_chunk_document_holds_its_audio_and_expires(gcp_store: Store, backend_env: dict[str, str]) -> None:
+    before = time.time()
+    gcp_store.append("u1", "k1", RATE, pcm(1), T0)
+
+    [doc] = chunk_documents(backend_env, "u1")
+
+    assert doc["audio"] == pcm(1)
+    assert before + KEY_MEMORY_SECONDS - 5 <= doc["expires_at"].timestamp() <= time.time() + KEY_MEMORY_SECONDS
+
+
+@pytest.mark.parametrize("backend_env", ["gcp"], indirect=True)
+def test_a_body_larger_than_a_document_is_stored_in_parts_and_read_back_whole(gcp_store: Store, backend_env: dict[str, str]) -> None:
+    from function.storage.gcp import PART_BYTES
+
+    body = bytes(range(256)) * ((2 * PART_BYTES + 1000) // 256)
+    first = gcp_store.append("u1", "big", RATE, body, T0)
+    again = gcp_store.append("u1", "big", RATE, body, T0 + 1)
+    lease = gcp_store.claim("u1", 1, 0, 30, T0 + 2)
+
+    read = gcp_store.read(lease, 10 * PART_BYTES)
+
+    assert (first.duplicate, again.duplicate, first.buffered_bytes) == (False, True, len(body))
+    assert len(chunk_documents(backend_env, "u1")) == 3
+    assert read == body
+
+
+@pytest.mark.parametrize("backend_env", ["gcp"], indirect=True)
+def test_chunks_the_ttl_deleted_drop_out_of_the_buffer_without_an_error(gcp_store: Store, backend_env: dict[str, str]) -> None:
+    """An idle buffer outlives its documents' expiry: what is gone is gone, the rest is read."""
+    from google.cloud import firestore
+
+    for i in range(4):
+        gcp_store.append("u1", f"k{i}", RATE, pcm(i), T0 + i, max_gap_seconds=3600)
+    chunks = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"]).collection("users").document("u1").collection("chunks")
+    for key in ("k0", "k2"):
+        chunks.document(key_hash(key)).delete()
+    lease = gcp_store.claim("u1", 1, 0, 30, T0 + 5)
+
+    read = gcp_store.read(lease, 10 * CHUNK)
+
+    assert read == pcm(1) + pcm(3)
+    assert gcp_store.buffer_info("u1").buffered_bytes == 2 * CHUNK
+
+
+@pytest.mark.parametrize("backend_env", ["gcp"], indirect=True)
+def test_clearing_deletes_the_documents_at_once(gcp_store: Store, backend_env: dict[str, str]) -> None:
+    for i in range(3):
+        gcp_store.append("u1", f"k{i}", RATE, pcm(i), T0 + i)
+
+    gcp_store.clear("u1")
+
+    assert chunk_documents(backend_env, "u1") == []
+
+
+@pytest.mark.parametrize("backend_env", ["gcp"], indirect=True)
+def test_concurrent_posts_for_one_uid_never_stall_a_recognition(gcp_store: Store) -> None:
+    """Four threads append 16 chunks a second between them (twice what the per-uid rate limit
+    lets through an instance) while a recogniser claims, reads and releases: every
+    compare-and-set gets through and every read keeps to the cap."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def flood(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                gcp_store.append("u1", f"t{n}-{i}", RATE, pcm(i % 200), time.time(), max_gap_seconds=3600)
+            except BaseException as exc:  # noqa: BLE001  (reported below)
+                errors.append(exc)
+            i += 1
+            stop.wait(0.25)
+
+    threads = [threading.Thread(target=flood, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    reads = []
+    try:
+        deadline = time.time() + 6
+        while time.time() < deadline:
+            lease = gcp_store.claim("u1", CHUNK, 0, 30, time.time())
+            if lease is None:
+                continue
+            reads.append(len(gcp_store.read(lease, 10 * CHUNK)))
+            gcp_store.release(lease, matched=False, keep_bytes=10 * CHUNK, now=time.time())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+    assert errors == []
+    assert len(reads) >= 5 and max(reads) <= 10 * CHUNK

@@ -60,6 +60,18 @@ def _resample(samples: np.ndarray, up: int, down: int) -> np.ndarray:
     return resample_poly(samples, up, down, window=_antialias_filter(up, down)).astype(np.float32)
 
 
+# A chunk whose every sample is within this of zero is digital silence (-60 dBFS peak: a muted or
+# idle microphone, well below any room's noise floor as a microphone hears it): it can carry no
+# fingerprint, so the webhook need not store it. A physical bound, not a tuned one.
+SILENCE_PEAK = 32
+
+
+def is_digital_silence(pcm: bytes) -> bool:
+    """Raw PCM16 whose peak is at most SILENCE_PEAK."""
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
+    return samples.size == 0 or int(np.abs(samples.astype(np.int32)).max()) <= SILENCE_PEAK
+
+
 def pcm16_to_float(pcm: bytes) -> np.ndarray:
     """Raw signed 16-bit little-endian mono PCM, as Omi sends it, to float32 in [-1, 1)."""
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0

@@ -14,7 +14,6 @@ def open_store(settings: Settings) -> Store:
         from function.storage.gcp import GcpStore
 
         return GcpStore(
-            settings.gcs_bucket,
             settings.gcp_project,
             settings.firestore_database,
             history_retention_seconds=settings.history_retention_days * 86400,

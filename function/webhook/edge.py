@@ -37,6 +37,7 @@ import werkzeug.exceptions
 
 from function.config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UID_PATTERN, Settings
 from function.dashboard.pages import dashboard_page, me_page, privacy_page, setup_page
+from function.engine.decode import is_digital_silence
 from function.engine.recogniser import CatalogError
 from function.logs import log
 from function.metrics import metrics
@@ -191,6 +192,11 @@ def post_audio(request: flask.Request, service: Service, _: str) -> flask.Respon
         return flask.jsonify(
             {"status": "shed", "reason": f"over {limit:g} s of audio per second for this uid", "received_bytes": len(pcm)}
         )
+    if is_digital_silence(pcm):
+        # A muted microphone: nothing to recognise, so nothing is stored or read (a quiet room
+        # is not this: its noise floor is far above SILENCE_PEAK and is stored as any audio).
+        log("DEBUG", "digital silence acknowledged, not stored", uid=uid, seconds=round(seconds, 3))
+        return flask.jsonify({"status": "silent", "received_bytes": len(pcm)})
     result = ingest_chunk(service, uid, key, rate, pcm, time.time(), base_url(request, service.settings))
     payload: dict = {
         "status": "ok",
