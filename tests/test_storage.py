@@ -651,3 +651,21 @@ def test_concurrent_posts_for_one_uid_never_stall_a_recognition(gcp_store: Store
 
     assert errors == []
     assert len(reads) >= 5 and max(reads) <= 10 * CHUNK
+
+
+@pytest.mark.parametrize("backend_env", ["local"], indirect=True)
+def test_idle_buffers_are_deleted_and_all_buffered_audio_is_bounded(store: Store, backend_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client rotating uids leaves sub-threshold audio behind; it must not stay, nor pile up."""
+    from function.storage import local
+
+    monkeypatch.setattr(local, "SWEEP_SECONDS", 0.0)
+    store.append("idle", "k", RATE, pcm(1), T0, max_gap_seconds=40)
+    store.append("busy1", "k", RATE, pcm(2), T0 + 30, max_gap_seconds=40)
+    store.append("busy2", "k", RATE, pcm(3), T0 + 45, max_gap_seconds=40)
+    monkeypatch.setattr(local, "MAX_TOTAL_BUFFERED_BYTES", 2 * CHUNK)
+
+    store.append("new", "k", RATE, pcm(4), T0 + 50, max_gap_seconds=40)
+
+    held = {uid: store.buffer_info(uid).chunks for uid in ("idle", "busy1", "busy2", "new")}
+    assert held == {"idle": 0, "busy1": 0, "busy2": 1, "new": 1}, "idle first, then the longest idle over the bound"
+    assert stored_chunk_objects(backend_env, "idle") == stored_chunk_objects(backend_env, "busy1") == 0

@@ -44,6 +44,12 @@ from function.storage.base import Appended, BufferInfo, Lease, PendingNotificati
 
 # A writer waits this long for another to finish before the request is answered 503.
 BUSY_TIMEOUT_SECONDS = 5.0
+# Idle buffers and the total bound are checked at most this often per process, riding on an
+# append: the bound can be overshot by what arrives meanwhile.
+SWEEP_SECONDS = 10.0
+# All users' buffered audio together, at most (32 users' full 60-s buffers at 16 kHz and more):
+# past it the longest-idle buffers go first.
+MAX_TOTAL_BUFFERED_BYTES = 256 * 1024 * 1024
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS users (
@@ -90,6 +96,7 @@ _transient = unavailable_on(sqlite3.OperationalError, OSError)
 class LocalStore:
     def __init__(self, data_dir: str, history_retention_seconds: float = float("inf")) -> None:
         self._retention = history_retention_seconds
+        self._swept_at = 0.0
         self._root = Path(data_dir)
         self._chunks = self._root / "chunks"
         self._chunks.mkdir(parents=True, exist_ok=True)
@@ -213,7 +220,37 @@ class LocalStore:
             raise
         if appended.duplicate:
             path.unlink(missing_ok=True)
+        elif now - self._swept_at >= SWEEP_SECONDS:
+            self._swept_at = now
+            self._sweep(uid, now, max_gap_seconds)
         return appended
+
+    def _sweep(self, current: str, now: float, max_gap: float) -> None:
+        """Delete the buffers nobody will read: idle longer than `max_gap` (their next chunk would
+        start a new buffer anyway) or a day, then the longest-idle ones while all buffered audio
+        together is over MAX_TOTAL_BUFFERED_BYTES (a client rotating uids cannot fill the
+        disk). `current`'s buffer, just appended to, is never swept."""
+        idle_since = now - min(max_gap, 86400.0)
+        with self._transaction() as (db, doomed):
+            idle = db.execute(
+                "SELECT uid FROM users WHERE last_audio_at < ? AND sample_rate IS NOT NULL AND uid != ?",
+                (idle_since, current),
+            ).fetchall()
+            for row in idle:
+                self._drop_buffer(db, doomed, row["uid"])
+            total = db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM chunks").fetchone()[0]
+            if total <= MAX_TOTAL_BUFFERED_BYTES:
+                return
+            oldest = db.execute(
+                "SELECT u.uid, SUM(c.nbytes) AS held FROM users u JOIN chunks c ON c.uid = u.uid"
+                " WHERE u.uid != ? GROUP BY u.uid ORDER BY u.last_audio_at",
+                (current,),
+            ).fetchall()
+            for row in oldest:
+                if total <= MAX_TOTAL_BUFFERED_BYTES:
+                    break
+                self._drop_buffer(db, doomed, row["uid"])
+                total -= row["held"]
 
     def _commit_chunk(
         self, uid: str, digest: str, name: str, sample_rate: int, nbytes: int, now: float, max_gap: float
