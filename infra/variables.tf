@@ -39,9 +39,9 @@ variable "create_firestore_database" {
 }
 
 variable "firestore_location" {
-  description = "Firestore location: a multi-region such as nam5 or eur3, or a region. Cannot be changed later."
+  description = "Firestore location, which cannot be changed later: the function's region by default (half the price per operation of a multi-region such as nam5 or eur3, and nearer the function; a multi-region adds availability the transient audio buffers do not need). See the README's cost table."
   type        = string
-  default     = "nam5"
+  default     = "us-central1"
 }
 
 variable "omi_app_id" {

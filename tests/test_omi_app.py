@@ -309,11 +309,13 @@ def test_markup_a_hash_policy_would_block_is_refused(markup: str) -> None:
 
 def test_the_privacy_statement_matches_the_code() -> None:
     from function.config import Settings
+    from function.storage._rules import KEY_MEMORY_SECONDS
 
     privacy = pages.privacy_page().get_data(as_text=True)
     storage = (ROOT / "infra" / "storage.tf").read_text(encoding="utf-8")
 
     assert Settings().max_buffer_seconds == 60 and "60-second window" in privacy
-    lifecycle = re.search(r"lifecycle_rule\s*{\s*condition\s*{\s*age\s*=\s*(\d+)", storage)
-    assert lifecycle and lifecycle.group(1) == "1" and "after one day at most" in privacy
+    # In the cloud, chunk documents expire KEY_MEMORY_SECONDS after arrival, by the TTL policy.
+    assert KEY_MEMORY_SECONDS == 3600 and "one hour after it arrived" in privacy
+    assert re.search(r'collection\s*=\s*"chunks"\s*\n\s*field\s*=\s*"expires_at"', storage)
     assert Settings().history_retention_days == 90 and "kept for 90 days" in privacy

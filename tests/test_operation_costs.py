@@ -487,7 +487,7 @@ def test_operations_per_chunk_on_the_cloud_backend(
                 **{name: cost_per_user_hour(f, prices=MULTI_REGION) for name, f in figures.items()},
                 **{name: cost_per_user_hour(f, APP_BATCH_SECONDS, prices=MULTI_REGION) for name, f in app_figures.items()},
             },
-            "silence": "60 s of digital silence: no storage operation at all (asserted), one request per chunk",
+            "silence": "no storage operation at all (asserted over 60 s), only the request",
             "usd_per_user_hour_if_each_request_rounds_to_100ms": {
                 **{name: cost_per_user_hour(f, rounded=True) for name, f in figures.items()},
                 **{name: cost_per_user_hour(f, APP_BATCH_SECONDS, rounded=True) for name, f in app_figures.items()},
