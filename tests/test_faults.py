@@ -132,7 +132,7 @@ def test_a_notification_that_keeps_failing_is_given_up_when_its_song_cooldown_en
 def test_a_recogniser_that_died_holding_the_lease_is_replaced_when_the_lease_expires(webhook_env, store, tracks) -> None:
     client = build_client()
     post_chunk(client, "alice", noise_pcm(1.0))
-    dead = store.claim("alice", min_bytes=0, stride_bytes=0, lease_seconds=4, now=time.time())  # never released
+    dead = store.claim("alice", min_bytes=0, stride_bytes=0, lease_seconds=4, now=time.time(), max_bytes=10 * 32000)  # never released
     song = music_pcm(tracks[0], 5.0, 7.0)
 
     during = post_seconds(client, "alice", song[: 6 * 32000])

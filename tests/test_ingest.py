@@ -79,7 +79,7 @@ def test_after_a_miss_the_buffer_is_kept_and_each_attempt_votes_over_all_of_it(w
 def test_while_another_instance_recognises_audio_piles_up_and_the_next_read_caps_it(webhook_env, store) -> None:
     client = build_client()
     post_chunk(client, "alice", noise_pcm(1.0))
-    elsewhere = store.claim("alice", min_bytes=0, stride_bytes=0, lease_seconds=60, now=time.time())
+    elsewhere = store.claim("alice", min_bytes=0, stride_bytes=0, lease_seconds=60, now=time.time(), max_bytes=12 * 32000)
 
     held = post_seconds(client, "alice", noise_pcm(11.0))
     store.release(elsewhere, matched=False, keep_bytes=12 * 32000, now=time.time())

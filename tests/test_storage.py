@@ -96,8 +96,7 @@ def test_chunks_without_key_are_always_appended(store: Store) -> None:
 
 def test_key_is_remembered_after_its_chunk_was_consumed(store: Store) -> None:
     fill(store, "u1", 3)
-    lease = store.claim("u1", CHUNK, 0, 30, T0 + 5)
-    store.read(lease, 10 * CHUNK)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 5, 10 * CHUNK)
     store.release(lease, matched=True, keep_bytes=0, now=T0 + 6)
 
     retry = store.append("u1", "key-0", RATE, pcm(0), T0 + 7)
@@ -110,7 +109,7 @@ def test_key_is_remembered_after_its_chunk_was_consumed(store: Store) -> None:
 def test_audio_after_a_long_gap_starts_a_new_buffer(store: Store, backend_env: dict[str, str], gap: float, kept: int) -> None:
     """A batch Omi dropped, or a new recording session, must not be spliced onto the old audio."""
     store.append("u1", "k1", RATE, pcm(1), T0, max_gap_seconds=40)
-    assert store.claim("u1", CHUNK, 0, 4 * HOUR, T0 + 0.5) is not None
+    assert store.claim("u1", CHUNK, 0, 4 * HOUR, T0 + 0.5, 10 * CHUNK) is not None
 
     appended = store.append("u1", "k2", RATE, pcm(2), T0 + gap, max_gap_seconds=40)
 
@@ -119,9 +118,9 @@ def test_audio_after_a_long_gap_starts_a_new_buffer(store: Store, backend_env: d
     assert (info.sample_rate, info.last_audio_at) == (RATE, T0 + gap)
     if kept == 1:
         assert appended.attempted is False
-        assert store.claim("u1", CHUNK, 0, 30, T0 + gap + 1) is not None, "the old lease went with the old buffer"
+        assert store.claim("u1", CHUNK, 0, 30, T0 + gap + 1, 10 * CHUNK) is not None, "the old lease went with the old buffer"
     else:
-        assert store.claim("u1", CHUNK, 0, 30, T0 + gap + 1) is None
+        assert store.claim("u1", CHUNK, 0, 30, T0 + gap + 1, 10 * CHUNK) is None
     assert stored_chunk_objects(backend_env, "u1") == kept
 
 
@@ -140,18 +139,18 @@ def test_sample_rate_change_starts_a_new_buffer(store: Store, backend_env: dict[
 def test_claim_below_min_bytes_is_refused(store: Store) -> None:
     fill(store, "u1", 2)
 
-    assert store.claim("u1", 3 * CHUNK, 0, 30, T0 + 5) is None
+    assert store.claim("u1", 3 * CHUNK, 0, 30, T0 + 5, 10 * CHUNK) is None
 
 
 def test_claim_on_unknown_uid_is_refused(store: Store) -> None:
-    assert store.claim("nobody", 1, 0, 30, T0) is None
+    assert store.claim("nobody", 1, 0, 30, T0, 10 * CHUNK) is None
 
 
 def test_one_lease_at_a_time(store: Store) -> None:
     fill(store, "u1", 3)
 
-    first = store.claim("u1", 3 * CHUNK, 0, 30, T0 + 5)
-    second = store.claim("u1", 3 * CHUNK, 0, 30, T0 + 6)
+    first = store.claim("u1", 3 * CHUNK, 0, 30, T0 + 5, 10 * CHUNK)
+    second = store.claim("u1", 3 * CHUNK, 0, 30, T0 + 6, 10 * CHUNK)
 
     assert first is not None
     assert (first.uid, first.sample_rate, first.expires_at) == ("u1", RATE, T0 + 35)
@@ -160,24 +159,22 @@ def test_one_lease_at_a_time(store: Store) -> None:
 
 def test_expired_lease_is_taken_over_and_the_old_holder_changes_nothing(store: Store) -> None:
     fill(store, "u1", 3)
-    stale = store.claim("u1", CHUNK, 0, 30, T0 + 5)
+    stale = store.claim("u1", CHUNK, 0, 30, T0 + 5, 10 * CHUNK)
 
-    fresh = store.claim("u1", CHUNK, 0, 30, T0 + 36)
-    stale_read = store.read(stale, 10 * CHUNK)
+    fresh = store.claim("u1", CHUNK, 0, 30, T0 + 36, 10 * CHUNK)
     store.release(stale, matched=True, keep_bytes=0, now=T0 + 37)
 
     assert fresh is not None and fresh.token != stale.token
-    assert stale_read == b""
     assert store.buffer_info("u1").buffered_bytes == 3 * CHUNK
-    assert store.claim("u1", CHUNK, 0, 30, T0 + 38) is None
+    assert store.claim("u1", CHUNK, 0, 30, T0 + 38, 10 * CHUNK) is None
 
 
 # --- reading and releasing --------------------------------------------------------------------
-def test_read_returns_the_newest_audio_in_arrival_order(store: Store, backend_env: dict[str, str]) -> None:
+def test_a_claim_reads_the_newest_audio_in_arrival_order(store: Store, backend_env: dict[str, str]) -> None:
     chunks = fill(store, "u1", 5)
-    lease = store.claim("u1", CHUNK, 0, 30, T0 + 10)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 10, 3 * CHUNK)
 
-    audio = store.read(lease, 3 * CHUNK)
+    audio = lease.audio
 
     info = store.buffer_info("u1")
     assert audio == b"".join(chunks[2:])
@@ -185,29 +182,28 @@ def test_read_returns_the_newest_audio_in_arrival_order(store: Store, backend_en
     assert stored_chunk_objects(backend_env, "u1") == 3
 
 
-def test_read_cap_inside_a_chunk_keeps_whole_samples_of_the_newest_audio(store: Store) -> None:
+def test_a_read_cap_inside_a_chunk_keeps_whole_samples_of_the_newest_audio(store: Store) -> None:
     chunks = fill(store, "u1", 4)
-    lease = store.claim("u1", CHUNK, 0, 30, T0 + 10)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 10, 2 * CHUNK + 1001)
 
-    audio = store.read(lease, 2 * CHUNK + 1001)
+    audio = lease.audio
 
     assert audio == b"".join(chunks)[-(2 * CHUNK + 1000) :]
     assert store.buffer_info("u1").chunks == 3
 
 
-def test_read_of_many_chunks_composes_them_in_order(store: Store) -> None:
+def test_a_claim_of_many_chunks_reads_them_in_order(store: Store) -> None:
     chunks = fill(store, "u1", 70)
-    lease = store.claim("u1", CHUNK, 0, 30, T0 + 100)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 100, 100 * CHUNK)
 
-    audio = store.read(lease, 100 * CHUNK)
+    audio = lease.audio
 
     assert audio == b"".join(chunks)
 
 
 def test_release_after_a_match_drops_what_was_read_and_keeps_later_audio(store: Store) -> None:
     fill(store, "u1", 3)
-    lease = store.claim("u1", CHUNK, 0, 30, T0 + 5)
-    store.read(lease, 10 * CHUNK)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 5, 10 * CHUNK)
     late = store.append("u1", "late", RATE, pcm(77), T0 + 6)
 
     store.release(lease, matched=True, keep_bytes=0, now=T0 + 7)
@@ -215,41 +211,40 @@ def test_release_after_a_match_drops_what_was_read_and_keeps_later_audio(store: 
     info = store.buffer_info("u1")
     assert late.duplicate is False
     assert (info.buffered_bytes, info.chunks) == (CHUNK, 1)
-    again = store.claim("u1", CHUNK, 5 * CHUNK, 30, T0 + 8)
-    assert store.read(again, 10 * CHUNK) == pcm(77)
+    again = store.claim("u1", CHUNK, 5 * CHUNK, 30, T0 + 8, 10 * CHUNK)
+    assert again.audio == pcm(77)
 
 
 def test_release_after_a_miss_keeps_the_newest_audio_and_waits_for_a_stride(store: Store) -> None:
     chunks = fill(store, "u1", 4)
-    lease = store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 5)
-    store.read(lease, 10 * CHUNK)
+    lease = store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 5, 10 * CHUNK)
 
     store.release(lease, matched=False, keep_bytes=2 * CHUNK, now=T0 + 6)
 
     info = store.buffer_info("u1")
     assert (info.buffered_bytes, info.chunks) == (2 * CHUNK, 2)
-    assert store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 7) is None
+    assert store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 7, 10 * CHUNK) is None
     more = fill(store, "u1", 1, now=T0 + 8, first=10)
-    assert store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 9) is None
+    assert store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 9, 10 * CHUNK) is None
     more += fill(store, "u1", 1, now=T0 + 10, first=11)
-    again = store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 11)
+    again = store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 11, 10 * CHUNK)
     assert again is not None
-    assert store.read(again, 10 * CHUNK) == b"".join(chunks[2:] + more)
+    assert again.audio == b"".join(chunks[2:] + more)
 
 
-def test_release_without_read_only_ends_the_lease(store: Store) -> None:
+def test_release_after_a_miss_that_keeps_everything_only_ends_the_lease(store: Store) -> None:
     fill(store, "u1", 2)
-    lease = store.claim("u1", CHUNK, 0, 30, T0 + 5)
+    lease = store.claim("u1", CHUNK, 0, 30, T0 + 5, 10 * CHUNK)
 
-    store.release(lease, matched=False, keep_bytes=0, now=T0 + 6)
+    store.release(lease, matched=False, keep_bytes=10 * CHUNK, now=T0 + 6)
 
     assert store.buffer_info("u1").buffered_bytes == 2 * CHUNK
-    assert store.claim("u1", CHUNK, 0, 30, T0 + 7) is not None
+    assert store.claim("u1", CHUNK, 0, 30, T0 + 7, 10 * CHUNK) is not None
 
 
 def test_clear_drops_the_buffer(store: Store, backend_env: dict[str, str]) -> None:
     fill(store, "u1", 3)
-    store.claim("u1", CHUNK, 0, 30, T0 + 5)
+    store.claim("u1", CHUNK, 0, 30, T0 + 5, 10 * CHUNK)
 
     cleared = store.clear("u1")
 
@@ -258,7 +253,7 @@ def test_clear_drops_the_buffer(store: Store, backend_env: dict[str, str]) -> No
     assert (info.buffered_bytes, info.chunks, info.sample_rate) == (0, 0, None)
     assert stored_chunk_objects(backend_env, "u1") == 0
     assert store.clear("u1") is False
-    assert store.claim("u1", 1, 0, 30, T0 + 6) is None
+    assert store.claim("u1", 1, 0, 30, T0 + 6, 10 * CHUNK) is None
     assert store.append("u1", "after", RATE, pcm(5), T0 + 7).buffered_bytes == CHUNK
 
 
@@ -577,9 +572,9 @@ def test_a_body_larger_than_a_document_is_stored_in_parts_and_read_back_whole(gc
     body = bytes(range(256)) * ((2 * PART_BYTES + 1000) // 256)
     first = gcp_store.append("u1", "big", RATE, body, T0)
     again = gcp_store.append("u1", "big", RATE, body, T0 + 1)
-    lease = gcp_store.claim("u1", 1, 0, 30, T0 + 2)
+    lease = gcp_store.claim("u1", 1, 0, 30, T0 + 2, 10 * PART_BYTES)
 
-    read = gcp_store.read(lease, 10 * PART_BYTES)
+    read = lease.audio
 
     assert (first.duplicate, again.duplicate, first.buffered_bytes) == (False, True, len(body))
     assert len(chunk_documents(backend_env, "u1")) == 3
@@ -596,9 +591,9 @@ def test_chunks_the_ttl_deleted_drop_out_of_the_buffer_without_an_error(gcp_stor
     chunks = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"]).collection("users").document("u1").collection("chunks")
     for key in ("k0", "k2"):
         chunks.document(key_hash(key)).delete()
-    lease = gcp_store.claim("u1", 1, 0, 30, T0 + 5)
+    lease = gcp_store.claim("u1", 1, 0, 30, T0 + 5, 10 * CHUNK)
 
-    read = gcp_store.read(lease, 10 * CHUNK)
+    read = lease.audio
 
     assert read == pcm(1) + pcm(3)
     assert gcp_store.buffer_info("u1").buffered_bytes == 2 * CHUNK
@@ -639,10 +634,10 @@ def test_concurrent_posts_for_one_uid_never_stall_a_recognition(gcp_store: Store
     try:
         deadline = time.time() + 6
         while time.time() < deadline:
-            lease = gcp_store.claim("u1", CHUNK, 0, 30, time.time())
+            lease = gcp_store.claim("u1", CHUNK, 0, 30, time.time(), 10 * CHUNK)
             if lease is None:
                 continue
-            reads.append(len(gcp_store.read(lease, 10 * CHUNK)))
+            reads.append(len(lease.audio))
             gcp_store.release(lease, matched=False, keep_bytes=10 * CHUNK, now=time.time())
     finally:
         stop.set()

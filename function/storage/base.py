@@ -18,7 +18,7 @@ Invariants every backend keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 
 class StoreUnavailable(RuntimeError):
@@ -65,13 +65,13 @@ class BufferInfo:
 
 @dataclass(frozen=True)
 class Lease:
-    """A claim on one uid's buffer for one recognition; opaque fields belong to the backend."""
+    """A claim on one uid's buffer for one recognition, with the audio it read."""
 
     uid: str
     token: str
     sample_rate: int
     expires_at: float
-    backend_data: Any = None
+    audio: bytes = b""  # the buffer as read by the claim
 
 
 @dataclass(frozen=True)
@@ -104,21 +104,16 @@ class Store(Protocol):
         """Store one chunk in arrival order (see the invariants above)."""
 
     def claim(
-        self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float
+        self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float, max_bytes: int
     ) -> Lease | None:
-        """Claim the uid's buffer for a recognition, or None.
+        """Claim the uid's buffer for a recognition and read it, in one step (one round trip
+        fewer per attempt than a claim and then a read), or None.
 
         Granted only when at least `min_bytes` are buffered, no unexpired lease is held, and,
         if an earlier attempt on this buffer missed, at least `stride_bytes` arrived since it
-        was claimed.
-        """
-
-    def read(self, lease: Lease, max_bytes: int) -> bytes:
-        """The newest `max_bytes` (at most) of the leased buffer, in arrival order, whole samples.
-
-        Chunks older than that window are deleted: the buffer never grows past it. Returns b""
-        when `lease` is no longer the uid's lease (it expired and was taken, or the buffer was
-        cleared).
+        was claimed. The lease's `audio` is the newest `max_bytes` (at most) of the buffer, in
+        arrival order, whole samples; chunks older than that window are dropped: the buffer
+        never grows past it.
         """
 
     def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:

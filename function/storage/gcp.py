@@ -318,46 +318,31 @@ class GcpStore:
 
     @_transient
     def claim(
-        self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float
+        self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float, max_bytes: int
     ) -> Lease | None:
         def plan(data: dict | None) -> tuple[Lease | None, dict | None]:
             if data is None or data.get("sample_rate") is None:
                 return None, None
             if not may_claim(_state(data), min_bytes, stride_bytes, now):
                 return None, None
-            lease = Lease(uid, uuid.uuid4().hex, data["sample_rate"], now + lease_seconds)
+            chunks = self._chunks(uid, data.get("after_seq", 0), audio=True)
+            first, skip = read_window([c.nbytes for c in chunks], max_bytes)
+            window = chunks[first:]
+            audio = b"".join(c.audio for c in window)[skip:]
+            lease = Lease(uid, uuid.uuid4().hex, data["sample_rate"], now + lease_seconds, audio=audio)
+            # Counters from what is really there (the update lands only if nothing was appended
+            # since the snapshot, so the listing is exact): documents the TTL deleted drop out.
             return lease, {
                 "lease_token": lease.token,
                 "lease_expires": lease.expires_at,
-                "read_upto": DELETE_FIELD,
                 "new_bytes": 0,
-            }
-
-        return self._mutate(self._user(uid), plan)
-
-    @_transient
-    def read(self, lease: Lease, max_bytes: int) -> bytes:
-        def plan(data: dict | None) -> tuple[tuple[list[_Chunk], int] | None, dict | None]:
-            if not _holds(data, lease):
-                return None, None
-            chunks = self._chunks(lease.uid, data.get("after_seq", 0), audio=True)
-            first, skip = read_window([c.nbytes for c in chunks], max_bytes)
-            window = chunks[first:]
-            # Counters from what is really there (the update lands only if nothing was appended
-            # since the snapshot, so the listing is exact): documents the TTL deleted drop out.
-            changes = {
                 "read_upto": window[-1].seq if window else DELETE_FIELD,
                 "after_seq": chunks[first - 1].seq if first else data.get("after_seq", 0),
                 "buffered_bytes": sum(c.nbytes for c in window),
                 "chunk_count": len(window),
             }
-            return (window, skip), changes
 
-        planned = self._mutate(self._user(lease.uid), plan)
-        if planned is None:
-            return b""
-        window, skip = planned
-        return b"".join(c.audio for c in window)[skip:]
+        return self._mutate(self._user(uid), plan)
 
     @_transient
     def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:

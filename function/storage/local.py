@@ -284,9 +284,9 @@ class LocalStore:
 
     @_transient
     def claim(
-        self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float
+        self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float, max_bytes: int
     ) -> Lease | None:
-        with self._transaction() as (db, _):
+        with self._transaction() as (db, doomed):
             user = self._user(db, uid)
             if user is None or user["sample_rate"] is None:
                 return None
@@ -299,28 +299,14 @@ class LocalStore:
             )
             if not may_claim(state, min_bytes, stride_bytes, now):
                 return None
-            lease = Lease(uid, uuid.uuid4().hex, user["sample_rate"], now + lease_seconds)
-            db.execute(
-                "UPDATE users SET lease_token = ?, lease_expires = ?, read_upto = NULL, new_bytes = 0"
-                " WHERE uid = ?",
-                (lease.token, lease.expires_at, uid),
-            )
-            return lease
-
-    @_transient
-    def read(self, lease: Lease, max_bytes: int) -> bytes:
-        with self._transaction() as (db, doomed):
-            if self._holder(db, lease) is None:
-                return b""
-            chunks = db.execute(
-                "SELECT id, nbytes, name FROM chunks WHERE uid = ? ORDER BY id", (lease.uid,)
-            ).fetchall()
+            chunks = db.execute("SELECT id, nbytes, name FROM chunks WHERE uid = ? ORDER BY id", (uid,)).fetchall()
             first, skip = read_window([c["nbytes"] for c in chunks], max_bytes)
             self._drop(db, doomed, chunks[:first])
             window = chunks[first:]
+            token = uuid.uuid4().hex
             db.execute(
-                "UPDATE users SET read_upto = ? WHERE uid = ?",
-                (window[-1]["id"] if window else None, lease.uid),
+                "UPDATE users SET lease_token = ?, lease_expires = ?, read_upto = ?, new_bytes = 0 WHERE uid = ?",
+                (token, now + lease_seconds, window[-1]["id"] if window else None, uid),
             )
             # Read while still holding the write lock: a concurrent clear cannot unlink them first.
             parts = []
@@ -328,7 +314,7 @@ class LocalStore:
                 with open(self._chunks / chunk["name"], "rb") as f:
                     f.seek(skip if index == 0 else 0)
                     parts.append(f.read())
-            return b"".join(parts)
+            return Lease(uid, token, user["sample_rate"], now + lease_seconds, audio=b"".join(parts))
 
     @_transient
     def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:

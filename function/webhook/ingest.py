@@ -123,6 +123,7 @@ def _maybe_recognise(service: Service, uid: str, rate: int, now: float, base_url
         stride_bytes=audio_bytes(s.stride_seconds, rate),
         lease_seconds=s.lease_seconds,
         now=now,
+        max_bytes=audio_bytes(s.max_buffer_seconds, rate),
     )
     if lease is None:
         return None
@@ -142,8 +143,8 @@ def _maybe_recognise(service: Service, uid: str, rate: int, now: float, base_url
 
 
 def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
-    """Read, recognise, and always release the lease, whatever happens in between."""
-    s, store, uid, rate = service.settings, service.store, lease.uid, lease.sample_rate
+    """Recognise what the claim read, and always release the lease, whatever happens."""
+    s, store, uid, rate, pcm = service.settings, service.store, lease.uid, lease.sample_rate, lease.audio
     max_bytes = audio_bytes(s.max_buffer_seconds, rate)
     match: Match | None = None
     guess: Match | None = None
@@ -152,12 +153,10 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
         try:
             recogniser = service.recogniser()
         except CatalogError as exc:
-            # Keep the audio (trimmed to the cap) for when a catalog appears; the miss this
-            # release records means loading is retried a stride later, not on every chunk.
-            store.read(lease, max_bytes)
+            # The audio is kept (the claim trimmed it to the cap) for when a catalog appears; the
+            # miss this release records means loading is retried a stride later, not every chunk.
             log("ERROR", "recognition skipped: catalog unavailable", uid=uid, reason=str(exc))
             raise _Skipped("unavailable", "the song catalog is not available") from exc
-        pcm = store.read(lease, max_bytes)
         started = time.perf_counter()
         try:
             guess, confidence = recogniser.best_guess_pcm(pcm, rate)
