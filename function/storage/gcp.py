@@ -26,13 +26,14 @@ with its audio, increment the user's counters): the batch is the commit point, n
 written outside it. A document takes about one sustained write per second, and Omi sends one
 chunk per second per uid, so nothing else writes the user document per chunk.
 
-Claims, reads, releases, clears and notification reservations change the user document with a
-compare-and-set (read, then update with an update_time precondition, retried with a jittered
-back-off on conflict) rather than a client transaction: the library's transactions begin and
-commit with fixed 60-second retry deadlines, while every call here carries a deadline of a few
-seconds, so an outage answers 503 quickly. A read lists the buffer's chunk documents inside its
-compare-and-set and sets the counters from what it found, so chunks the TTL deleted under a
-long-idle buffer are simply gone from it, never an error.
+Claims (which read the audio), releases, clears and notification reservations change the user
+document with a compare-and-set (read, then update with an update_time precondition, retried
+with a jittered back-off on conflict) rather than a client transaction: the library's
+transactions begin and commit with fixed 60-second retry deadlines, while every call here
+carries a deadline of a few seconds, so an outage answers 503 quickly; only a compare-and-set
+that concurrent appends keep beating falls back to a transaction (`_mutate`). A claim lists the
+buffer's chunk documents inside its compare-and-set and sets the counters from what it found,
+so chunks the TTL deleted under a long-idle buffer are simply gone from it, never an error.
 """
 
 from __future__ import annotations
