@@ -20,7 +20,7 @@ output "catalog_uri" {
 }
 
 output "bucket" {
-  description = "Bucket holding buffers/ (deleted after a day) and catalog/ (kept)."
+  description = "Bucket holding the catalog (catalog/): register into gs://<bucket>/catalog."
   value       = google_storage_bucket.songs.name
 }
 

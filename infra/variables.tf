@@ -21,7 +21,7 @@ variable "function_name" {
 }
 
 variable "bucket_name" {
-  description = "Bucket for audio buffers (buffers/) and the fingerprint catalog (catalog/). Empty: <project_id>-omi-songs."
+  description = "Bucket for the fingerprint catalog (catalog/), which the function reads; the audio buffers live in Firestore. Empty: <project_id>-omi-songs."
   type        = string
   default     = ""
 }

@@ -1,7 +1,7 @@
 """The one narrow interface between the webhook's core and where its state lives.
 
-Two backends implement it: `local` (files + SQLite, the embedded default) and `gcp` (one Cloud
-Storage object per chunk + Firestore documents). The core (`function/ingest.py`) only ever talks
+Two backends implement it: `local` (files + SQLite, the embedded default) and `gcp` (Firestore
+documents, the audio chunks included). The core (`function/webhook/ingest.py`) only ever talks
 to a `Store`, so the same behavioural test suite runs against both.
 
 Invariants every backend keeps:
