@@ -16,14 +16,16 @@ every test) starts with state built from the environment of that moment.
 
 from __future__ import annotations
 
+import re
 import threading
+from typing import NoReturn
 
 import flask
 import functions_framework
 from werkzeug.exceptions import HTTPException
 
 from function import logs
-from function.config import MIN_SAMPLE_RATE, Settings
+from function.config import MIN_SAMPLE_RATE, ConfigError, Settings
 from function.webhook.edge import error, handle
 from function.webhook.ingest import Service
 from function.webhook.omi_client import Notifier
@@ -32,7 +34,21 @@ from function.webhook.server import limit_gunicorn_requests
 from function.engine.recogniser import CatalogError, get_recogniser
 from function.storage import open_store
 
-SETTINGS = Settings.from_env()
+
+def _refuse_to_start(exc: ConfigError) -> NoReturn:
+    """A bad setting stops the function at boot with one structured log line naming the variable
+    (Cloud Logging shows it as one CRITICAL entry), instead of functions-framework's traceback
+    through click and importlib with the reason at the bottom. SystemExit is not an Exception,
+    so functions-framework lets it through and the process exits 1 before gunicorn starts."""
+    setting = re.match(r"[A-Z][A-Z0-9_]*", str(exc))
+    logs.log("CRITICAL", f"configuration error, not starting: {exc}", setting=setting.group(0) if setting else None)
+    raise SystemExit(1)
+
+
+try:
+    SETTINGS = Settings.from_env()
+except ConfigError as exc:
+    _refuse_to_start(exc)
 logs.configure(SETTINGS.log_level)
 # functions-framework configures gunicorn only after importing this file: its request-line limit
 # is off, and this is the one place to put it back (function/webhook/server.py).

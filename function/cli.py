@@ -1,4 +1,10 @@
-"""`python -m function register | recognise | catalog | remove | simulate | omi-app` (a stable interface)."""
+"""`python -m function register | recognise | catalog | remove | simulate | omi-app` (a stable interface).
+
+Every failure is one line on stderr naming the file, catalog or setting, and a non-zero exit:
+1 when some of the work failed (a file that does not decode), 2 when the command could not run
+at all (no catalog, a catalog path that is not a directory, no cloud credentials). A reader that
+stops reading (`| head`) ends the command quietly.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,21 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from function import omi_app, simulate
 from function.engine.decode import DecodeError, decode_query_file
 from function.engine.catalog import CatalogError
 from function.engine.recogniser import Recogniser
+from function.webhook.naming import NAME_AT
 
 DEFAULT_CATALOG = "./data/catalog"
+RAW_SUFFIXES = (".pcm", ".raw")
+ADC_LOGIN = "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS)"
+
+
+class CommandError(Exception):
+    """A command cannot run; the message (one line) says why and names the path or setting."""
 
 
 def _catalog_arg(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +39,23 @@ def _catalog_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
 
 
+def _check_catalog_path(uri: str, create: bool) -> None:
+    """Refuse a local catalog path that cannot be one before any work is done (registration
+    fingerprints every file first): a file, a path through a file or, to register, a place this
+    user cannot write."""
+    if uri.startswith("gs://"):
+        return
+    path = Path(uri)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        what = "is a file, not a catalog directory" if existing == path else f"{existing} is a file, not a directory"
+        raise CommandError(f"--catalog {uri}: {what}")
+    if create and not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"--catalog {uri}: cannot write in {existing}")
+
+
 def _register(args: argparse.Namespace) -> int:
+    _check_catalog_path(args.catalog, create=True)
     recogniser = Recogniser.open(args.catalog, create=True)
     started = time.perf_counter()
     results = recogniser.register(args.paths, workers=args.workers, progress=not args.quiet)
@@ -50,6 +80,7 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _recognise(args: argparse.Namespace) -> int:
+    _check_catalog_path(args.catalog, create=False)
     recogniser = Recogniser.open(args.catalog)
     failures = 0
     for path in args.files:
@@ -64,22 +95,45 @@ def _recognise(args: argparse.Namespace) -> int:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
         if args.json:
             record = {"file": path, "match": match.to_dict() if match else None, "elapsed_ms": elapsed_ms}
+            if match:
+                record["webhook_would_name"] = match.confidence >= NAME_AT
             if error:
                 record["error"] = error
             print(json.dumps(record), flush=True)
         elif error:
-            print(f"{path}: error: {error}", file=sys.stderr)
+            print(f"error: {error}", file=sys.stderr)  # the message names the file
         elif match:
-            print(
-                f"{path}: {match.artist} - {match.title} at {match.offset_seconds:.1f}s"
-                f" (confidence {match.confidence:.2f}, score {match.score}, {elapsed_ms:.0f} ms)"
-            )
+            print(f"{path}: {match.artist} - {match.title} {_where(match.offset_seconds)}"
+                  f" (confidence {match.confidence:.2f}, score {match.score}, {elapsed_ms:.0f} ms){_naming_note(match.confidence)}")
         else:
-            print(f"{path}: no match ({elapsed_ms:.0f} ms)")
+            print(f"{path}: no match ({elapsed_ms:.0f} ms){_raw_rate_note(path, args.sample_rate)}")
     return 1 if failures else 0
 
 
+def _where(offset_seconds: float) -> str:
+    """Where the file is in the song; a negative offset means the song starts inside the file."""
+    if offset_seconds < 0:
+        return f"starting {-offset_seconds:.1f}s into the file"
+    return f"at {offset_seconds:.1f}s"
+
+
+def _naming_note(confidence: float) -> str:
+    """The CLI answers from its own threshold; the webhook names a song only from NAME_AT."""
+    if confidence >= NAME_AT:
+        return ""
+    return f"  (below the webhook's naming threshold {NAME_AT:g}: the webhook would not name it yet)"
+
+
+def _raw_rate_note(path: str, sample_rate: int | None) -> str:
+    """Raw PCM carries no rate: read at the wrong one, it is another speed and pitch, which
+    matches nothing."""
+    if not path.lower().endswith(RAW_SUFFIXES):
+        return ""
+    return f"  (read as {sample_rate} Hz raw PCM: if that is not its rate, pass the right --sample-rate)"
+
+
 def _catalog(args: argparse.Namespace) -> int:
+    _check_catalog_path(args.catalog, create=False)
     recogniser = Recogniser.open(args.catalog)
     if args.json:
         for song in recogniser.songs:
@@ -98,6 +152,7 @@ def _catalog(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
+    _check_catalog_path(args.catalog, create=False)
     recogniser = Recogniser.open(args.catalog)
     unknown = [s for s in args.song_ids if s not in recogniser.catalog]
     removed = recogniser.remove(args.song_ids)
@@ -143,10 +198,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str, limit: int = 400) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _cloud_reason(exc: Exception, catalog: str | None) -> str | None:
+    """One line for a Google Cloud failure (no credentials, refused credentials, an API error),
+    or None if `exc` is not one."""
+    try:
+        from google.api_core.exceptions import GoogleAPIError
+        from google.auth.exceptions import DefaultCredentialsError, GoogleAuthError, RefreshError
+    except ImportError:  # pragma: no cover - the cloud libraries are in requirements.txt
+        return None
+    where = f"{catalog}: " if catalog else ""
+    if isinstance(exc, DefaultCredentialsError):
+        return f"{where}no Google Cloud credentials: {ADC_LOGIN}"
+    if isinstance(exc, RefreshError):
+        return f"{where}Google Cloud refused the credentials ({_one_line(exc, 160)}): {ADC_LOGIN}"
+    if isinstance(exc, GoogleAuthError):
+        return f"{where}Google Cloud authentication failed: {_one_line(exc, 200)}"
+    if isinstance(exc, GoogleAPIError):
+        return f"{where}{_one_line(exc)}"
+    return None
+
+
+def _stdout_gone() -> None:
+    """The reader went away (`| head`): point stdout at /dev/null so that the interpreter's
+    final flush does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    catalog = getattr(args, "catalog", None)
     try:
-        return args.run(args)
-    except CatalogError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        status = args.run(args)
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at exit
+        return status
+    except BrokenPipeError:
+        _stdout_gone()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except (CatalogError, CommandError) as exc:
+        return _fail(_one_line(exc), 2)
+    except OSError as exc:
+        # A path that is missing, not a directory or not writable, or a network failure.
+        name = exc.filename if exc.filename is not None else catalog
+        reason = (exc.strerror or "").lower() if exc.strerror else _one_line(exc)
+        return _fail(f"{name}: {reason}" if name else reason, 2)
+    except Exception as exc:
+        reason = _cloud_reason(exc, catalog)
+        if reason is None:
+            raise
+        return _fail(reason, 2)

@@ -7,6 +7,7 @@ query then describe the same 0-4 kHz spectrum.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from functools import lru_cache
@@ -77,6 +78,17 @@ def pcm16_to_float(pcm: bytes) -> np.ndarray:
     return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
 
 
+def _require_file(path: Path) -> None:
+    """A path that is not a readable file is named as such, never as audio that fails to decode
+    (libsndfile says "System error." for a file that is not there)."""
+    if not path.exists():
+        raise DecodeError(f"{path}: no such file")
+    if path.is_dir():
+        raise DecodeError(f"{path}: is a directory, not an audio file")
+    if not os.access(path, os.R_OK):
+        raise DecodeError(f"{path}: permission denied")
+
+
 def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
@@ -94,6 +106,7 @@ def _decode_with_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
 def decode_file(path: str | Path) -> tuple[np.ndarray, int]:
     """Decode WAV/FLAC/OGG/MP3 (libsndfile) or, with ffmpeg, M4A/AAC; mono float32 and its rate."""
     path = Path(path)
+    _require_file(path)
     if path.suffix.lower() in FFMPEG_SUFFIXES:
         return _decode_with_ffmpeg(path)
     try:
@@ -110,10 +123,14 @@ def decode_query_file(path: str | Path, sample_rate: int | None = None) -> tuple
     """A query file: raw `.pcm`/`.raw` PCM16 needs `sample_rate`; anything else is decoded."""
     path = Path(path)
     if path.suffix.lower() in (".pcm", ".raw"):
+        _require_file(path)
         if sample_rate is None:
             raise DecodeError(f"{path}: raw PCM needs --sample-rate")
         if not MIN_RATE <= sample_rate <= MAX_RATE:
             raise DecodeError(f"{path}: sample rate {sample_rate} outside {MIN_RATE}..{MAX_RATE}")
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DecodeError(f"{path}: cannot read: {exc.strerror or exc}") from None
         return pcm16_to_float(data[: len(data) // 2 * 2]), sample_rate
     return decode_file(path)

@@ -1,0 +1,237 @@
+"""`python -m function` and the function's start-up, run as a person runs them: every error is one
+line on stderr that names the file, catalog or setting, never a traceback, with a non-zero exit;
+an answer the webhook would not give says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from scipy.signal import resample_poly
+
+from function.engine.decode import decode_file
+from function.webhook.naming import NAME_AT
+
+ROOT = Path(__file__).resolve().parent.parent
+MUSIC = ROOT / "tests" / "data" / "music"
+SONG = MUSIC / "Emxx52 - Humanitarian.ogg"
+OTHER_SONG = MUSIC / "Emxx52 - Proton Ame.ogg"
+
+
+def cli_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CATALOG_URI", "STORAGE_EMULATOR_HOST")}
+    env.update(overrides)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, stdout: int = subprocess.PIPE) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "function", *args],
+        cwd=ROOT,
+        env=env or cli_env(),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess, *names: str) -> str:
+    """The command failed with exactly one line on stderr, naming each of `names`."""
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    for name in names:
+        assert name in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> str:
+    uri = str(tmp_path_factory.mktemp("cli") / "catalog")
+    result = run_cli("register", str(SONG), str(OTHER_SONG), "--catalog", uri, "--quiet", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    return uri
+
+
+def song_at(rate: int) -> np.ndarray:
+    samples, native = decode_file(SONG)
+    return resample_poly(samples, rate, native).astype(np.float32)
+
+
+def raw_pcm(path: Path, samples: np.ndarray) -> Path:
+    (np.clip(samples, -1, 1) * 32767).astype("<i2").tofile(path)
+    return path
+
+
+# --- one-line errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["nope.raw", "nope.wav"])
+def test_recognising_a_missing_file_says_no_such_file(catalog: str, tmp_path: Path, name: str) -> None:
+    missing = tmp_path / name
+
+    result = run_cli("recognise", str(missing), "--sample-rate", "16000", "--catalog", catalog)
+
+    line = one_line_error(result, str(missing), "no such file")
+    assert result.returncode == 1
+    assert "System error" not in line and "cannot decode" not in line
+
+
+def test_registering_a_missing_file_says_no_such_file_and_writes_nothing(tmp_path: Path) -> None:
+    missing, uri = tmp_path / "nope.ogg", tmp_path / "catalog"
+
+    result = run_cli("register", str(missing), "--catalog", str(uri), "--quiet")
+
+    assert result.returncode == 1
+    assert f"{missing}: no such file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not uri.exists()
+
+
+@pytest.mark.parametrize("below", ["", "sub"], ids=["the-file", "a-path-through-it"])
+def test_a_catalog_path_that_is_a_file_is_refused_before_fingerprinting(tmp_path: Path, below: str) -> None:
+    not_a_directory = tmp_path / "README.md"
+    not_a_directory.write_text("# not a catalog\n")
+    uri = str(not_a_directory / below) if below else str(not_a_directory)
+    songs = [str(p) for p in sorted(MUSIC.glob("*.ogg"))]
+
+    started = time.monotonic()
+    result = run_cli("register", *songs, "--catalog", uri, "--workers", "1")
+    elapsed = time.monotonic() - started
+
+    one_line_error(result, str(not_a_directory), "not a")
+    assert result.returncode == 2
+    assert "registering" not in result.stderr, "it fingerprinted the files first"
+    assert elapsed < 15
+    assert not_a_directory.read_text() == "# not a catalog\n"
+
+
+@pytest.mark.parametrize("command", [["catalog"], ["recognise", str(SONG)], ["remove", "55c419bf59176e4f"]])
+def test_every_command_refuses_a_catalog_path_that_is_a_file(tmp_path: Path, command: list[str]) -> None:
+    not_a_directory = tmp_path / "catalog.txt"
+    not_a_directory.write_text("x")
+
+    result = run_cli(*command, "--catalog", str(not_a_directory))
+
+    one_line_error(result, str(not_a_directory))
+    assert result.returncode == 2
+
+
+def test_a_cloud_catalog_without_credentials_says_how_to_log_in(tmp_path: Path) -> None:
+    # No credentials anywhere google-auth looks: no variable, no gcloud configuration in an
+    # empty home, and no GCE metadata server probe.
+    env = cli_env(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), NO_GCE_CHECK="true")
+    env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+
+    result = run_cli("catalog", "--catalog", "gs://b/c", env=env)
+
+    one_line_error(result, "gs://b/c", "gcloud auth application-default login")
+    assert result.returncode == 2
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(catalog: str) -> None:
+    # `catalog --json | head -2` once head has exited: every write to stdout fails with EPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = run_cli("catalog", "--catalog", catalog, "--json", stdout=write_end)
+    finally:
+        os.close(write_end)
+
+    assert result.returncode == 0
+    assert result.stderr == ""
+
+
+def test_head_of_the_catalog_in_a_shell_pipeline(catalog: str) -> None:
+    command = f'set -o pipefail; "{sys.executable}" -m function catalog --catalog "{catalog}" --json | head -1'
+
+    result = subprocess.run(["bash", "-c", command], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert len(result.stdout.splitlines()) == 1 and json.loads(result.stdout)["song_id"]
+
+
+def test_a_bad_setting_stops_the_function_with_one_log_line_naming_it(tmp_path: Path) -> None:
+    env = cli_env(MIN_AUDIO_SECONDS="abc", DATA_DIR=str(tmp_path), CATALOG_URI=str(tmp_path / "catalog"))
+    command = [sys.executable, "-m", "functions_framework", "--target", "omi_webhook", "--source", "main.py"]
+    command += ["--host", "127.0.0.1", "--port", "0"]
+
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 1
+    output = (result.stdout + result.stderr).splitlines()
+    assert len(output) == 1, output
+    line = json.loads(output[0])
+    assert line["severity"] == "CRITICAL"
+    assert line["setting"] == "MIN_AUDIO_SECONDS"
+    assert "MIN_AUDIO_SECONDS must be a number, got 'abc'" in line["message"]
+
+
+# --- answers that say what they mean ---------------------------------------------------------
+
+
+def test_a_raw_file_at_the_wrong_rate_says_which_rate_it_was_read_at(catalog: str, tmp_path: Path) -> None:
+    query = raw_pcm(tmp_path / "clip.raw", song_at(16000))
+
+    right = run_cli("recognise", str(query), "--sample-rate", "16000", "--catalog", catalog)
+    wrong = run_cli("recognise", str(query), "--sample-rate", "8000", "--catalog", catalog)
+
+    assert right.returncode == wrong.returncode == 0
+    assert "Humanitarian" in right.stdout and "--sample-rate" not in right.stdout
+    assert "no match" in wrong.stdout
+    assert "read as 8000 Hz raw PCM" in wrong.stdout and "--sample-rate" in wrong.stdout
+
+
+def test_a_song_that_starts_inside_the_file_is_not_given_a_negative_offset(catalog: str, tmp_path: Path) -> None:
+    song = song_at(16000)
+    query = tmp_path / "lead-in.wav"
+    soundfile.write(query, np.concatenate([np.zeros(2 * 16000, np.float32), song[: 18 * 16000]]), 16000)
+
+    text = run_cli("recognise", str(query), "--catalog", catalog)
+    answer = json.loads(run_cli("recognise", str(query), "--catalog", catalog, "--json").stdout)
+
+    assert answer["match"]["title"] == "Humanitarian"
+    assert answer["match"]["offset_seconds"] == pytest.approx(-2.0, abs=0.15)
+    assert "starting 2.0s into the file" in text.stdout
+    assert " at -" not in text.stdout
+
+
+def test_a_match_says_whether_the_webhook_would_name_it(catalog: str, tmp_path: Path) -> None:
+    # Raw audio read a little fast or slow gives matches on both sides of the webhook's threshold.
+    queries = [str(raw_pcm(tmp_path / f"clip-{rate}.raw", song_at(rate))) for rate in (16000, 16200, 15900, 15800)]
+
+    text = run_cli("recognise", *queries, "--sample-rate", "16000", "--catalog", catalog).stdout.splitlines()
+    answers = [json.loads(line) for line in run_cli("recognise", *queries, "--sample-rate", "16000", "--catalog", catalog, "--json").stdout.splitlines()]
+
+    assert len(text) == len(answers) == len(queries)
+    named = []
+    for line, answer in zip(text, answers):
+        if answer["match"] is None:
+            continue
+        named.append(answer["match"]["confidence"] >= NAME_AT)
+        assert answer["webhook_would_name"] is named[-1]
+        assert ("below the webhook's naming threshold" in line) is not named[-1], line
+    assert True in named
+
+
+def test_the_below_threshold_note_names_the_webhooks_threshold(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, catalog: str) -> None:
+    from function import cli
+    from function.engine.recogniser import Match, Recogniser
+
+    unsure = Match("id", "Humanitarian", "Emxx52", "", 12.0, round(NAME_AT - 0.05, 2), 30)
+    monkeypatch.setattr(Recogniser, "recognise", lambda self, samples, rate: unsure)
+
+    assert cli.main(["recognise", str(SONG), "--catalog", catalog]) == 0
+
+    out = capsys.readouterr().out
+    assert f"below the webhook's naming threshold {NAME_AT:g}: the webhook would not name it" in out
