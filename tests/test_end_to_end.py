@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.omi_server import OmiApi, omi_api  # noqa: F401  (fixture)
-from tests.webhook_support import ROOT, Track, music_pcm, running_function, street_noise, tracks  # noqa: F401  (fixtures)
+from tests.webhook_support import ROOT, Track, music_pcm, noise_pcm, running_function, street_noise, tracks  # noqa: F401  (fixtures)
 
 RATE = 16000
 SECONDS = 20
@@ -91,13 +91,13 @@ def test_an_upload_cut_short_is_refused_and_its_full_retry_is_stored(webhook_url
         "Content-Type: application/octet-stream\r\nContent-Length: 32000\r\n\r\n"
     )
     with socket.create_connection((address.hostname, address.port), timeout=10) as s:
-        s.sendall(head.encode() + b"\0" * 100)
+        s.sendall(head.encode() + noise_pcm(1.0)[:100])
         s.shutdown(socket.SHUT_WR)
         s.recv(65536)  # the server's answer, or nothing if it only closes: either way no chunk
 
     retry = httpx.post(
         f"{webhook_url}/audio?sample_rate=16000&uid=cut_short",
-        content=b"\1\0" * 16000,
+        content=noise_pcm(1.0),  # audio, not digital silence (which is acknowledged unstored)
         headers={"Content-Type": "application/octet-stream", "Idempotency-Key": "K1"},
         timeout=30,
     )
