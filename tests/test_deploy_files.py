@@ -3,16 +3,22 @@
 Nothing here reaches Google: cloudbuild.yaml is validated against its published schema bundled in
 check-jsonschema, the Terraform is parsed with python-hcl2 (`terraform init`/`validate` would
 need the provider registry), and the settings the code reads are derived from function/config.py
-so that a new setting the deployment forgets fails here instead of at the first real chunk.
+so that a new setting the deployment forgets fails here instead of at the first real chunk. What
+each path uploads is worked out with gcloud's own .gcloudignore rules (a port of them, checked
+against `gcloud meta list-files-for-upload` where gcloud is installed: Cloud Build's python image
+has none).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -580,29 +586,447 @@ if shutil.which("terraform"):
         assert result.returncode == 3
 
 
+# --- what each path uploads (.gcloudignore, .gcloudignore.cloudbuild) ----------------------------
+
+DEPLOY_IGNORE = ".gcloudignore"  # gcloud run deploy --source . / gcloud functions deploy --source=.
+BUILD_IGNORE = ".gcloudignore.cloudbuild"  # gcloud builds submit --ignore-file=.gcloudignore.cloudbuild
+
+
+def _glob_matches(parts: list[str], path: str | None) -> bool:
+    """gcloud's Glob._MatchesHelper (googlecloudsdk/command_lib/util/glob.py): the pattern's
+    parts against the path, right to left; `**` spans any number of parts."""
+    if not parts:
+        return True
+    if path is None:
+        return False
+    part, rest = parts[-1], parts[:-1]
+    if path:
+        path = os.path.normpath(path)
+    remaining, last = os.path.split(path)
+    if not last:
+        remaining = None
+    if part == "**":
+        prefixes = _path_prefixes(path)
+        if not (rest and rest[0] == ""):
+            rest = ["", *rest]
+        return any(_glob_matches(rest, prefix) for prefix in prefixes)
+    if part == "*" and not rest and remaining and len(remaining) > 1:
+        return False
+    if not fnmatch.fnmatch(last, part):
+        return False
+    return _glob_matches(rest, remaining)
+
+
+def _path_prefixes(path: str) -> list[str]:
+    """gcloud's GetPathPrefixes: 'a/b/c' -> ['', 'a', 'a/b', 'a/b/c']."""
+    prefixes, rest = [path], True
+    while path and rest:
+        path, rest = os.path.split(path)
+        prefixes.insert(0, path)
+    return prefixes
+
+
+@dataclass(frozen=True)
+class IgnorePattern:
+    glob: str
+    negated: bool
+    must_be_dir: bool
+
+    def matches(self, path: str, is_dir: bool) -> bool:
+        return (is_dir or not self.must_be_dir) and _glob_matches(self.glob.split("/"), path)
+
+
+def ignore_patterns(ignore_file: Path, include_depth: int = 1) -> list[IgnorePattern]:
+    """gcloud's FileChooser.FromFile: one pattern per line that is not blank or a comment;
+    `#!include:FILE` inserts FILE's patterns (one level deep), `!` re-includes, a trailing `/`
+    matches directories only. (Escapes and trailing spaces, which gcloud also handles, are not
+    used in this repository's files.)"""
+    patterns = []
+    for line in ignore_file.read_text().splitlines():
+        if line.startswith("#"):
+            directive = line[1:].lstrip()
+            if directive.startswith("!include:") and include_depth:
+                patterns += ignore_patterns(ignore_file.parent / directive[len("!include:") :], include_depth - 1)
+            continue
+        negated = line.startswith("!")
+        line = line[1:] if negated else line
+        must_be_dir = line.endswith("/")
+        line = line.rstrip("/").rstrip(" ")
+        if line:
+            patterns.append(IgnorePattern(line, negated, must_be_dir))
+    return patterns
+
+
+def uploaded(root: Path, ignore_file: str) -> set[str]:
+    """The files gcloud uploads from `root` with `ignore_file`: FileChooser.GetIncludedFiles. For
+    each prefix of a path the last pattern matching it decides; an ignored directory is not
+    entered, so nothing under it can be re-included."""
+    patterns = ignore_patterns(root / ignore_file)
+
+    def included(path: str, is_dir: bool) -> bool:
+        for prefix in _path_prefixes(path)[1:]:
+            decision = None
+            for pattern in patterns:
+                if pattern.matches(prefix, prefix != path or is_dir):
+                    decision = not pattern.negated
+            if decision:
+                return False
+        return True
+
+    files = set()
+    for directory, dirs, names in os.walk(root, followlinks=True):
+        relative = os.path.relpath(directory, root)
+        relative = "" if relative == "." else relative
+        files.update(p for p in (os.path.join(relative, n) for n in names) if included(p, False))
+        dirs[:] = [d for d in dirs if included(os.path.join(relative, d), True)]
+    return files
+
+
+# A checkout after a quick start, a test run and a Terraform apply: what must never be uploaded.
+JUNK = [
+    ".venv/bin/python",
+    ".venv/lib/python3.12/site-packages/numpy/__init__.py",
+    ".hypothesis/constants/0a48f1b92bf82593",
+    ".pytest_cache/v/cache/lastfailed",
+    "data/quickstart/catalog/catalog.json",
+    "data/quickstart/server.log",
+    "data/catalog/g1/postings.npy",
+    "__pycache__/main.cpython-312.pyc",
+    "function/__pycache__/cli.cpython-312.pyc",
+    "function/engine/__pycache__/decode.cpython-312.pyc",
+    "tests/__pycache__/test_cli.cpython-312-pytest-9.0.3.pyc",
+    "bench/out/worktrees/d02d65cd78eb/main.py",
+    "bench/out/streams/report.json",
+    "infra/.terraform/providers/registry.terraform.io/hashicorp/google/provider",
+    "infra/terraform.tfstate",
+    "infra/terraform.tfstate.backup",
+    "infra/terraform.tfvars",
+    "infra/.build/function-source.zip",
+    "omi_song_recognition.egg-info/PKG-INFO",
+    ".git/HEAD",
+    ".git/objects/ab/cdef",
+]
+# What a checkout holds, one or more of each kind.
+SOURCES = [
+    "main.py",
+    "requirements.txt",
+    "requirements-dev.txt",
+    "requirements-bench.txt",
+    "pytest.ini",
+    "cloudbuild.yaml",
+    "openapi.yaml",
+    "omi-app.json",
+    "README.md",
+    "BENCHMARKS.md",
+    "accuracy_vs_snr.png",
+    ".gitignore",
+    DEPLOY_IGNORE,
+    BUILD_IGNORE,
+    ".ci/run",
+    "function/__init__.py",
+    "function/engine/decode.py",
+    "function/dashboard/page.html",
+    "tests/__init__.py",
+    "tests/test_cli.py",
+    "tests/data/README.md",
+    "tests/data/music/Emxx52 - Humanitarian.ogg",
+    "scripts/quickstart.sh",
+    "bench/__init__.py",
+    "bench/harness.py",
+    "infra/main.tf",
+    "infra/terraform.tfvars.example",
+]
+FUNCTION_FILES = {"main.py", "requirements.txt", "function/__init__.py", "function/engine/decode.py", "function/dashboard/page.html"}
+
+
+def a_used_checkout(root: Path) -> Path:
+    for name in SOURCES + JUNK:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    for name in (".gitignore", DEPLOY_IGNORE, BUILD_IGNORE):
+        shutil.copy(ROOT / name, root / name)
+    return root
+
+
+def test_a_deploy_uploads_the_function_and_nothing_else(tmp_path: Path) -> None:
+    checkout = a_used_checkout(tmp_path)
+
+    assert uploaded(checkout, DEPLOY_IGNORE) == FUNCTION_FILES
+
+
+def test_cloud_build_uploads_the_checkout_as_git_sees_it_and_no_junk(tmp_path: Path) -> None:
+    checkout = a_used_checkout(tmp_path)
+
+    assert uploaded(checkout, BUILD_IGNORE) == set(SOURCES)
+
+
+def test_this_checkout_deploys_exactly_main_requirements_and_the_function_package() -> None:
+    package = {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "function").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+    assert uploaded(ROOT, DEPLOY_IGNORE) == {"main.py", "requirements.txt"} | package
+
+
+def test_this_checkout_sends_cloud_build_what_its_test_step_runs() -> None:
+    files = uploaded(ROOT, BUILD_IGNORE)
+    needed = {".ci/run", "cloudbuild.yaml", "pytest.ini", "README.md", "openapi.yaml", "omi-app.json", DEPLOY_IGNORE}
+    needed |= {name for name in os.listdir(ROOT) if name.startswith("requirements")}
+    needed |= {str(p.relative_to(ROOT)) for p in (ROOT / "infra").glob("*.tf")} | {"infra/terraform.tfvars.example"}
+    for folder, pattern in (("tests", "**/*"), ("scripts", "*"), ("bench", "*.py"), ("function", "**/*.py")):
+        needed |= {str(p.relative_to(ROOT)) for p in (ROOT / folder).glob(pattern) if p.is_file() and "__pycache__" not in p.parts}
+
+    assert needed - files == set()
+    assert not {f for f in files if f.split("/")[0] in ("data", ".venv", ".hypothesis", ".pytest_cache", ".git")}
+    assert not {f for f in files if f.startswith("bench/out/") or "__pycache__" in f}
+    # .ci/run's test command reads the files the README and cloudbuild.yaml name, and the deploy
+    # step after it uploads through .gcloudignore, which therefore travels too.
+    assert "bash .ci/run" in CLOUDBUILD.read_text()
+
+
+def test_the_function_starts_from_exactly_what_a_deploy_uploads(tmp_path: Path) -> None:
+    # Every module of the package imports, and functions-framework serves main.py, with nothing
+    # but the uploaded files on the path (the installed requirements stand in for the build's).
+    for name in uploaded(ROOT, DEPLOY_IGNORE):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, tmp_path / name)
+    check = """
+import importlib, pkgutil, sys
+import function
+for module in pkgutil.walk_packages(function.__path__, "function."):
+    if not module.name.endswith(".__main__"):  # the CLI itself, which would run
+        importlib.import_module(module.name)
+import functions_framework
+app = functions_framework.create_app("omi_webhook", "main.py")
+response = app.test_client().get("/health")
+assert response.get_json()["service"] == "omi-song-recognition", response.get_data()
+for page in ("/setup", "/privacy"):
+    assert app.test_client().get(page).status_code == 200, page
+ours = [m for n, m in list(sys.modules.items()) if n.split(".")[0] in ("function", "main")]
+assert all(p.startswith(sys.argv[1]) for m in ours for p in ([m.__file__] if m.__file__ else list(m.__path__)))
+print("started")
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "CATALOG_URI", "STORAGE_", "FIRESTORE_"))}
+    env.update(DATA_DIR=str(tmp_path / "data"), CATALOG_URI=str(tmp_path / "catalog"))
+
+    result = subprocess.run(
+        [sys.executable, "-E", "-s", "-c", check, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "started"
+
+
+# Where gcloud is installed (a developer's machine, this CI image; not Cloud Build's python
+# image), the port above must agree with gcloud itself, on this checkout and on a used one.
+if shutil.which("gcloud"):
+
+    def gcloud_lists(root: Path, tmp_path: Path) -> set[str]:
+        env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
+        result = subprocess.run(
+            ["gcloud", "meta", "list-files-for-upload", str(root)], env=env, capture_output=True, text=True, timeout=120, check=True
+        )
+        return set(result.stdout.splitlines())
+
+    def test_gcloud_uploads_this_checkout_as_the_port_says(tmp_path: Path) -> None:
+        assert gcloud_lists(ROOT, tmp_path) == uploaded(ROOT, DEPLOY_IGNORE)
+
+    @pytest.mark.parametrize("ignore_file", [DEPLOY_IGNORE, BUILD_IGNORE])
+    def test_gcloud_uploads_a_used_checkout_as_the_port_says(tmp_path: Path, ignore_file: str) -> None:
+        # `list-files-for-upload` has no --ignore-file: the build's file is put in .gcloudignore's place.
+        checkout = a_used_checkout(tmp_path / "checkout")
+        shutil.copy(ROOT / ignore_file, checkout / DEPLOY_IGNORE)
+
+        assert gcloud_lists(checkout, tmp_path) == uploaded(checkout, DEPLOY_IGNORE)
+
+    def test_the_port_follows_gcloud_on_negations_anchors_and_double_stars(tmp_path: Path) -> None:
+        checkout = a_used_checkout(tmp_path / "checkout")
+        (checkout / DEPLOY_IGNORE).write_text(
+            "*.md\n!README.md\n/tests/data/\n**/music/*.ogg\ninfra/*.tf\n!infra/main.tf\nbench\n!bench/harness.py\n"
+            "function/**/*.html\n#!include:.gitignore\n.ci/\n"
+        )
+
+        assert gcloud_lists(checkout, tmp_path) == uploaded(checkout, DEPLOY_IGNORE)
+
+
 # --- README --------------------------------------------------------------------------------------
 
 
-def readme_deploy_words(readme: str) -> list[str]:
+def readme_commands(readme: str, prefix: str) -> list[list[str]]:
+    """The commands in the README's ```bash blocks that start with `prefix`, as words."""
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL)
-    commands = [
-        line
-        for block in blocks
-        for line in block.replace("\\\n", " ").splitlines()
-        if line.strip().startswith("gcloud functions deploy")
-    ]
+    lines = [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [shlex.split(line, comments=True) for line in lines if line.startswith(prefix)]
+
+
+def readme() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def readme_deploy_words(readme: str) -> list[str]:
+    commands = readme_commands(readme, "gcloud functions deploy")
     assert len(commands) == 1, "README.md needs one ```bash block with a `gcloud functions deploy` command"
-    return shlex.split(commands[0], comments=True)
+    return commands[0]
+
+
+def readme_run_deploy_words(readme: str) -> list[str]:
+    commands = readme_commands(readme, "gcloud run deploy")
+    assert len(commands) == 1, "README.md needs one ```bash block with a `gcloud run deploy` command"
+    return commands[0]
 
 
 def test_readme_and_cloudbuild_deploy_the_same_way() -> None:
-    readme = deploy_flags(readme_deploy_words((ROOT / "README.md").read_text(encoding="utf-8")))
+    readme_flags = deploy_flags(readme_deploy_words(readme()))
     build = deploy_flags(cloudbuild_deploy_words())
 
-    assert readme["entry-point"] == build["entry-point"] == the_function()["build_config"][0]["entry_point"]
-    assert readme["runtime"] == build["runtime"] == the_function()["build_config"][0]["runtime"]
-    assert region_variable(readme["region"]) == region_variable(build["region"]) == "REGION"
-    assert "gen2" in readme
+    assert readme_flags["entry-point"] == build["entry-point"] == the_function()["build_config"][0]["entry_point"]
+    assert readme_flags["runtime"] == build["runtime"] == the_function()["build_config"][0]["runtime"]
+    assert region_variable(readme_flags["region"]) == region_variable(build["region"]) == "REGION"
+    assert "gen2" in readme_flags
+
+
+SIZING_FLAGS = {"memory": "_MEMORY", "cpu": "_CPU", "concurrency": "_CONCURRENCY", "max-instances": "_MAX_INSTANCES", "timeout": "_TIMEOUT"}
+
+
+def test_readme_deploys_through_the_cloud_run_admin_api_as_the_functions_form_does() -> None:
+    """`gcloud run deploy --function` and `gcloud functions deploy` in the README: the same
+    function, entry point, runtime, region, identity, sizing, settings and secrets, merged."""
+    run_words, functions_words = readme_run_deploy_words(readme()), readme_deploy_words(readme())
+    run, functions = deploy_flags(run_words), deploy_flags(functions_words)
+    build = the_function()["build_config"][0]
+    substitutions = cloudbuild()["substitutions"]
+
+    assert run_words[3] == functions_words[3] == variables()["function_name"]["default"]
+    assert run["source"] == "." and functions["source"] == "."
+    assert run["function"] == functions["entry-point"] == build["entry_point"]
+    assert run["base-image"] == functions["runtime"] == build["runtime"]
+    assert region_variable(run["region"]) == region_variable(functions["region"]) == "REGION"
+    assert "allow-unauthenticated" in run and "allow-unauthenticated" in functions
+    account = resources("google_service_account")["function"]["account_id"].replace("${var.function_name}", run_words[3])
+    assert run["service-account"] == functions["service-account"] == f"{account}@$PROJECT.iam.gserviceaccount.com"
+    for flag, substitution in SIZING_FLAGS.items():
+        assert run[flag] == functions[flag] == str(substitutions[substitution]), flag
+    for flags in (run, functions):
+        assert what_the_deploy_loses(flags) == []
+        assert {"update-env-vars", "update-secrets"} <= set(flags)
+
+
+def test_both_readme_deploys_set_the_same_settings_and_the_secrets_terraform_creates() -> None:
+    run = deploy_flags(readme_run_deploy_words(readme()))
+    functions = deploy_flags(readme_deploy_words(readme()))
+    created = resources("google_secret_manager_secret")
+    function_name = variables()["function_name"]["default"]
+
+    env, secrets = cloudbuild_env_and_secrets(run)
+    assert (env, secrets) == cloudbuild_env_and_secrets(functions)
+    assert set(env) <= settings_read_by_code(), f"the code reads no {sorted(set(env) - settings_read_by_code())}"
+    # FIRESTORE_DATABASE may stay at its default, "(default)", which a shell line cannot carry unquoted.
+    assert GCP_REQUIRED_SETTINGS - {"FIRESTORE_DATABASE"} <= set(env) <= CLOUDBUILD_SETTINGS
+    assert env["STORAGE_BACKEND"] == "gcp" and env["CATALOG_URI"] == "gs://$BUCKET/catalog"
+    assert set(secrets) == SECRET_SETTINGS - OPTIONAL_SECRET_SETTINGS
+    for key, ref in secrets.items():
+        secret_id = created[function_secrets()[key]]["secret_id"].replace("${var.function_name}", function_name)
+        assert ref == f"{secret_id}:latest", key
+
+
+@dataclass
+class SetupBlock:
+    """What the README's one-time setup does, read from its commands."""
+
+    variables: dict[str, str]
+    apis: set[str]
+    accounts: set[str]
+    project_roles: set[tuple[str, str]]
+    bucket_roles: set[tuple[str, str, str]]
+    secrets: set[str]
+    secret_roles: set[tuple[str, str, str]]
+    ttls: set[tuple[str, str]]
+
+
+def readme_setup() -> SetupBlock:
+    blocks = re.findall(r"```bash\n(.*?)```", readme(), flags=re.DOTALL)
+    setup = [b for b in blocks if "gcloud services enable" in b]
+    assert len(setup) == 1, "README.md needs one setup block (gcloud services enable ...)"
+    names: dict[str, str] = {}
+    commands = []
+    for line in setup[0].replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        if "|" in words:  # `printf %s "$VALUE" | gcloud secrets create NAME --data-file=-`
+            words = words[len(words) - words[::-1].index("|") :]
+        if words and all(re.fullmatch(r"[A-Z_]+=\S*", w) for w in words):
+            names.update(w.split("=", 1) for w in words)
+        elif words:
+            commands.append(words)
+
+    def expand(value: str) -> str:
+        return re.sub(r"\$([A-Z_]+)\b", lambda m: names.get(m.group(1), m.group(0)) if m.group(1) in ("SA", "BUILD_SA") else m.group(0), value)
+
+    block = SetupBlock(names, set(), set(), set(), set(), set(), set(), set())
+    for words in commands:
+        flags = {k: expand(v) for k, v in deploy_flags(words).items()}
+        if words[:3] == ["gcloud", "services", "enable"]:
+            block.apis.update(w for w in words[3:] if not w.startswith("-"))
+        elif words[:4] == ["gcloud", "iam", "service-accounts", "create"]:
+            block.accounts.add(words[4])
+        elif words[:3] == ["gcloud", "projects", "add-iam-policy-binding"]:
+            block.project_roles.add((flags["member"], flags["role"]))
+        elif words[:4] == ["gcloud", "storage", "buckets", "add-iam-policy-binding"]:
+            block.bucket_roles.add((words[4], flags["member"], flags["role"]))
+        elif words[:3] == ["gcloud", "secrets", "create"]:
+            block.secrets.add(words[3])
+        elif words[:3] == ["gcloud", "secrets", "add-iam-policy-binding"]:
+            block.secret_roles.add((words[3], flags["member"], flags["role"]))
+        elif words[:5] == ["gcloud", "firestore", "fields", "ttls", "update"] and "enable-ttl" in flags:
+            block.ttls.add((flags["collection-group"], words[5]))
+    return block
+
+
+def test_the_readme_setup_creates_what_the_one_command_deploy_needs_with_terraforms_roles() -> None:
+    setup = readme_setup()
+    run = deploy_flags(readme_run_deploy_words(readme()))
+    _, secrets = cloudbuild_env_and_secrets(run)
+    member = f"serviceAccount:{run['service-account']}"
+    build_account = run["build-service-account"].removeprefix("projects/$PROJECT/serviceAccounts/")
+    accessor = "roles/secretmanager.secretAccessor"
+
+    # The APIs Terraform enables, but Cloud Functions': `gcloud run deploy` does not use its API.
+    assert set(terraform_locals()["services"]) - {"cloudfunctions.googleapis.com"} <= setup.apis
+    assert {run["service-account"], build_account} == {f"{a}@$PROJECT.iam.gserviceaccount.com" for a in setup.accounts}
+    assert setup.variables["SA"] == run["service-account"]
+    # The function's account gets exactly what infra/security.tf grants it (see the least
+    # privilege test above): Firestore documents, read access to the catalog bucket, its secrets.
+    assert {role for who, role in setup.project_roles if who == member} == {"roles/datastore.user"}
+    assert setup.bucket_roles == {("gs://$BUCKET", member, "roles/storage.objectViewer")}
+    assert "gs://$BUCKET/" in run["update-env-vars"]
+    referenced = {ref.removesuffix(":latest") for ref in secrets.values()}
+    assert setup.secrets == referenced
+    assert setup.secret_roles == {(secret, member, accessor) for secret in referenced}
+    # The build's own account, as --build-service-account names it, may build and nothing else.
+    assert run["build-service-account"] == f"projects/$PROJECT/serviceAccounts/{setup.variables['BUILD_SA']}"
+    assert {role for who, role in setup.project_roles if who == f"serviceAccount:{build_account}"} == {"roles/run.builder"}
+    # The TTL policies Terraform sets, so that audio receipts and old history go.
+    assert setup.ttls == {(f["collection"], f["field"]) for f in resources("google_firestore_field").values()}
+
+
+def test_the_readme_setup_comes_before_the_deploy_and_the_catalog_upload_says_how_to_log_in() -> None:
+    text = readme()
+    setup, deploy = text.index("gcloud services enable"), text.index("gcloud run deploy omi-song-recognition")
+    upload = text.index("python -m function register ~/Music --catalog gs://")
+
+    assert setup < deploy < upload
+    assert "gcloud auth application-default login" in text[deploy:upload]
+
+
+def test_the_readme_submits_cloud_build_with_its_own_ignore_file() -> None:
+    text = readme()
+
+    commands = re.findall(r"gcloud builds submit --[^`\n]*", text)
+
+    assert commands, "README.md gives no `gcloud builds submit` command"
+    assert all(c.startswith("gcloud builds submit --ignore-file=.gcloudignore.cloudbuild ") for c in commands), commands
 
 
 @pytest.mark.parametrize(
