@@ -21,7 +21,12 @@ from typing import Iterator
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRESTORE_EMULATOR = "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"
+# Debian's Google Cloud SDK path; FIRESTORE_EMULATOR_BIN points elsewhere (macOS, a tarball SDK),
+# as for scripts/emulators.sh.
+FIRESTORE_EMULATOR = (
+    os.environ.get("FIRESTORE_EMULATOR_BIN")
+    or "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"
+)
 EMULATOR_START_SECONDS = 60.0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -38,7 +39,7 @@ from tests.webhook_support import (  # noqa: F401  (fixtures)
 TOKEN = "dashboard-token-0123456789"  # ADMIN_TOKEN: the dashboard is the operator's
 AUDIO_TOKEN = "audio-token-0123456789"  # WEBHOOK_TOKEN: opens audio deliveries only
 RATE = 16000
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 VIEWPORTS = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "height": 800}}
 TILES = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ AUDIO_TOKEN = "audio-token-0123456789"  # WEBHOOK_TOKEN: opens audio deliveries 
 ADMIN_TOKEN = "admin-token-0123456789"  # ADMIN_TOKEN: the operator's; the page never needs it
 LINK_SECRET = "link-secret-0123456789abcdef"  # USER_LINK_SECRET: keys the users' links
 RATE = 16000
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 VIEWPORTS = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "height": 800}}
 ALICE_TRACKS = (0, 1)  # played in this order: the page lists 1 first
