@@ -115,3 +115,15 @@ def test_removing_a_songs_first_version_leaves_the_others_named(tmp_path) -> Non
     match = r.recognise(audio(copy)[4 * RATE : 14 * RATE], RATE)
     assert match is not None and match.song_id == second.song_id
     assert [s["song_id"] for s in r.songs].count(second.song_id) == 1
+
+
+@pytest.mark.parametrize("speed", [0.98, 1.02])
+def test_a_long_query_named_at_a_speed_gives_the_songs_time_at_its_start(recogniser, speed) -> None:
+    """Named by the speed retry over the newest seconds, the match still says where in the song
+    the query began, not where those newest seconds began."""
+    song = audio(MUSIC[0])[2 * RATE : 24 * RATE]
+
+    match = recogniser.recognise(played_at(song, speed), RATE)
+
+    assert match is not None and match.song_id == recogniser.catalog.songs[0].song_id
+    assert abs(match.offset_seconds - 2.0) < 0.3, match.offset_seconds

@@ -151,21 +151,26 @@ class Recogniser:
         best = vote(self.catalog, hashes, frames)
         if best is None or best.confidence < CONFIG.sure_without_neighbours:
             best = self._vote_with_neighbours(hashes, frames)
+        shift = 0.0  # song seconds between the query's start and the start of what was voted
         if best is None or best.confidence < self.threshold:
             newest = internal[-int(CONFIG.speed_window_seconds * INTERNAL_RATE) :]
+            skipped = (len(internal) - len(newest)) / INTERNAL_RATE
             for speed in CONFIG.speed_variants:
                 v = self._vote_with_neighbours(*fingerprint(undo_speed(newest, speed), QUERY_DENSITY))
                 if v is not None and (best is None or v.confidence > best.confidence):
-                    best = v
+                    # The vote places the newest seconds; the song ran `speed` times as fast
+                    # through the part of the query before them.
+                    best, shift = v, skipped * speed
         if best is None:
             return None, 0.0
-        return self._match(best), best.confidence
+        return self._match(best, shift), best.confidence
 
     def _vote_with_neighbours(self, hashes: np.ndarray, frames: np.ndarray) -> Vote | None:
         return vote(self.catalog, *with_neighbours(hashes, frames, CONFIG.neighbour_gap_frames))
 
-    def _match(self, v: Vote) -> Match:
-        """The song a vote names: a version's song (its first version) carries the name."""
+    def _match(self, v: Vote, shift_seconds: float = 0.0) -> Match:
+        """The song a vote names (a version's song, its first version, carries the name), with
+        the song time at the query's start: the vote's offset less `shift_seconds`."""
         c = v.confidence
         song = self.catalog.head(v.song_index)
         return Match(
@@ -173,7 +178,7 @@ class Recogniser:
             title=song.title,
             artist=song.artist,
             album=song.album,
-            offset_seconds=round(v.offset_frames * FRAME_SECONDS, 2),
+            offset_seconds=round(v.offset_frames * FRAME_SECONDS - shift_seconds, 2),
             confidence=round(c, 4),
             score=v.score,
         )
