@@ -23,6 +23,8 @@ from function.engine.config import CONFIG
 INTERNAL_RATE = CONFIG.internal_rate
 MIN_RATE, MAX_RATE = 8000, 48000
 FFMPEG_SUFFIXES = {".m4a", ".aac", ".mp4", ".alac", ".wma", ".opus"}
+# Every file name decode_file reads: what registration picks up from a folder.
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif"} | FFMPEG_SUFFIXES
 
 
 class DecodeError(ValueError):

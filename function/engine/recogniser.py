@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from function.engine.decode import INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal, undo_speed
+from function.engine.decode import AUDIO_SUFFIXES, INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal, undo_speed
 from function.engine.catalog import Catalog, CatalogError, Fingerprinted, Song
 from function.engine.config import CONFIG
 from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint, with_neighbours
@@ -28,7 +28,6 @@ MAX_QUERY_SECONDS = 120
 # while the function runs are named within this long. A constant, not a setting: the check costs
 # almost nothing, and no deployment has needed another value.
 RELOAD_CHECK_SECONDS = 30.0
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".m4a", ".aac", ".mp4", ".opus"}
 
 __all__ = ["Match", "RegisterResult", "Recogniser", "CatalogError", "get_recogniser", "analyse_file"]
 
