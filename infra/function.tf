@@ -36,8 +36,9 @@ resource "google_cloudfunctions2_function" "webhook" {
   location = var.region
 
   build_config {
-    runtime     = "python312"
-    entry_point = "omi_webhook"
+    runtime         = "python312"
+    entry_point     = "omi_webhook"
+    service_account = google_service_account.build.id
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -102,6 +103,7 @@ resource "google_cloudfunctions2_function" "webhook" {
 
   depends_on = [
     google_project_service.required,
+    google_project_iam_member.build,
     google_firestore_database.state,
     google_secret_manager_secret_version.omi_app_secret,
     google_secret_manager_secret_version.webhook_token,

@@ -1,8 +1,24 @@
-# The function runs as its own identity with only what it uses: documents in Firestore, objects
-# in its one bucket, and its own secrets. Not the default compute account, which is an Editor.
+# The function runs as its own identity with only what it uses: documents in Firestore, the
+# catalog in its bucket (read only), and its own secrets. Not the default compute account, which
+# is an Editor.
 resource "google_service_account" "function" {
   account_id   = "${var.function_name}-fn"
   display_name = "Omi song recognition webhook"
+}
+
+# The build runs as its own identity too: new projects and organisation policies no longer give
+# the default Cloud Build or compute account the roles a function build needs.
+resource "google_service_account" "build" {
+  account_id   = "${var.function_name}-build"
+  display_name = "Builds the Omi song recognition webhook"
+}
+
+resource "google_project_iam_member" "build" {
+  for_each = toset(["roles/logging.logWriter", "roles/artifactregistry.writer", "roles/storage.objectViewer"])
+
+  project = var.project_id
+  role    = each.value
+  member  = google_service_account.build.member
 }
 
 resource "google_project_iam_member" "function_datastore" {
@@ -28,8 +44,9 @@ resource "google_secret_manager_secret" "omi_app_secret" {
 }
 
 resource "google_secret_manager_secret_version" "omi_app_secret" {
-  secret      = google_secret_manager_secret.omi_app_secret.id
-  secret_data = var.omi_app_secret
+  secret                 = google_secret_manager_secret.omi_app_secret.id
+  secret_data_wo         = var.omi_app_secret
+  secret_data_wo_version = var.secrets_version
 }
 
 resource "google_secret_manager_secret" "webhook_token" {
@@ -43,8 +60,9 @@ resource "google_secret_manager_secret" "webhook_token" {
 }
 
 resource "google_secret_manager_secret_version" "webhook_token" {
-  secret      = google_secret_manager_secret.webhook_token.id
-  secret_data = var.webhook_token
+  secret                 = google_secret_manager_secret.webhook_token.id
+  secret_data_wo         = var.webhook_token
+  secret_data_wo_version = var.secrets_version
 }
 
 resource "google_secret_manager_secret_iam_member" "function_omi_app_secret" {
@@ -89,8 +107,9 @@ resource "google_secret_manager_secret" "admin_token" {
 }
 
 resource "google_secret_manager_secret_version" "admin_token" {
-  secret      = google_secret_manager_secret.admin_token.id
-  secret_data = local.admin_token
+  secret                 = google_secret_manager_secret.admin_token.id
+  secret_data_wo         = local.admin_token
+  secret_data_wo_version = var.secrets_version
 }
 
 resource "google_secret_manager_secret_iam_member" "function_admin_token" {
@@ -112,8 +131,9 @@ resource "google_secret_manager_secret" "user_link_secret" {
 }
 
 resource "google_secret_manager_secret_version" "user_link_secret" {
-  secret      = google_secret_manager_secret.user_link_secret.id
-  secret_data = local.user_link_secret
+  secret                 = google_secret_manager_secret.user_link_secret.id
+  secret_data_wo         = local.user_link_secret
+  secret_data_wo_version = var.secrets_version
 }
 
 resource "google_secret_manager_secret_iam_member" "function_user_link_secret" {
@@ -142,8 +162,9 @@ resource "google_secret_manager_secret" "omi_signing_secret" {
 resource "google_secret_manager_secret_version" "omi_signing_secret" {
   count = length(google_secret_manager_secret.omi_signing_secret)
 
-  secret      = google_secret_manager_secret.omi_signing_secret[count.index].id
-  secret_data = var.omi_signing_secret
+  secret                 = google_secret_manager_secret.omi_signing_secret[count.index].id
+  secret_data_wo         = var.omi_signing_secret
+  secret_data_wo_version = var.secrets_version
 }
 
 resource "google_secret_manager_secret_iam_member" "function_omi_signing_secret" {

@@ -257,3 +257,9 @@ variable "timeout_seconds" {
   type        = number
   default     = 30
 }
+
+variable "secrets_version" {
+  description = "Bump to write new secret values: they are write-only (secret_data_wo), kept out of the Terraform state, so Terraform cannot see that a variable changed."
+  type        = number
+  default     = 1
+}

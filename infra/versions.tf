@@ -1,11 +1,12 @@
 terraform {
-  required_version = ">= 1.5"
+  # 1.11: write-only arguments (the secrets' values never enter the state).
+  required_version = ">= 1.11"
 
   required_providers {
     google = {
       source = "hashicorp/google"
-      # 5.26 added soft_delete_policy on buckets, which the 1-s chunk objects need turned off.
-      version = ">= 5.26, < 8.0"
+      # 6.23 added secret_data_wo on secret versions.
+      version = ">= 6.23, < 8.0"
     }
     archive = {
       source  = "hashicorp/archive"

@@ -418,10 +418,28 @@ def test_service_account_has_least_privilege() -> None:
     assert granted == set(function_secrets().values()), "grant exactly the secrets the function reads"
 
 
+def test_the_build_runs_as_its_own_service_account() -> None:
+    """New projects and org policies break the default build account: the function names one."""
+    build = the_function()["build_config"][0]
+    grants = resources("google_project_iam_member")["build"]
+
+    assert build["service_account"] == "${google_service_account.build.id}"
+    assert grants["member"] == "${google_service_account.build.member}" and grants["role"] == "${each.value}"
+    assert sorted(re.findall(r'"(roles/[^"]+)"', grants["for_each"])) == [
+        "roles/artifactregistry.writer",
+        "roles/logging.logWriter",
+        "roles/storage.objectViewer",
+    ]
+    assert "${google_project_iam_member.build}" in the_function()["depends_on"]
+
+
 def test_secrets_come_from_sensitive_variables() -> None:
     versions = resources("google_secret_manager_secret_version")
 
-    assert {v["secret_data"] for v in versions.values()} == {
+    # Write-only: the values never enter the Terraform state.
+    assert all("secret_data" not in v for v in versions.values())
+    assert all(v["secret_data_wo_version"] == "${var.secrets_version}" for v in versions.values())
+    assert {v["secret_data_wo"] for v in versions.values()} == {
         "${var.omi_app_secret}",
         "${var.webhook_token}",
         "${var.omi_signing_secret}",
