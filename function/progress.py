@@ -1,9 +1,13 @@
-"""A one-line progress bar on stderr for long jobs (registration, benchmarks)."""
+"""Progress on stderr for long jobs (registration, benchmarks): a bar redrawn in place on a
+terminal; elsewhere (a log file, CI) a plain line every LOG_EVERY_SECONDS and at the end, since
+carriage returns would pile up as one endless line there."""
 
 from __future__ import annotations
 
 import sys
 import time
+
+LOG_EVERY_SECONDS = 10.0
 
 
 class Progress:
@@ -15,12 +19,14 @@ class Progress:
         self.audio_seconds = 0.0
         self.started = time.perf_counter()
         self._last_draw = 0.0
+        self._terminal = sys.stderr.isatty()
 
     def step(self, audio_seconds: float = 0.0) -> None:
         self.done += 1
         self.audio_seconds += audio_seconds
         now = time.perf_counter()
-        if self.enabled and (now - self._last_draw > 0.2 or self.done == self.total):
+        every = 0.2 if self._terminal else LOG_EVERY_SECONDS
+        if self.enabled and (now - self._last_draw > every or self.done == self.total):
             self._last_draw = now
             self._draw(now)
 
@@ -30,11 +36,11 @@ class Progress:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         line = (
-            f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
+            f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
             f"  {rate:.1f}/s  {self.audio_seconds / elapsed:.0f}x real time  ETA {eta:.0f}s"
         )
-        sys.stderr.write(line)
-        if self.done == self.total:
+        sys.stderr.write(f"\r{line}" if self._terminal else f"{line}\n")
+        if self._terminal and self.done == self.total:
             sys.stderr.write("\n")
         sys.stderr.flush()
 

@@ -235,3 +235,24 @@ def test_the_below_threshold_note_names_the_webhooks_threshold(monkeypatch: pyte
 
     out = capsys.readouterr().out
     assert f"below the webhook's naming threshold {NAME_AT:g}: the webhook would not name it" in out
+
+
+def test_progress_into_a_log_is_lines_not_carriage_returns(tmp_path) -> None:
+    """Registration's progress, written to a file (a log, CI), is one plain line per update."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    music = sorted((Path(__file__).parent / "data" / "music").glob("*.ogg"))[:2]
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as err:
+        subprocess.run(
+            [sys.executable, "-m", "function", "register", *map(str, music), "--catalog", str(tmp_path / "c"), "--workers", "1"],
+            stderr=err,
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+
+    text = log.read_text()
+    assert "\r" not in text
+    assert any(line.startswith("registering [") and "2/2" in line for line in text.splitlines())
