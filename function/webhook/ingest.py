@@ -12,8 +12,9 @@ guess is named is function/webhook/naming.py's rule. A match empties the buffer.
 
 Plain chunks never wait behind a recognition: an instance runs at most RECOGNITION_SLOTS
 recognitions at once (one per core: a vote is CPU-bound, more at once only slow each other and
-every plain chunk sharing the cores). A chunk that finds every slot taken is stored and answered
-at once without claiming; its user's buffer stays claimable, so the next chunk tries again.
+every plain chunk sharing the cores), each slot held from the claim to the end of the vote. A
+chunk that finds every slot taken is stored and answered at once without claiming; its user's
+buffer stays claimable, so the next chunk tries again.
 """
 
 from __future__ import annotations
@@ -97,13 +98,30 @@ def ingest_chunk(
         return result
     if appended.attempted and appended.new_bytes < audio_bytes(s.stride_seconds, result.sample_rate):
         return result
-    if not service.slots.acquire(blocking=False):
+    slot = _Slot(service.slots)
+    if not slot.taken:
         log("DEBUG", "recognition deferred: every slot of this instance is busy", uid=uid)
         return result
     try:
-        return replace(result, recognition=_maybe_recognise(service, uid, result.sample_rate, now, base_url))
+        return replace(result, recognition=_maybe_recognise(service, uid, result.sample_rate, now, base_url, slot))
     finally:
-        service.slots.release()
+        slot.give_back()
+
+
+class _Slot:
+    """One of the instance's recognition slots, taken without waiting and given back as soon as
+    the vote is done: the claim before it holds the slot (so a busy instance does not claim what
+    it cannot vote on), the release, notification and history after it do not (they only wait
+    on storage and Omi, which need no core)."""
+
+    def __init__(self, slots: threading.BoundedSemaphore) -> None:
+        self._slots = slots
+        self.taken = slots.acquire(blocking=False)
+
+    def give_back(self) -> None:
+        if self.taken:
+            self.taken = False
+            self._slots.release()
 
 
 class _Skipped(Exception):
@@ -115,7 +133,7 @@ class _Skipped(Exception):
         self.reason = reason
 
 
-def _maybe_recognise(service: Service, uid: str, rate: int, now: float, base_url: str) -> dict | None:
+def _maybe_recognise(service: Service, uid: str, rate: int, now: float, base_url: str, slot: _Slot) -> dict | None:
     s = service.settings
     lease = service.store.claim(
         uid,
@@ -128,7 +146,7 @@ def _maybe_recognise(service: Service, uid: str, rate: int, now: float, base_url
     if lease is None:
         return None
     try:
-        recognition = _attempt(service, lease, now)
+        recognition = _attempt(service, lease, now, slot)
     except _Skipped as skipped:
         return {"status": skipped.status, "reason": skipped.reason}
     retry = None
@@ -142,7 +160,7 @@ def _maybe_recognise(service: Service, uid: str, rate: int, now: float, base_url
     return _public(recognition)
 
 
-def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
+def _attempt(service: Service, lease: Lease, now: float, slot: _Slot) -> Recognition:
     """Recognise what the claim read, and always release the lease, whatever happens."""
     s, store, uid, rate, pcm = service.settings, service.store, lease.uid, lease.sample_rate, lease.audio
     max_bytes = audio_bytes(s.max_buffer_seconds, rate)
@@ -166,6 +184,7 @@ def _attempt(service: Service, lease: Lease, now: float) -> Recognition:
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         match = named(guess, confidence)
     finally:
+        slot.give_back()
         store.release(lease, matched=match is not None, keep_bytes=max_bytes, now=now)
     seconds = round(len(pcm) / (2 * rate), 3)
     if match is None:
