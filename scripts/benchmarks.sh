@@ -13,7 +13,7 @@ python -m bench --corpus "$corpus" --split test --baseline-rev "$baseline" --que
 python -m bench.streams --corpus "$corpus" --split test --baseline-rev "$baseline" --streams-per-condition 24 \
     --out "$out/streams"
 python -m bench.versions --corpus "$corpus" --split test --songs 12 --baseline-rev "$baseline" --out "$out/versions"
-python -m bench.load --out "$out/load.md"
+python -m bench.load --corpus "$corpus" --out "$out/load.md"
 {
     cat "$out/recognition.md"
     echo
