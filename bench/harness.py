@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -44,16 +45,24 @@ class Served:
 
 
 @contextmanager
-def running_function(env: dict[str, str], log: Path, port: int | None = None) -> Iterator[Served]:
-    """A real `functions-framework` process serving main.py on `port` (a free loopback one when
-    None), with `env` as its whole environment (WORKERS and THREADS size gunicorn); yields once
-    /health answers at all (a 503 for a missing catalog still means it is up)."""
+def running_function(
+    env: dict[str, str],
+    log: Path,
+    port: int | None = None,
+    tree: Path = ROOT,
+    healthy: bool = False,
+    start_seconds: float = 60.0,
+) -> Iterator[Served]:
+    """A real `functions-framework` process serving `tree`'s main.py on `port` (a free loopback
+    one when None), with `env` as its whole environment (WORKERS and THREADS size gunicorn);
+    yields once /health answers at all (a 503 for a missing catalog still means it is up), or,
+    with `healthy`, once it answers 200 (storage answers and the catalog is loaded)."""
     port = free_port() if port is None else port
-    command = ["functions-framework", "--target", "omi_webhook", "--source", "main.py"]
+    command = [sys.executable, "-m", "functions_framework", "--target", "omi_webhook", "--source", "main.py"]
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
+            cwd=tree,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -61,15 +70,15 @@ def running_function(env: dict[str, str], log: Path, port: int | None = None) ->
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_seconds
         while True:
             assert process.poll() is None, log.read_text(errors="replace")[-3000:]
             try:
-                httpx.get(f"{url}/health", timeout=2)
-                break
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200 or not healthy:
+                    break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "functions-framework did not start"
+            assert time.monotonic() < deadline, f"functions-framework did not start (or get healthy); see {log}"
             time.sleep(0.2)
         yield Served(url, process.pid)
     finally:

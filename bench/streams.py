@@ -32,12 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +50,7 @@ import numpy as np
 from scipy.stats import beta
 
 from bench import corpus, machine, revisions
+from bench.harness import running_function
 from bench.audio import WORK_RATE, excerpt_with_context, to_pcm16
 from bench.wearer import LEAD_SECONDS, SCENES, TARGET_SCENE, render
 from function.progress import Progress
@@ -97,47 +94,16 @@ class Outcome:
     verdict: str  # "right", "other song" (a two-song scene's second song), "wrong" or "none"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _serving(engine: revisions.Engine, catalog: Path, log: Path) -> Iterator[str]:
     """The engine's main.py under functions-framework on a free loopback port, until healthy
     (storage answers and the catalog is loaded); stopped and its data removed afterwards."""
-    port = _free_port()
     data = tempfile.mkdtemp(prefix="bench-streams-")
     env = {**revisions.engine_env(), "DATA_DIR": data, "CATALOG_URI": str(catalog)}
-    command = [sys.executable, "-m", "functions_framework", "--target", "omi_webhook", "--source", "main.py"]
-    with log.open("wb") as f:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=engine.tree, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"{engine.name}: the function exited at start-up; see {log}")
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{engine.name}: /health not healthy after {HEALTH_TIMEOUT_SECONDS:g} s; see {log}")
-            time.sleep(0.3)
-        yield url
+        with running_function(env, log, tree=engine.tree, healthy=True, start_seconds=HEALTH_TIMEOUT_SECONDS) as served:
+            yield served.url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
         shutil.rmtree(data, ignore_errors=True)
 
 
