@@ -42,6 +42,11 @@ def song_message(title: str, artist: str) -> str:
     return f"🎵 {title} by {artist}" if artist else f"🎵 {title}"
 
 
+def _to_top_of_hour(now: float) -> float:
+    """Seconds until Omi's hourly window ends: its limit is per UTC hour."""
+    return math.floor(now / _HOUR) * _HOUR + _HOUR - now
+
+
 def loggable(message: str) -> str:
     """The song line of a notification: a personal link on the next line stays out of logs."""
     return message.split("\n", 1)[0]
@@ -53,7 +58,7 @@ def _until_reset(header: str | None, now: float) -> float:
     if header and header.strip().isdigit():
         value = float(header.strip())
         return max(0.0, value - now) if value > 1e9 else value
-    return math.floor(now / _HOUR) * _HOUR + _HOUR - now
+    return _to_top_of_hour(now)
 
 
 def _retry_after(header: str | None, now: float) -> float:
@@ -66,7 +71,7 @@ def _retry_after(header: str | None, now: float) -> float:
             return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
         except (TypeError, ValueError):
             pass
-    return math.floor(now / _HOUR) * _HOUR + _HOUR - now
+    return _to_top_of_hour(now)
 
 
 class Notifier:
