@@ -17,8 +17,7 @@ import numpy as np
 
 from bench.corpus import Track
 from bench.machine import OtherLoad
-from function.engine.catalog import N_HASHES, SONG_SHIFT, Catalog, Fingerprinted, Song
-from function.engine.fingerprint import MAX_FRAMES
+from function.engine.catalog import Catalog, Fingerprinted, Song
 from function.engine.recogniser import Recogniser
 
 ENGINE_DIR = Path(__file__).resolve().parent.parent / "function" / "engine"
@@ -72,14 +71,10 @@ def registration_speed(tracks: list[Track], scratch: Path) -> dict[str, float]:
 
 
 def _songs_postings(catalog: Catalog) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each real song's (hashes, frames), recovered from the CSR index."""
-    offsets = np.asarray(catalog.offsets).astype(np.int64)
-    postings = np.asarray(catalog.postings)
-    hashes = np.repeat(np.arange(N_HASHES, dtype=np.uint32), np.diff(offsets))
-    song = postings >> SONG_SHIFT
+    """Each real song's (hashes, frames), recovered from the index."""
+    song, hashes, frames = catalog.landmarks()
     order = np.argsort(song, kind="stable")
     bounds = np.searchsorted(song[order], np.arange(len(catalog.songs) + 1))
-    frames = postings & np.uint32(MAX_FRAMES - 1)
     return [(hashes[order[a:b]], frames[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 

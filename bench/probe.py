@@ -21,8 +21,8 @@ import numpy as np
 
 from bench.machine import OtherLoad
 from function.engine.decode import to_internal
-from function.engine.catalog import N_HASHES, SONG_SHIFT, Catalog
-from function.engine.fingerprint import FRAME_SECONDS, MAX_FRAMES, QUERY_DENSITY, fingerprint
+from function.engine.catalog import N_HASHES, Catalog
+from function.engine.fingerprint import FRAME_SECONDS, QUERY_DENSITY, fingerprint
 from function.engine.matcher import postings_cap
 from function.engine.recogniser import Recogniser
 
@@ -50,13 +50,13 @@ def _ms(f) -> float:
 def _linear_scan(catalog: Catalog, fingerprints: list[np.ndarray]) -> list[float]:
     """Every posting is compared with the query's hashes: a numpy stand-in for a table scan, and
     a generous one (a boolean table makes each comparison one gather)."""
-    every_hash = np.repeat(np.arange(N_HASHES, dtype=np.uint32), np.diff(np.asarray(catalog.offsets).astype(np.int64)))
-    postings = np.asarray(catalog.postings)
+    songs, every_hash, frames = catalog.landmarks()
 
-    def scan(hashes: np.ndarray) -> np.ndarray:
+    def scan(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         wanted = np.zeros(N_HASHES, dtype=bool)
         wanted[hashes] = True
-        return postings[np.flatnonzero(wanted[every_hash])]
+        hits = np.flatnonzero(wanted[every_hash])
+        return songs[hits], frames[hits]
 
     return [_ms(lambda h=h: scan(h)) for h in fingerprints]
 
@@ -64,20 +64,17 @@ def _linear_scan(catalog: Catalog, fingerprints: list[np.ndarray]) -> list[float
 def _sqlite_scan(catalog: Catalog, fingerprints: list[np.ndarray]) -> tuple[list[float], float]:
     """abracadabra's storage: `hash(hash int, offset real, song_id text)` with no index, queried
     with `WHERE hash IN (...)`, so every query scans the table. Returns timings and build seconds."""
-    offsets = np.asarray(catalog.offsets).astype(np.int64)
-    postings = np.asarray(catalog.postings)
-    hashes = np.repeat(np.arange(N_HASHES, dtype=np.int64), np.diff(offsets))
+    songs, hashes, frames = catalog.landmarks()
     song_ids = np.array([s.song_id for s in catalog.songs])
     with tempfile.TemporaryDirectory() as tmp:
         db = sqlite3.connect(str(Path(tmp) / "hash.db"))
         db.execute("CREATE TABLE hash (hash int, offset real, song_id text)")
         started = time.perf_counter()
-        for a in range(0, len(postings), 1_000_000):
-            p = postings[a : a + 1_000_000]
+        for a in range(0, len(hashes), 1_000_000):
             rows = zip(
                 hashes[a : a + 1_000_000].tolist(),
-                ((p & (MAX_FRAMES - 1)) * FRAME_SECONDS).tolist(),
-                song_ids[p >> SONG_SHIFT].tolist(),
+                (frames[a : a + 1_000_000] * FRAME_SECONDS).tolist(),
+                song_ids[songs[a : a + 1_000_000]].tolist(),
             )
             db.executemany("INSERT INTO hash VALUES (?, ?, ?)", rows)
         db.commit()
@@ -114,7 +111,7 @@ def main(catalog_dir: str, queries_file: str, sqlite_max_postings: int) -> dict:
     retrieved = [len(catalog.lookup(h, postings_cap(catalog))[1]) for h in fingerprints]
     linear = _linear_scan(catalog, fingerprints)
     sqlite_ms, sqlite_build = ([], None)
-    if len(catalog.postings) <= sqlite_max_postings:
+    if catalog.postings_count <= sqlite_max_postings:
         sqlite_ms, sqlite_build = _sqlite_scan(catalog, fingerprints)
     stats = catalog.stats()
     return {

@@ -53,8 +53,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def generations(root: Path) -> list[str]:
-    return sorted(p.name for p in root.glob("g*") if p.is_dir())
+def segments(root: Path) -> list[str]:
+    return sorted(p.name for p in root.glob("s*") if p.is_dir())
 
 
 # --- 1. a partial or truncated catalog is refused before it is mapped -----------------------------
@@ -76,9 +76,9 @@ def _longer(postings: Path, header: int) -> None:
 def test_a_postings_file_of_the_wrong_size_is_refused_naming_the_file_and_both_sizes(tmp_path: Path, damage) -> None:
     uri = tmp_path / "catalog"
     registered(str(uri), MUSIC[0])
-    [postings] = uri.glob("g*/postings.npy")
+    [postings] = uri.glob("s*/postings.npy")
     expected = postings.stat().st_size
-    header = expected - 4 * json.loads((uri / "catalog.json").read_text())["postings"]
+    header = expected - 4 * json.loads((uri / "catalog.json").read_text())["segments"][0]["postings"]
     damage(postings, header)
 
     with pytest.raises(CatalogError) as refused:
@@ -145,8 +145,8 @@ def test_a_catalog_copied_over_while_a_process_recognises_is_refused_then_reload
     live, new = tmp_path / "catalog", tmp_path / "new"
     registered(str(live), MUSIC[0])
     registered(str(new), MUSIC[1], MUSIC[2])
-    assert generations(live) == generations(new) == ["g000001"]  # `cp -r new/. catalog/` overwrites in place
-    postings, replacement = live / "g000001" / "postings.npy", (new / "g000001" / "postings.npy").read_bytes()
+    assert segments(live) == segments(new) == ["s000001"]  # `cp -r new/. catalog/` overwrites in place
+    postings, replacement = live / "s000001" / "postings.npy", (new / "s000001" / "postings.npy").read_bytes()
     child = Child(live, [MUSIC[0], MUSIC[1]])
     try:
         before = child.ask("get")
@@ -172,7 +172,7 @@ def test_a_catalog_copied_over_while_a_process_recognises_is_refused_then_reload
 def test_a_recogniser_refuses_to_read_postings_truncated_after_it_mapped_them(tmp_path: Path) -> None:
     uri = tmp_path / "catalog"
     registered(str(uri), MUSIC[0])
-    [postings] = uri.glob("g*/postings.npy")
+    [postings] = uri.glob("s*/postings.npy")
     child = Child(uri, [MUSIC[0]])
     try:
         assert child.ask("get") == [title(MUSIC[0])]
@@ -201,6 +201,23 @@ while time.monotonic() < deadline:
 print(saves)
 """
 
+# Every compaction rewrites the reader's song into a new segment and drops the one before.
+COMPACTING_WRITER = r"""
+import sys, time
+from function.engine.recogniser import Recogniser
+
+uri, song, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+rec = Recogniser.open(uri)
+compactions, deadline = 0, time.monotonic() + seconds
+while time.monotonic() < deadline:
+    [added] = rec.register([song], workers=1)
+    rec.compact()
+    rec.remove([added.song_id])
+    rec.compact()
+    compactions += 2
+print(compactions)
+"""
+
 
 def test_recognising_in_a_loop_while_register_runs_never_sees_half_a_catalog(tmp_path: Path) -> None:
     uri = tmp_path / "catalog"
@@ -224,13 +241,40 @@ def test_recognising_in_a_loop_while_register_runs_never_sees_half_a_catalog(tmp
     assert saves >= 20 and loads >= 20, (saves, loads)
 
 
+def test_recognising_in_a_loop_while_segments_are_merged_never_fails(tmp_path: Path) -> None:
+    uri = tmp_path / "catalog"
+    registered(str(uri), MUSIC[0])
+    samples, rate = query(MUSIC[0])
+    held = Recogniser.open(str(uri))  # its segment is merged away and deleted under it
+    writer = subprocess.Popen(
+        [sys.executable, "-c", COMPACTING_WRITER, str(uri), str(MUSIC[1]), "6"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    loads, errors = 0, []
+    while writer.poll() is None:
+        try:
+            for recogniser in (Recogniser.open(str(uri)), held):
+                match = recogniser.recognise(samples, rate)
+                assert match is not None and match.title == title(MUSIC[0])
+            loads += 1
+        except CatalogError as exc:
+            errors.append(str(exc))
+    compactions = int(writer.stdout.read())
+
+    assert writer.returncode == 0
+    assert errors == []
+    assert compactions >= 6 and loads >= 20, (compactions, loads)
+    assert "s000001" not in segments(uri)
+
+
 def test_a_reader_overtaken_by_two_saves_reads_the_manifest_again(tmp_path: Path) -> None:
     uri = str(tmp_path / "catalog")
-    writer = registered(uri, MUSIC[0])
+    writer = registered(uri, MUSIC[0], MUSIC[1])
+    writer.remove([writer.catalog.songs[1].song_id])  # a tombstone, which a compaction drops
 
     class Overtaken(Catalog):
         """A reader that another process overtakes, for certain, with two saves between
-        reading catalog.json and opening the arrays it names (the second save deletes them)."""
+        reading catalog.json and opening the segments it names: a compaction that drops them,
+        and a save that deletes them."""
 
         manifests = 0
 
@@ -238,26 +282,30 @@ def test_a_reader_overtaken_by_two_saves_reads_the_manifest_again(tmp_path: Path
             manifest = super()._manifest()
             Overtaken.manifests += 1
             if Overtaken.manifests == 1:
-                writer.catalog.save()
+                writer.compact()
                 writer.catalog.save()
             return manifest
 
     reader = Overtaken(uri)
 
     assert Overtaken.manifests == 2
-    assert reader.generation == 3 and [s.song_id for s in reader.songs] == [s.song_id for s in writer.catalog.songs]
+    assert reader.generation == 4 and [s.name for s in reader.segments] == ["s000002"]
+    assert [s.song_id for s in reader.songs] == [s.song_id for s in writer.catalog.songs]
 
 
-def test_a_save_keeps_the_previous_generation_for_readers_that_just_read_its_manifest(tmp_path: Path) -> None:
+def test_segments_a_compaction_drops_stay_until_the_next_save_for_readers_that_just_read_its_manifest(tmp_path: Path) -> None:
     uri = tmp_path / "catalog"
     rec = registered(str(uri), MUSIC[0])
     rec.register([str(MUSIC[1])], workers=1)
-    assert generations(uri) == ["g000001", "g000002"]
+    assert segments(uri) == ["s000001", "s000002"]
 
+    rec.compact()
+    after_compaction = segments(uri)
     rec.register([str(MUSIC[2])], workers=1)
 
-    assert generations(uri) == ["g000002", "g000003"]
-    assert json.loads((uri / "catalog.json").read_text())["generation"] == "g000003"
+    assert after_compaction == ["s000001", "s000002", "s000003"]
+    assert segments(uri) == ["s000003", "s000004"]
+    assert [s["name"] for s in json.loads((uri / "catalog.json").read_text())["segments"]] == ["s000003", "s000004"]
 
 
 # --- 3. a running process picks up a new generation ------------------------------------------------
@@ -294,7 +342,7 @@ def test_a_catalog_that_does_not_load_is_not_swapped_in_for_one_that_works(
     monkeypatch.setattr(engine, "RELOAD_CHECK_SECONDS", 0.0)
     first = engine.get_recogniser(str(uri))
     manifest = json.loads((uri / "catalog.json").read_text())
-    manifest["postings"] += 1  # a manifest that disagrees with its arrays, written atomically
+    manifest["segments"][0]["postings"] += 1  # a manifest that disagrees with its arrays, written atomically
     (uri / "catalog.json.new").write_text(json.dumps(manifest))
     os.replace(uri / "catalog.json.new", uri / "catalog.json")
 
@@ -324,19 +372,27 @@ def test_a_gcs_catalog_is_reloaded_from_its_manifests_object_generation(gcs_cata
     monkeypatch.setattr(engine, "RELOAD_CHECK_SECONDS", 0.0)
     first = engine.get_recogniser(gcs_catalog)
     mirror = first.catalog.location.local_dir
+    first_download = (mirror / "s000001" / "postings.npy").stat().st_ino
     same = engine.get_recogniser(gcs_catalog)  # nothing changed: one metadata read, no reload
 
     Recogniser.open(gcs_catalog).register([str(MUSIC[1])], workers=1)
     Recogniser.open(gcs_catalog).register([str(MUSIC[2])], workers=1)
-    reloaded = engine.get_recogniser(gcs_catalog)
+    grown = engine.get_recogniser(gcs_catalog)
+    grown_mirror = segments(mirror)
+    kept_download = (mirror / "s000001" / "postings.npy").stat().st_ino
+    assert Recogniser.open(gcs_catalog).compact()
+    compacted = engine.get_recogniser(gcs_catalog)
 
     assert same is first
-    assert reloaded.recognise(*query(MUSIC[2])).title == title(MUSIC[2])
+    assert grown.recognise(*query(MUSIC[2])).title == title(MUSIC[2])
+    assert grown_mirror == ["s000001", "s000002", "s000003"] and kept_download == first_download  # only new segments are downloaded
+    assert compacted.recognise(*query(MUSIC[1])).title == title(MUSIC[1])
     assert first.recognise(*query(MUSIC[0])).title == title(MUSIC[0])  # its mapping outlives its files
-    assert reloaded.catalog.location is first.catalog.location and generations(mirror) == ["g000003"]
+    assert compacted.catalog.location is first.catalog.location and segments(mirror) == ["s000004"]
     bucket, prefix = gcs_catalog[len("gs://") :].split("/", 1)
     stored = {b.name for b in storage.Client().bucket(bucket).list_blobs(prefix=prefix + "/")}
-    assert {name.split("/")[1] for name in stored} == {"catalog.json", "g000002", "g000003"}
+    # The merged segments stay in the bucket until the next save, for instances reading the manifest before.
+    assert {name.split("/")[1] for name in stored} == {"catalog.json", "s000001", "s000002", "s000003", "s000004"}
 
 
 # --- 4. an empty catalog is a state of its own, and nothing registered writes nothing ----------------

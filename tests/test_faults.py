@@ -152,7 +152,7 @@ def _corrupt_manifest(catalog: Path) -> None:
 
 def _truncated_index(catalog: Path) -> None:
     manifest = json.loads((catalog / "catalog.json").read_text())
-    postings = catalog / manifest["generation"] / "postings.npy"
+    postings = catalog / manifest["segments"][0]["name"] / "postings.npy"
     postings.write_bytes(postings.read_bytes()[:100])
 
 

@@ -1,26 +1,45 @@
-"""The on-disk index: landmark hashes -> postings (song, anchor frame), plus song metadata.
+"""The on-disk index: landmark hashes -> postings (song, anchor frame), in segments, plus song metadata.
 
 Layout (a directory, or a gs:// prefix mirrored locally):
-    catalog.json          format, frozen fingerprint parameters, songs, current generation
-    g<N>/counts.npz       postings per hash (uint16, or uint32 once a hash has 65,536), compressed
-    g<N>/postings.npy     uint32: song index << 16 | anchor frame, grouped by hash
+    catalog.json          format, frozen fingerprint parameters, songs, generation, and the
+                          segments that make up the index, each with its tombstones
+    s<N>/table.npz        postings per hash and the segment's part table, compressed
+    s<N>/postings.npy     uint32: part << 16 | anchor frame within the part, grouped by hash
 
-Hashes are dense (HASH_BITS bits), so a CSR offset table replaces storing a hash per posting:
-4 bytes a posting, and a lookup is two array reads instead of a binary search. The postings are
-memory-mapped; the offsets (8 MB whatever the catalog's size) are rebuilt at load from the
-compressed counts, ~0.6 MB on disk for a 100-song catalog instead of 8 MB.
+Segments: a segment is written once and never changed. `register` writes a new segment holding
+only the songs it adds; `remove` lists a song as a tombstone of its segment in catalog.json
+(the matcher skips its postings); a compaction merges segments into a new one without the
+tombstoned postings (`python -m function catalog --compact` merges them all; a register run
+merges its newest small segments once there are more than MAX_SEGMENTS). The matcher reads a
+hash's postings from every segment. So adding one song to a 10,000-song catalog writes a
+segment of that song and catalog.json, not the index again.
+
+Parts: a posting keeps 4 bytes, 16 bits for a part and 16 for an anchor frame within it. A part
+is one song's frames k * 65,536 .. (k + 1) * 65,536 - 1 (35 minutes from the song frame its
+"base" names), so a song of any length up to 65,536 parts (4 years) is one part per 35 minutes;
+a segment holds up to 65,536 parts and fewer than 2^32 postings (its CSR offsets are uint32), a
+catalog any number of segments: no cap on songs, on a song's length or on postings, where a
+posting used to pack the song itself (65,536 songs, anchors clamped past 35 minutes).
+
+Hashes are dense (HASH_BITS bits), so a CSR offset table replaces storing a hash per posting, and
+a lookup is two array reads instead of a binary search. The table is rebuilt at load from the
+compressed counts (~0.6 MB on disk for a 100-song catalog); a segment with postings for fewer
+than half of all hashes (a register run's few songs) keeps offsets for the hashes it has and
+finds them by binary search, instead of an 8-MB table per small segment. Postings are
+memory-mapped.
 
 Catalogs change under running processes, so:
-- each save writes a new generation through new files and then atomically replaces
-  catalog.json; no file is ever rewritten in place, since a process may have it mapped;
-- a save deletes the generation before the previous one, not the previous one: a reader that
-  read the manifest just before it was replaced still finds its arrays, and a reader overtaken
-  by two saves reads the manifest again (LOAD_ATTEMPTS);
+- each save writes its new segments as new files and then atomically replaces catalog.json; no
+  file is ever rewritten in place, since a process may have it mapped;
+- a segment a save drops (merged, or every song in it removed) is deleted by the next save, not
+  by that one: a reader that read the manifest just before it was replaced still finds its
+  segments, and a reader overtaken by two saves reads the manifest again (LOAD_ATTEMPTS);
 - postings.npy is mapped only if its size is what its header and catalog.json say, and every
-  lookup first checks (one fstat) that the mapped file was not truncated or rewritten since, so
-  a catalog copied over a live one is refused with the reason instead of crashing the process
-  with SIGBUS. That check cannot cover a truncation during the lookup itself: replace a catalog
-  with `register`/`remove` (or by pointing CATALOG_URI at a new one), never by copying over it.
+  lookup first checks (one fstat per segment) that no mapped file was truncated or rewritten
+  since, so a catalog copied over a live one is refused with the reason instead of crashing the
+  process with SIGBUS. That check cannot cover a truncation during the lookup itself: replace a
+  catalog with `register`/`remove` (or by pointing CATALOG_URI at a new one), never by copying
+  over it.
 """
 
 from __future__ import annotations
@@ -38,17 +57,27 @@ import numpy as np
 
 from function.engine.catalog_location import GcsLocation, LocalLocation, Version, location_for
 from function.engine.config import CONFIG
-from function.engine.fingerprint import HASH_BITS, MAX_FRAMES
+from function.engine.fingerprint import HASH_BITS
 
-# 3: peaks picked on a time-smoothed spectrogram (EngineConfig.smooth_frames); versions.
-FORMAT = 3
-SONG_SHIFT = 16
-MAX_SONGS = 1 << (32 - SONG_SHIFT)
+# 4: segments of postings that name a part of a song, not the song (3: one index, song << 16 | frame).
+FORMAT = 4
+PART_SHIFT = 16
+PART_FRAMES = 1 << PART_SHIFT  # a part's frames: 35 minutes
+FRAME_MASK = np.uint32(PART_FRAMES - 1)
+MAX_PARTS = 1 << (32 - PART_SHIFT)  # per segment
+MAX_SEGMENT_POSTINGS = (1 << 32) - 1  # uint32 offsets
+# A register run merges its newest segments while more than this many are below half of either
+# cap: each segment costs every lookup one more table read, and a merge rewrites only segments
+# about as big as those newer than them together, so adding songs never rewrites the big ones.
+MAX_SEGMENTS = 8
 N_HASHES = 1 << HASH_BITS
-# A reader that finds the generation its manifest names already deleted reads the manifest again,
-# up to this many reads in all: only a reader overtaken by two saves between reading catalog.json
-# and opening the arrays gets there, since a save keeps the previous generation.
-LOAD_ATTEMPTS = 3
+# A reader that finds a segment its manifest names already deleted reads the manifest again, up
+# to this many reads in all: only a reader overtaken by two saves between reading catalog.json
+# and opening the segments gets there, since a save keeps what the previous one dropped. Saves
+# can come in quick succession (`remove`, then `catalog --compact`), and a reader on a busy
+# machine was overtaken three times in a row (3 attempts failed once in 500 loads while a writer
+# saved 20 times a second); a missing file under an unchanged manifest still fails at once.
+LOAD_ATTEMPTS = 10
 REPLACE_ADVICE = (
     "replace a catalog with `python -m function register` / `remove` (or point CATALOG_URI at a new one),"
     " never by copying files over it"
@@ -80,7 +109,7 @@ class Song:
 
 @dataclass(frozen=True)
 class _Mapped:
-    """The open postings.npy a catalog memory-mapped, with its size and mtime when mapped."""
+    """The open postings.npy a segment memory-mapped, with its size and mtime when mapped."""
 
     file: BinaryIO
     size: int
@@ -96,6 +125,147 @@ class Fingerprinted:
     frames: np.ndarray
 
 
+class Segment:
+    """Some songs' postings, grouped by hash, written once. Which of its songs are alive, and
+    their places in the catalog's song list, are the catalog's to say (`link`)."""
+
+    def __init__(
+        self,
+        name: str,
+        song_ids: list[str],
+        song_postings: np.ndarray,
+        part_song: np.ndarray,
+        part_base: np.ndarray,
+        counts: np.ndarray,
+        postings: np.ndarray,
+        mapped: _Mapped | None = None,
+    ) -> None:
+        self.name = name
+        self.song_ids = song_ids  # its songs, in the order of their parts
+        self.song_postings = song_postings  # postings of each song
+        self.part_song = part_song  # uint32 per part: which of song_ids
+        self.part_base = part_base  # uint32 per part: the song frame its frames count from
+        self.postings = postings
+        self._mapped = mapped
+        self.written = mapped is not None
+        self.dead: set[str] = set()  # tombstones: song ids whose postings here are skipped
+        present = np.flatnonzero(counts)
+        # Offsets for the hashes present when that is smaller than a table of every hash.
+        self.keys = present.astype(np.uint32) if 2 * len(present) < N_HASHES else None
+        kept = counts[present] if self.keys is not None else counts
+        self.offsets = np.zeros(len(kept) + 1, dtype=np.uint32)
+        np.cumsum(kept, dtype=np.uint32, out=self.offsets[1:])
+        self.part_index = np.zeros(len(part_song), np.uint32)
+        self.part_alive: np.ndarray | None = None
+        self.alive_postings = 0
+        if mapped is not None:
+            weakref.finalize(self, mapped.file.close)
+
+    @classmethod
+    def open(cls, directory: Path, entry: dict, uri: str) -> "Segment":
+        """A written segment, as catalog.json's entry describes it; FileNotFoundError passes
+        through (a reader overtaken by saves reads the manifest again)."""
+        count = int(entry["postings"])
+        with np.load(directory / "table.npz") as stored:
+            counts, part_song, part_base = stored["counts"], stored["part_song"], stored["part_base"]
+            song_ids, song_postings = stored["song_ids"].tolist(), stored["song_postings"]
+        if counts.shape != (N_HASHES,) or int(counts.sum(dtype=np.int64)) != count or count == 0:
+            raise CatalogError(f"{uri}: catalog is corrupt: {directory.name}: offsets and postings disagree")
+        if len(part_song) != len(part_base) or len(part_song) and int(part_song.max()) >= len(song_ids):
+            raise CatalogError(f"{uri}: catalog is corrupt: {directory.name}: its part table names songs it does not list")
+        postings, mapped = _map(directory / "postings.npy", count, uri)
+        segment = cls(directory.name, song_ids, song_postings, part_song, part_base, counts, postings, mapped)
+        segment.dead = set(entry["dead"])
+        return segment
+
+    @property
+    def sealed(self) -> bool:
+        """At least half of a cap: never merged by a register run (it could not shrink the count)."""
+        return 2 * len(self.part_song) >= MAX_PARTS or 2 * len(self.postings) >= MAX_SEGMENT_POSTINGS
+
+    def link(self, index: np.ndarray, alive: np.ndarray) -> None:
+        """Each song's index in the catalog's song list, and whether it is alive (listed there
+        and not tombstoned here)."""
+        self.part_index = np.where(alive, index, 0).astype(np.uint32)[self.part_song]
+        self.part_alive = None if alive.all() else alive[self.part_song]
+        self.alive_postings = int(self.song_postings[alive].sum())
+
+    def check_mapped(self, uri: str) -> None:
+        """See Catalog.check_mapped."""
+        if self._mapped is None:
+            return
+        st = os.fstat(self._mapped.file.fileno())
+        if (st.st_size, st.st_mtime_ns) != (self._mapped.size, self._mapped.mtime_ns):
+            raise CatalogError(
+                f"{uri}: catalog changed under this process: {self._mapped.file.name} was rewritten in place"
+                f" ({self._mapped.size} bytes when loaded, {st.st_size} bytes now); {REPLACE_ADVICE}"
+            )
+
+    def ranges(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(start, length) of each hash's postings here."""
+        if self.keys is None:
+            starts = self.offsets[hashes].astype(np.int64)
+            return starts, self.offsets[hashes + 1].astype(np.int64) - starts
+        slot = np.searchsorted(self.keys, hashes)
+        found = slot < len(self.keys)
+        found[found] = self.keys[slot[found]] == hashes[found]
+        starts = self.offsets[slot].astype(np.int64)
+        return starts, np.where(found, self.offsets[np.minimum(slot + 1, len(self.keys))].astype(np.int64) - starts, 0)
+
+    def read(self, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(index into the query, song index, song frame) of the alive postings in these ranges."""
+        query_index = np.repeat(np.arange(len(starts)), lengths)
+        run_start = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        postings = self.postings[run_start + np.arange(int(lengths.sum()))]
+        part = postings >> PART_SHIFT
+        songs, frames = self.part_index[part], self.part_base[part] + (postings & FRAME_MASK)
+        if self.part_alive is None:
+            return query_index, songs, frames
+        alive = self.part_alive[part]
+        return query_index[alive], songs[alive], frames[alive]
+
+    def landmarks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(part, hash, song frame) of every alive posting: what a merge or a benchmark reads."""
+        postings = np.asarray(self.postings)
+        every = np.arange(N_HASHES, dtype=np.uint32) if self.keys is None else self.keys
+        hashes = np.repeat(every, np.diff(self.offsets.astype(np.int64)))
+        part = postings >> PART_SHIFT
+        frames = self.part_base[part] + (postings & FRAME_MASK)
+        if self.part_alive is None:
+            return part, hashes, frames
+        alive = self.part_alive[part]
+        return part[alive], hashes[alive], frames[alive]
+
+    def counts(self) -> np.ndarray:
+        """Postings per hash, for every hash."""
+        counts = np.diff(self.offsets.astype(np.int64))
+        if self.keys is None:
+            return counts
+        every = np.zeros(N_HASHES, dtype=np.int64)
+        every[self.keys] = counts
+        return every
+
+    def write(self, root: Path) -> list[str]:
+        """Write the segment's files into `root`; their paths relative to it."""
+        (root / self.name).mkdir(parents=True, exist_ok=True)
+        counts = self.counts()
+        narrow = np.uint16 if counts.max() <= np.iinfo(np.uint16).max else np.uint32
+        table = {
+            "counts": counts.astype(narrow),
+            "part_song": self.part_song,
+            "part_base": self.part_base,
+            "song_ids": np.array(self.song_ids),
+            "song_postings": self.song_postings,
+        }
+        _write_new(root / self.name / "table.npz", lambda f: np.savez_compressed(f, **table))
+        _write_new(root / self.name / "postings.npy", lambda f: np.save(f, np.asarray(self.postings)))
+        self.written = True
+        return [f"{self.name}/table.npz", f"{self.name}/postings.npy"]
+
+    def files(self, root: Path) -> list[Path]:
+        return [root / self.name / "table.npz", root / self.name / "postings.npy"]
+
+
 class Catalog:
     def __init__(
         self, uri: str, create: bool = False, location: LocalLocation | GcsLocation | None = None
@@ -103,12 +273,15 @@ class Catalog:
         self.location = location or location_for(uri)
         self.uri = uri
         self.songs: list[Song] = []
+        self.segments: list[Segment] = []
         self.generation = 0
         # The stored catalog.json's version when it was read (None: nothing stored yet).
         self.version: Version | None = None
-        self.offsets = np.zeros(N_HASHES + 1, dtype=np.uint32)
-        self.postings = np.zeros(0, dtype=np.uint32)
-        self._mapped: _Mapped | None = None
+        self._next_segment = 1
+        # Segments the save that wrote the manifest read dropped: the next save deletes them.
+        self._retired: list[str] = []
+        # Written segments dropped since: the next save lists them as retired.
+        self._dropped: list[str] = []
         if not self._load() and not create:
             raise CatalogError(f"no catalog at {uri} (register songs first: python -m function register PATH)")
         self._index_songs()
@@ -132,17 +305,16 @@ class Catalog:
     def check_mapped(self) -> None:
         """Refuse to read postings whose file was truncated or rewritten in place since it was
         mapped (a `cp` over a live catalog): reading it would crash the process with SIGBUS, or
-        pair another catalog's postings with this one's offsets. One fstat of the mapped file
+        pair another catalog's postings with this one's offsets. One fstat of each mapped file
         itself, so it runs before every lookup. A file deleted, or replaced by a new one (what a
         save does), leaves the mapped one intact and passes."""
-        if self._mapped is None:
-            return
-        st = os.fstat(self._mapped.file.fileno())
-        if (st.st_size, st.st_mtime_ns) != (self._mapped.size, self._mapped.mtime_ns):
-            raise CatalogError(
-                f"{self.uri}: catalog changed under this process: {self._mapped.file.name} was rewritten in place"
-                f" ({self._mapped.size} bytes when loaded, {st.st_size} bytes now); {REPLACE_ADVICE}"
-            )
+        for segment in self.segments:
+            segment.check_mapped(self.uri)
+
+    @property
+    def postings_count(self) -> int:
+        """Postings stored, tombstoned ones included (they are read until a merge drops them)."""
+        return sum(len(s.postings) for s in self.segments)
 
     def _index_songs(self) -> None:
         self._by_id = {s.song_id: i for i, s in enumerate(self.songs)}
@@ -151,6 +323,22 @@ class Catalog:
         self.group_index = np.array(
             [self._by_id.get(s.version_of or s.song_id, i) for i, s in enumerate(self.songs)], dtype=np.int64
         )
+        self._link()
+
+    def _link(self) -> None:
+        """Point every segment's parts at the songs' current indices; a song removed (a
+        tombstone in its segment) or no longer listed is dead there."""
+        self._home: dict[str, Segment] = {}
+        for segment in self.segments:
+            index = np.array([self._by_id.get(s, -1) for s in segment.song_ids], dtype=np.int64)
+            alive = (index >= 0) & np.array([s not in segment.dead for s in segment.song_ids], dtype=bool)
+            for song_id in np.asarray(segment.song_ids, dtype=object)[alive]:
+                if song_id in self._home:
+                    raise CatalogError(
+                        f"{self.uri}: catalog is corrupt: song {song_id} is in segments {self._home[song_id].name} and {segment.name}"
+                    )
+                self._home[song_id] = segment
+            segment.link(index, alive)
 
     def index_of(self, song_id: str) -> int:
         return self._by_id[song_id]
@@ -176,8 +364,8 @@ class Catalog:
             try:
                 self._read()
             except FileNotFoundError as exc:
-                # Missing arrays under a manifest that has since been replaced: a save deleted
-                # the generation this read was about to open. Read the new manifest.
+                # Missing files under a manifest that has since been replaced: a save deleted a
+                # segment this read was about to open. Read the new manifest.
                 if attempt == LOAD_ATTEMPTS or self.location.version() == version:
                     raise CatalogError(f"{self.uri}: catalog is corrupt or unreadable: {exc}") from None
                 attempt += 1
@@ -186,26 +374,22 @@ class Catalog:
             return True
 
     def _read(self) -> None:
-        """catalog.json and the generation it names; FileNotFoundError passes through for `_load`."""
+        """catalog.json and the segments it names; FileNotFoundError passes through for `_load`."""
         root = self.location.local_dir
         try:
             manifest = self._manifest()
             songs = [Song(**s) for s in manifest["songs"]]
-            generation = int(manifest["generation"].lstrip("g"))
-            gen_dir = root / manifest["generation"]
-            count = int(manifest["postings"])
-            with np.load(gen_dir / "counts.npz") as stored:
-                counts = stored["counts"]
+            entries = manifest["segments"]
+            self.location.mirror([e["name"] for e in entries])
+            segments = [Segment.open(root / e["name"], e, self.uri) for e in entries]
+            generation, next_segment = int(manifest["generation"]), int(manifest["next_segment"])
+            retired = [str(name) for name in manifest["retired"]]
         except (CatalogError, FileNotFoundError):
             raise
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
             raise CatalogError(f"{self.uri}: catalog is corrupt or unreadable: {exc}") from None
-        offsets = np.zeros(len(counts) + 1, dtype=np.uint32)
-        np.cumsum(counts, dtype=np.uint32, out=offsets[1:])
-        if offsets.shape != (N_HASHES + 1,) or int(offsets[-1]) != count:
-            raise CatalogError(f"{self.uri}: catalog is corrupt: offsets and postings disagree")
-        self.postings = self._map(gen_dir / "postings.npy", count)
-        self.songs, self.generation, self.offsets = songs, generation, offsets
+        self.songs, self.segments, self.generation = songs, segments, generation
+        self._next_segment, self._retired = next_segment, retired
 
     def _manifest(self) -> dict:
         """catalog.json, refused unless written in this format with these fingerprint parameters."""
@@ -213,7 +397,7 @@ class Catalog:
         if manifest.get("format") != FORMAT:
             raise CatalogError(
                 f"{self.uri}: catalog format {manifest.get('format')}, expected {FORMAT}:"
-                " register the songs again into a new catalog"
+                " register the songs again into a new catalog (`python -m function register FILES --catalog NEW`)"
             )
         if manifest.get("frozen") != CONFIG.frozen():
             raise CatalogError(
@@ -221,80 +405,120 @@ class Catalog:
             )
         return manifest
 
-    def _map(self, path: Path, count: int) -> np.ndarray:
-        """Memory-map postings.npy, only if its size is exactly what its header and catalog.json
-        say: reading a mapped page beyond the end of its file kills the process with SIGBUS,
-        which no Python code can catch, so a partly written or truncated file (a copy over the
-        catalog still running) is refused here rather than found out while naming a song."""
-        file = open(path, "rb")
-        try:
-            size = os.fstat(file.fileno()).st_size
-            try:
-                major, _ = np.lib.format.read_magic(file)
-                header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = header(file)
-            except ValueError as exc:
-                raise CatalogError(f"{self.uri}: catalog is corrupt: {path} ({size} bytes) has no array header: {exc}") from None
-            start = file.tell()
-            if dtype != np.dtype("<u4") or len(shape) != 1 or fortran:
-                raise CatalogError(f"{self.uri}: catalog is corrupt: {path} holds {dtype} {shape}, not uint32 postings")
-            by_header, by_manifest = start + 4 * shape[0], start + 4 * count
-            if size != by_header or size != by_manifest:
-                raise CatalogError(
-                    f"{self.uri}: catalog is corrupt: {path} is {size} bytes, its header says {by_header} and"
-                    f" catalog.json {by_manifest} ({count} postings): a copy still running or cut short? {REPLACE_ADVICE}"
-                )
-            postings = np.memmap(file, dtype=dtype, mode="r", offset=start, shape=shape)
-        except BaseException:
-            file.close()
-            raise
-        self._mapped = _Mapped(file, size, os.fstat(file.fileno()).st_mtime_ns)
-        weakref.finalize(self, file.close)
-        return postings
-
     def __contains__(self, song_id: str) -> bool:
         return song_id in self._by_id
 
     def song(self, index: int) -> Song:
         return self.songs[index]
 
-    def lookup(self, hashes: np.ndarray, max_postings: int, budget: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(index into `hashes`, packed posting) for every posting of every query hash.
+    def lookup(
+        self, hashes: np.ndarray, max_postings: int, budget: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(index into `hashes`, song index, song frame) for every alive posting of every query
+        hash, in every segment.
 
-        Hashes with more than `max_postings` postings are skipped: they occur in so many songs
-        that they carry no evidence, and they would dominate the lookup time in a big catalog.
-        With a `budget`, the most common of the remaining hashes are skipped too until at most
-        that many postings are read: the rarest hashes say the most about which song it is.
+        Hashes with more than `max_postings` postings (in all segments together) are skipped:
+        they occur in so many songs that they carry no evidence, and they would dominate the
+        lookup time in a big catalog. With a `budget`, the most common of the remaining hashes
+        are skipped too until at most that many postings are read: the rarest hashes say the
+        most about which song it is.
         """
         self.check_mapped()
-        starts = self.offsets[hashes].astype(np.int64)
-        lengths = self.offsets[hashes + 1].astype(np.int64) - starts
-        lengths[lengths > max_postings] = 0
-        if budget is not None and lengths.sum() > budget:
-            order = np.argsort(lengths, kind="stable")
-            lengths[order[np.cumsum(lengths[order]) > budget]] = 0
-        query_index = np.repeat(np.arange(len(hashes)), lengths)
-        run_start = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-        return query_index, self.postings[run_start + np.arange(int(lengths.sum()))]
+        ranges = [segment.ranges(hashes) for segment in self.segments]
+        total = sum((lengths for _, lengths in ranges), np.zeros(len(hashes), dtype=np.int64))
+        total[total > max_postings] = 0
+        if budget is not None and total.sum() > budget:
+            order = np.argsort(total, kind="stable")
+            total[order[np.cumsum(total[order]) > budget]] = 0
+        found = [segment.read(starts, np.where(total > 0, lengths, 0)) for segment, (starts, lengths) in zip(self.segments, ranges)]
+        if not found:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+        query_index, songs, frames = (np.concatenate(column) for column in zip(*found))
+        return query_index, songs, frames
+
+    def landmarks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(song index, hash, song frame) of every alive posting, segment by segment."""
+        found = []
+        for segment in self.segments:
+            part, hashes, frames = segment.landmarks()
+            found.append((segment.part_index[part], hashes, frames))
+        if not found:
+            return np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+        songs, hashes, frames = (np.concatenate(column) for column in zip(*found))
+        return songs, hashes, frames
 
     # --- writing --------------------------------------------------------------------------------
     def add(self, items: list[Fingerprinted]) -> None:
-        """Merge new songs into the index in one pass (callers batch their songs)."""
+        """Add new songs as new segments (callers batch their songs: one segment per run)."""
         items = [it for it in items if it.song.song_id not in self._by_id]
         if not items:
             return
-        if len(self.songs) + len(items) > MAX_SONGS:
-            raise CatalogError(f"{self.uri}: a catalog holds at most {MAX_SONGS} songs")
-        new_hashes, new_postings = [], []
         for item in items:
-            index = len(self.songs)
-            frames = np.minimum(item.frames, MAX_FRAMES - 1).astype(np.uint32)
             item.song.hashes = len(item.hashes)
-            self.songs.append(item.song)
-            new_hashes.append(item.hashes.astype(np.uint32))
-            new_postings.append((np.uint32(index) << np.uint32(SONG_SHIFT)) | frames)
+        song = np.repeat(np.arange(len(items)), [len(it.hashes) for it in items])
+        hashes = np.concatenate([it.hashes.astype(np.uint32) for it in items])
+        frames = np.concatenate([it.frames.astype(np.uint32) for it in items])
+        segments = self._build([it.song.song_id for it in items], song, hashes, frames)
+        self.songs.extend(it.song for it in items)
+        self.segments.extend(segments)
         self._index_songs()
-        self._rebuild(np.concatenate(new_hashes), np.concatenate(new_postings), keep=None)
+
+    def _build(self, song_ids: list[str], song: np.ndarray, hashes: np.ndarray, frames: np.ndarray) -> list[Segment]:
+        """New segments holding these landmarks (`song`: index into `song_ids` of each), songs in
+        order, a song's parts in one segment, a new segment begun where one would pass a cap."""
+        postings_of = np.bincount(song, minlength=len(song_ids))
+        last_part = np.zeros(len(song_ids), dtype=np.int64)
+        np.maximum.at(last_part, song, frames >> PART_SHIFT)
+        parts_of = np.where(postings_of > 0, last_part + 1, 0)
+        first_part = np.concatenate(([0], np.cumsum(parts_of)))
+        first_posting = np.concatenate(([0], np.cumsum(postings_of)))
+        segments, a = [], 0
+        while a < len(song_ids):
+            b = min(
+                np.searchsorted(first_part, first_part[a] + MAX_PARTS, "right"),
+                np.searchsorted(first_posting, first_posting[a] + MAX_SEGMENT_POSTINGS, "right"),
+            ) - 1
+            if b == a:  # only a song of more than 2^32 postings: frames are uint32, so parts fit
+                raise CatalogError(f"{self.uri}: {song_ids[a]} has {postings_of[a]} landmarks, more than a segment holds")
+            if first_posting[b] > first_posting[a]:
+                mine = slice(None) if (a, b) == (0, len(song_ids)) else (song >= a) & (song < b)
+                segments.append(
+                    self._segment(song_ids[a:b], song[mine] - a, hashes[mine], frames[mine], parts_of[a:b], postings_of[a:b])
+                )
+            a = b
+        return segments
+
+    def _segment(
+        self,
+        song_ids: list[str],
+        song: np.ndarray,
+        hashes: np.ndarray,
+        frames: np.ndarray,
+        parts_of: np.ndarray,
+        postings_of: np.ndarray,
+    ) -> Segment:
+        """One new segment of these songs (see `_build`); those without landmarks are left out."""
+        first_part = (np.cumsum(parts_of) - parts_of).astype(np.uint32)
+        local = (first_part[song] + (frames >> PART_SHIFT)) << PART_SHIFT | (frames & FRAME_MASK)
+        # Sorted by (hash, posting) in one uint64 sort: grouped by hash without an index array.
+        keys = hashes.astype(np.uint64) << np.uint64(32) | local.astype(np.uint64)
+        del local
+        keys.sort()
+        counts = np.bincount((keys >> np.uint64(32)).astype(np.intp), minlength=N_HASHES)
+        kept = np.flatnonzero(parts_of)
+        part_song = np.repeat(np.arange(len(kept), dtype=np.uint32), parts_of[kept])
+        part_base = (np.arange(len(part_song)) - np.repeat(first_part[kept], parts_of[kept])) << PART_SHIFT
+        name = f"s{self._next_segment:06d}"
+        self._next_segment += 1
+        return Segment(
+            name,
+            [song_ids[i] for i in kept],
+            postings_of[kept].astype(np.int64),
+            part_song,
+            part_base.astype(np.uint32),
+            counts,
+            (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+        )
 
     def add_source(self, song_id: str, source: str) -> bool:
         """Record another path of a registered song; whether it was new."""
@@ -305,82 +529,138 @@ class Catalog:
         return True
 
     def remove(self, song_ids: list[str]) -> int:
+        """Tombstone the songs in their segments (a segment left without songs is dropped)."""
         doomed = {self._by_id[s] for s in song_ids if s in self._by_id}
         if not doomed:
             return 0
-        remap = np.full(len(self.songs), -1, dtype=np.int64)
-        kept = [i for i in range(len(self.songs)) if i not in doomed]
-        remap[kept] = np.arange(len(kept))
         removed = {self.songs[i].song_id for i in doomed}
-        self.songs = [self.songs[i] for i in kept]
+        for song_id in removed:
+            if song_id in self._home:  # a song without landmarks has no postings anywhere
+                self._home[song_id].dead.add(song_id)
+        self.songs = [s for i, s in enumerate(self.songs) if i not in doomed]
         # A removed song's other versions stay: the earliest left becomes the one they name.
         for head in removed:
             members = [s for s in self.songs if s.version_of == head]
             for s in members:
                 s.version_of = members[0].song_id if s is not members[0] else None
         self._index_songs()
-        self._rebuild(np.zeros(0, np.uint32), np.zeros(0, np.uint32), keep=remap)
+        self._drop([s for s in self.segments if s.alive_postings == 0])
         return len(doomed)
 
-    def _rebuild(self, new_hashes: np.ndarray, new_postings: np.ndarray, keep: np.ndarray | None) -> None:
-        old_hashes = np.repeat(np.arange(N_HASHES, dtype=np.uint32), np.diff(self.offsets.astype(np.int64)))
-        old_postings = np.asarray(self.postings)
-        if keep is not None:
-            new_index = keep[old_postings >> SONG_SHIFT]
-            alive = new_index >= 0
-            old_hashes = old_hashes[alive]
-            old_postings = (new_index[alive].astype(np.uint32) << np.uint32(SONG_SHIFT)) | (
-                old_postings[alive] & np.uint32(MAX_FRAMES - 1)
-            )
-        hashes = np.concatenate([old_hashes, new_hashes])
-        postings = np.concatenate([old_postings, new_postings])
-        order = np.argsort(hashes, kind="stable")
-        self.postings = postings[order]
-        if self._mapped is not None:  # the postings are in memory from here on
-            self._mapped.file.close()
-            self._mapped = None
-        counts = np.bincount(hashes, minlength=N_HASHES)
-        self.offsets = np.zeros(N_HASHES + 1, dtype=np.uint32)
-        np.cumsum(counts, out=self.offsets[1:])
+    def compact(self, everything: bool = False) -> bool:
+        """Merge segments, leaving out tombstoned postings; whether anything changed (the caller
+        saves). `everything`: all segments into as few as the caps allow (`catalog --compact`);
+        otherwise, while more than MAX_SEGMENTS are unsealed, the newest of them together with
+        each older one no bigger than those newer than it together (a register run)."""
+        if everything:
+            if len(self.segments) < 2 and not any(s.alive_postings < len(s.postings) for s in self.segments):
+                return False
+            self._merge(list(self.segments))
+            return True
+        changed = False
+        while True:
+            unsealed = [s for s in self.segments if not s.sealed]
+            if len(unsealed) <= MAX_SEGMENTS:
+                return changed
+            run, size = unsealed[-2:], sum(s.alive_postings for s in unsealed[-2:])
+            for older in reversed(unsealed[:-2]):
+                if older.alive_postings > size:
+                    break
+                run.insert(0, older)
+                size += older.alive_postings
+            before = len(self.segments)
+            self._merge(run)
+            changed = True
+            if len(self.segments) >= before:  # songs too big to pack tighter: nothing to gain
+                return changed
+
+    def _merge(self, run: list[Segment]) -> None:
+        """Replace these segments with new ones holding their alive postings."""
+        song_ids: list[str] = []
+        songs, hashes, frames = [], [], []
+        for segment in run:
+            part, h, f = segment.landmarks()
+            songs.append(segment.part_song[part].astype(np.intp) + len(song_ids))
+            song_ids += segment.song_ids
+            hashes.append(h)
+            frames.append(f)
+        merged = self._build(song_ids, np.concatenate(songs), np.concatenate(hashes), np.concatenate(frames))
+        self._drop(run)
+        self.segments.extend(merged)
+        self._link()
+
+    def _drop(self, segments: list[Segment]) -> None:
+        """Take segments out of the catalog; written ones are deleted by the save after next."""
+        for segment in segments:
+            self.segments.remove(segment)
+            if segment.written:
+                self._dropped.append(segment.name)
 
     def save(self) -> None:
-        """Write a new generation, point catalog.json at it, and delete the generation before
-        the previous one (see the module docstring for why the previous one stays)."""
+        """Write the new segments, point catalog.json at the catalog's segments, and delete the
+        segments the previous save dropped (see the module docstring for why not this one's)."""
         root = self.location.local_dir
         root.mkdir(parents=True, exist_ok=True)
-        stale = [f"g{self.generation - 1:06d}"] if self.generation > 1 else []
         self.generation += 1
-        gen = f"g{self.generation:06d}"
-        (root / gen).mkdir(exist_ok=True)
-        counts = np.diff(np.asarray(self.offsets))
-        narrow = np.uint16 if len(counts) == 0 or counts.max() <= np.iinfo(np.uint16).max else np.uint32
-        _write_new(root / gen / "counts.npz", lambda f: np.savez_compressed(f, counts=counts.astype(narrow)))
-        _write_new(root / gen / "postings.npy", lambda f: np.save(f, np.asarray(self.postings)))
+        written = [path for s in self.segments if not s.written for path in s.write(root)]
         manifest = {
             "format": FORMAT,
             "frozen": CONFIG.frozen(),
             "density": asdict(CONFIG.catalog_density),
-            "generation": gen,
-            "postings": int(len(self.postings)),
+            "generation": self.generation,
+            "next_segment": self._next_segment,
+            "segments": [{"name": s.name, "postings": len(s.postings), "dead": sorted(s.dead)} for s in self.segments],
+            "retired": self._dropped,
             "songs": [asdict(s) for s in self.songs],
         }
         _write_new(root / "catalog.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-        self.location.push([f"{gen}/counts.npz", f"{gen}/postings.npy", "catalog.json"], deleted=[g + "/" for g in stale])
-        for g in stale:
-            shutil.rmtree(root / g, ignore_errors=True)
+        self.location.push([*written, "catalog.json"], deleted=[name + "/" for name in self._retired])
+        for name in self._retired:
+            shutil.rmtree(root / name, ignore_errors=True)
+        self._retired, self._dropped = self._dropped, []
 
     def stats(self) -> dict:
         root = self.location.local_dir
-        generation = root / f"g{self.generation:06d}"
-        files = [*generation.glob("*"), root / "catalog.json"] if generation.is_dir() else []
-        index_bytes = sum(p.stat().st_size for p in files)
+        files = [p for s in self.segments if s.written for p in s.files(root)]
+        index_bytes = sum(p.stat().st_size for p in [*files, root / "catalog.json"] if p.is_file())
         return {
             "songs": int(len(set(self.group_index.tolist()))),
             "recordings": len(self.songs),
             "duration_seconds": round(sum(s.duration_seconds for s in self.songs), 1),
-            "hashes": int(len(self.postings)),
+            "hashes": self.postings_count,
+            "segments": len(self.segments),
             "bytes": int(index_bytes),
         }
+
+
+def _map(path: Path, count: int, uri: str) -> tuple[np.ndarray, _Mapped]:
+    """Memory-map postings.npy, only if its size is exactly what its header and catalog.json
+    say: reading a mapped page beyond the end of its file kills the process with SIGBUS, which
+    no Python code can catch, so a partly written or truncated file (a copy over the catalog
+    still running) is refused here rather than found out while naming a song."""
+    file = open(path, "rb")
+    try:
+        size = os.fstat(file.fileno()).st_size
+        try:
+            major, _ = np.lib.format.read_magic(file)
+            header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = header(file)
+        except ValueError as exc:
+            raise CatalogError(f"{uri}: catalog is corrupt: {path} ({size} bytes) has no array header: {exc}") from None
+        start = file.tell()
+        if dtype != np.dtype("<u4") or len(shape) != 1 or fortran:
+            raise CatalogError(f"{uri}: catalog is corrupt: {path} holds {dtype} {shape}, not uint32 postings")
+        by_header, by_manifest = start + 4 * shape[0], start + 4 * count
+        if size != by_header or size != by_manifest:
+            raise CatalogError(
+                f"{uri}: catalog is corrupt: {path} is {size} bytes, its header says {by_header} and"
+                f" catalog.json {by_manifest} ({count} postings): a copy still running or cut short? {REPLACE_ADVICE}"
+            )
+        postings = np.memmap(file, dtype=dtype, mode="r", offset=start, shape=shape)
+    except BaseException:
+        file.close()
+        raise
+    return postings, _Mapped(file, size, os.fstat(file.fileno()).st_mtime_ns)
 
 
 def _write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -1,9 +1,10 @@
 """Where a catalog lives: a local directory, or `gs://bucket/prefix` mirrored to a local cache.
 
 The catalog code always works on local files (so numpy can memory-map them); a Cloud Storage
-location downloads catalog.json and the generation it names into its mirror on `fetch`, and
-uploads what changed when saved. The google-cloud-storage import happens only for a gs:// URI,
-so the core needs no cloud SDK.
+location downloads catalog.json into its mirror on `fetch`, then the segments it names that the
+mirror does not hold yet on `mirror` (a segment is written once, so a reload downloads only the
+new ones), and uploads what changed when saved. The google-cloud-storage import happens only for
+a gs:// URI, so the core needs no cloud SDK.
 
 Both answer `version()`: a cheap token that changes whenever catalog.json is replaced (a stat
 locally, one metadata read of catalog.json on Cloud Storage), which is how a running process
@@ -12,7 +13,6 @@ notices a new generation without reading the catalog again.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -41,6 +41,9 @@ class LocalLocation:
     def fetch(self) -> Version | None:
         """The files are already here: the version of the catalog.json about to be read."""
         return self.version()
+
+    def mirror(self, segments: Iterable[str]) -> None:
+        """The segments are already here."""
 
     def push(self, relative_paths: Iterable[str], deleted: Iterable[str] = ()) -> None:
         """Files are already in place locally."""
@@ -71,15 +74,8 @@ class GcsLocation:
         return None if blob is None else (blob.generation,)
 
     def fetch(self) -> Version | None:
-        """Download catalog.json, then the one generation of arrays it names, into the mirror;
-        the manifest's version (read before it, so a change meanwhile is seen at the next check).
-
-        Each file is downloaded beside its target and renamed over it, and the mirror's other
-        generations are deleted: the catalog loaded before may still have them memory-mapped,
-        which unlinking leaves intact and truncating would crash (SIGBUS). A generation deleted
-        from the bucket while it downloads leaves its files missing, which the catalog answers
-        by reading the manifest again.
-        """
+        """Download catalog.json into the mirror; its version (read before it, so a change
+        meanwhile is seen at the next check), None if there is no catalog."""
         from google.api_core.exceptions import NotFound
 
         version = self.version()
@@ -89,25 +85,36 @@ class GcsLocation:
             data = self._bucket.blob(self._name("catalog.json")).download_as_bytes()
         except NotFound:
             return None
-        try:
-            generation = json.loads(data)["generation"]
-        except (ValueError, KeyError, TypeError):
-            generation = None  # the catalog reports the corrupt manifest when it reads it
-        if generation is not None:
-            for blob in self._bucket.list_blobs(prefix=self._name(generation) + "/"):
+        (self.local_dir / "catalog.json.part").write_bytes(data)
+        os.replace(self.local_dir / "catalog.json.part", self.local_dir / "catalog.json")
+        return version
+
+    def mirror(self, segments: Iterable[str]) -> None:
+        """Download the files of these segments that the mirror lacks (or holds at another size),
+        and delete the mirror's other segments.
+
+        Each file is downloaded beside its target and renamed over it: the catalog loaded before
+        may still have the mirror's files memory-mapped, which unlinking leaves intact and
+        truncating would crash (SIGBUS). A segment deleted from the bucket while it downloads
+        leaves its files missing, which the catalog answers by reading the manifest again.
+        """
+        from google.api_core.exceptions import NotFound
+
+        names = set(segments)
+        for name in names:
+            for blob in self._bucket.list_blobs(prefix=self._name(name) + "/"):
                 target = self.local_dir / blob.name[len(self._name("")) :].lstrip("/")
+                if target.is_file() and target.stat().st_size == blob.size:
+                    continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     blob.download_to_filename(str(target) + ".part")
                 except NotFound:
                     continue
                 os.replace(str(target) + ".part", target)
-            for stale in self.local_dir.glob("g*"):
-                if stale.is_dir() and stale.name != generation:
-                    shutil.rmtree(stale, ignore_errors=True)
-        (self.local_dir / "catalog.json.part").write_bytes(data)
-        os.replace(self.local_dir / "catalog.json.part", self.local_dir / "catalog.json")
-        return version
+        for stale in self.local_dir.iterdir():
+            if stale.is_dir() and stale.name not in names:
+                shutil.rmtree(stale, ignore_errors=True)
 
     def push(self, relative_paths: Iterable[str], deleted: Iterable[str] = ()) -> None:
         """Upload arrays before the manifest, so a reader never sees a manifest without its data."""

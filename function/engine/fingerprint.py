@@ -20,8 +20,6 @@ FRAME_SECONDS = CONFIG.frame_seconds
 HASH_BITS = CONFIG.hash_bits
 MAX_DT = (1 << CONFIG.dt_bits) - 1  # 63 frames, ~2 s
 MAX_DF = (1 << (CONFIG.df_bits - 1)) - 1  # +-63 bins, ~1 kHz
-# Anchor times are stored in 16 bits beside the song index: 35 minutes per song.
-MAX_FRAMES = 1 << 16
 SILENCE_LOG_POWER = float(np.log(1e-4))  # about -80 dBFS per bin
 CATALOG_DENSITY = CONFIG.catalog_density
 QUERY_DENSITY = CONFIG.query_density

@@ -24,11 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import poisson
 
-from function.engine.catalog import SONG_SHIFT, Catalog
+from function.engine.catalog import N_HASHES, Catalog
 from function.engine.config import CONFIG
-from function.engine.fingerprint import FRAME_SECONDS, MAX_FRAMES
-
-FRAME_MASK = np.uint32(MAX_FRAMES - 1)
+from function.engine.fingerprint import FRAME_SECONDS
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ class Vote:
 
 def postings_cap(catalog: Catalog) -> int:
     """Longest posting list worth reading: CONFIG.popular_hash_factor times the mean."""
-    mean = len(catalog.postings) / (len(catalog.offsets) - 1)
+    mean = catalog.postings_count / N_HASHES
     return max(CONFIG.min_postings_cap, int(CONFIG.popular_hash_factor * mean))
 
 
@@ -61,27 +59,26 @@ def vote(catalog: Catalog, hashes: np.ndarray, frames: np.ndarray, songs_below: 
     `songs_below` limits the vote to the songs indexed before it: registration asks whether a
     new song is a version of one registered earlier, never of itself or of a later one.
 
-    A posting packs (song << 16 | song frame); adding (bias - query frame) to it gives
-    (song << 16 | offset + bias) in one uint32 add, so the whole vote is a sort of uint32 keys.
-    `bias` is the query's length in frames, which keeps offsets non-negative; the rare posting
-    whose offset would overflow into the song bits (songs past ~33 minutes) is dropped.
+    A pile is a key, song * span + offset + bias, so the whole vote is a sort of integer keys.
+    `bias` is the query's length in frames, which keeps offsets positive; `span` is one more
+    than the largest offset + bias of these postings, so songs never share or touch a key. The
+    keys are uint32 when they fit (100,000 songs of up to 10 minutes do, for a two-minute query),
+    else uint64, which sorts slower.
     """
     if len(hashes) == 0 or not catalog.songs:
         return None
-    query_index, postings = catalog.lookup(hashes, postings_cap(catalog), CONFIG.postings_budget)
+    query_index, songs, song_frames = catalog.lookup(hashes, postings_cap(catalog), CONFIG.postings_budget)
     if songs_below is not None:
-        earlier = postings < np.uint32(songs_below << SONG_SHIFT)
-        query_index, postings = query_index[earlier], postings[earlier]
-    if len(postings) == 0:
+        earlier = songs < songs_below
+        query_index, songs, song_frames = query_index[earlier], songs[earlier], song_frames[earlier]
+    if len(songs) == 0:
         return None
     bias = int(frames.max()) + 1
-    if bias >= MAX_FRAMES:
-        raise ValueError(f"query longer than {MAX_FRAMES * FRAME_SECONDS:.0f} s")
-    delta = (np.uint32(bias) - frames.astype(np.uint32))[query_index]
-    if int((postings & FRAME_MASK).max()) + bias > FRAME_MASK:
-        fits = (postings & FRAME_MASK) + delta <= FRAME_MASK
-        postings, delta = postings[fits], delta[fits]
-    keys = postings + delta
+    span = int(song_frames.max()) + bias + 1
+    key = np.uint32 if (int(songs.max()) + 1) * span <= 1 << 32 else np.uint64
+    keys = songs.astype(key) * key(span)
+    keys += song_frames
+    keys += (np.uint32(bias) - frames.astype(np.uint32))[query_index]
     keys.sort()
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
     piles, counts = keys[starts], np.diff(np.append(starts, len(keys)))
@@ -92,15 +89,15 @@ def vote(catalog: Catalog, hashes: np.ndarray, frames: np.ndarray, songs_below: 
     smoothed[:-1] += np.where(adjacent, counts[1:], 0)
     smoothed[1:] += np.where(adjacent, counts[:-1], 0)
     best = int(np.argmax(smoothed))
-    best_song = int(piles[best] >> SONG_SHIFT)
+    best_song, best_offset = divmod(int(piles[best]), span)
     group = catalog.group_index
-    others = smoothed[group[piles >> SONG_SHIFT] != group[best_song]]
-    first, last = np.searchsorted(keys, [best_song << SONG_SHIFT, (best_song + 1) << SONG_SHIFT])
+    others = smoothed[group[piles // key(span)] != group[best_song]]
+    first, last = np.searchsorted(keys, np.array([best_song * span, (best_song + 1) * span], dtype=key))
     offsets = catalog.song(best_song).duration_seconds / FRAME_SECONDS + bias
     rate = 3.0 * (last - first) / offsets  # three offsets per smoothed pile
     return Vote(
         song_index=best_song,
-        offset_frames=int(piles[best] & FRAME_MASK) - bias,
+        offset_frames=best_offset - bias,
         score=int(smoothed[best]),
         runner_up=int(others.max()) if len(others) else 0,
         chance_pile=float(poisson.isf(1.0 / offsets, rate)),

@@ -20,7 +20,7 @@ from function.logs import log
 
 DEFAULT_THRESHOLD = CONFIG.threshold
 # A song is named from seconds of audio; longer queries (whole recordings given to the CLI)
-# are cut to their first two minutes, which also keeps every offset within the vote's range.
+# are cut to their first two minutes.
 MAX_QUERY_SECONDS = 120
 # A process serving recognitions looks for a new catalog generation at most this often: a stat of
 # catalog.json locally, one metadata read of it (a Class B operation) on Cloud Storage, made by the
@@ -134,6 +134,14 @@ class Recogniser:
         if removed:
             self.catalog.save()
         return removed
+
+    def compact(self) -> bool:
+        """Merge every segment into as few as the caps allow, without removed songs' postings;
+        whether anything was rewritten."""
+        if not self.catalog.compact(everything=True):
+            return False
+        self.catalog.save()
+        return True
 
     def best_guess(self, samples: np.ndarray, sample_rate: int) -> tuple[Match | None, float]:
         """The top-voted song whatever its confidence (None only if nothing voted), and that

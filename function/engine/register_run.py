@@ -1,5 +1,5 @@
-"""A registration run: analyse files in parallel, de-duplicate by content, add, group the
-versions of one song, save once."""
+"""A registration run: analyse files in parallel, de-duplicate by content, add (a new segment),
+group the versions of one song, merge small segments if there are too many, save once."""
 
 from __future__ import annotations
 
@@ -66,8 +66,10 @@ def register_files(
         for r in results
     ]
     # Saved only if something changed: a run whose files all failed writes nothing, and in
-    # particular no empty catalog, which would then answer "no match" for every song.
+    # particular no empty catalog, which would then answer "no match" for every song. The new
+    # segment is merged with the newest others first if they have grown too many.
     if pending or new_sources:
+        catalog.compact()
         catalog.save()
     return results
 
