@@ -133,8 +133,15 @@ def _raw_rate_note(path: str, sample_rate: int | None) -> str:
 
 
 def _catalog(args: argparse.Namespace) -> int:
-    _check_catalog_path(args.catalog, create=False)
+    _check_catalog_path(args.catalog, create=args.compact)
     recogniser = Recogniser.open(args.catalog)
+    if args.compact:
+        before = len(recogniser.catalog.segments)
+        started = time.perf_counter()
+        compacted = recogniser.compact()
+        after = len(recogniser.catalog.segments)
+        what = f"{before} segments merged into {after}" if compacted else f"nothing to merge ({before} segments, no removed songs)"
+        print(f"compact: {what} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     if args.json:
         for song in recogniser.songs:
             print(json.dumps(song))
@@ -146,7 +153,7 @@ def _catalog(args: argparse.Namespace) -> int:
     stats = recogniser.catalog.stats()
     print(
         f"{stats['songs']} songs ({stats['recordings']} recordings), {stats['duration_seconds'] / 60:.1f} min, {stats['hashes']} hashes,"
-        f" {stats['bytes'] / 1e6:.1f} MB"
+        f" {stats['bytes'] / 1e6:.1f} MB in {stats['segments']} segments"
     )
     return 0
 
@@ -180,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_recognise)
 
     p = sub.add_parser("catalog", help="list the registered songs")
+    p.add_argument("--compact", action="store_true", help="first merge the catalog's segments into one, without removed songs")
     _catalog_arg(p)
     p.set_defaults(run=_catalog)
 

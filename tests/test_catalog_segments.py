@@ -7,6 +7,8 @@ read back, songs are real excerpts from tests/data (a long one is built from the
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from function.engine.matcher import vote
 from function.engine.recogniser import Recogniser
 from function.engine.song_tags import read_tags
 
+ROOT = Path(__file__).resolve().parent.parent
 MUSIC = sorted((Path(__file__).resolve().parent / "data" / "music").glob("*.ogg"))
 
 
@@ -39,6 +42,10 @@ def title(path: Path) -> str:
 def file_states(root: Path) -> dict[str, tuple[int, int, int]]:
     """Every segment file's (inode, size, mtime): a file rewritten or replaced changes it."""
     return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in root.glob("s*/*")}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "function", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 # --- format: no cap on songs or on a song's length --------------------------------------------------
@@ -203,3 +210,18 @@ def test_versions_are_grouped_across_segments_and_outlive_their_first_version(tm
     assert version.version_of == first.song_id
     assert named is not None and named.song_id == first.song_id and named.confidence > 0.9
     assert after is not None and after.song_id == version.song_id
+
+
+def test_cli_catalog_compact_merges_every_segment_into_one(tmp_path: Path) -> None:
+    uri = str(tmp_path / "catalog")
+    for path in MUSIC[:3]:
+        assert run_cli("register", str(path), "--catalog", uri, "--quiet", "--workers", "1").returncode == 0
+
+    compacted = run_cli("catalog", "--compact", "--catalog", uri)
+    again = run_cli("catalog", "--compact", "--catalog", uri)
+
+    assert compacted.returncode == 0, compacted.stderr
+    assert "compact: 3 segments merged into 1" in compacted.stderr
+    assert "3 songs" in compacted.stdout and "in 1 segments" in compacted.stdout
+    assert "nothing to merge" in again.stderr
+    assert [s["name"] for s in json.loads((Path(uri) / "catalog.json").read_text())["segments"]] == ["s000004"]
