@@ -1,5 +1,6 @@
-"""One catalog size, measured in a fresh single-threaded process: query latency, the process's
-peak RSS, and the hash lookup beside the baselines' lookups.
+"""One catalog size, measured in a fresh single-threaded process: query latency and songs found,
+false matches on music not in the catalog, the process's peak RSS, and the hash lookup beside the
+baselines' lookups.
 
 A fresh process per size keeps the peak RSS that of a query process (not of the benchmark that
 built the catalog) and keeps the timings free of the evaluation pool. Run by bench/speed.py:
@@ -104,6 +105,7 @@ def main(catalog_dir: str, queries_file: str, sqlite_max_postings: int) -> dict:
             latencies.append((time.perf_counter() - t0) * 1000)
             correct += match is not None and match.song_id == t
     peak_rss = _peak_rss_mib()
+    false_matches = sum(recogniser.recognise(x, rate) is not None for x in data["unknown"])
 
     catalog = recogniser.catalog
     fingerprints = [fingerprint(to_internal(x, rate), QUERY_DENSITY)[0] for x in samples]
@@ -124,6 +126,8 @@ def main(catalog_dir: str, queries_file: str, sqlite_max_postings: int) -> dict:
         "latency_ms": latencies,
         "correct": int(correct),
         "queries": len(samples),
+        "false_matches": int(false_matches),
+        "unknown_queries": len(data["unknown"]),
         "peak_rss_mib": peak_rss,
         "other_cores": others.cores,
         "query_hashes": [len(h) for h in fingerprints],

@@ -14,15 +14,24 @@ from bench.catalog_build import scaled_catalog
 from bench.queries import Condition, Excerpt, render, subset
 
 LATENCY_CONDITION = Condition("music", 10.0, 16000, 0.0)  # a 10-s query in ordinary noise
+FALSE_MATCH_CONDITION = Condition("ooc", 10.0, 16000, 0.0)  # music not in the catalog, the same way
 SINGLE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 def latency_queries(excerpts: list[Excerpt], truth_of: dict[str, str], count: int, path: Path) -> Path:
-    """Save `count` 10-s queries (and their true song) for the probe processes to replay."""
-    chosen = subset(excerpts, {LATENCY_CONDITION})[:count]
-    queries = [q for e in chosen for q in render(e)]
+    """Save `count` 10-s queries (and their true song) for the probe processes to replay, and up
+    to `count` of music not in the catalog, which each catalog size must not name."""
+    queries = [q for e in subset(excerpts, {LATENCY_CONDITION})[:count] for q in render(e)]
+    unknown = [q for e in subset(excerpts, {FALSE_MATCH_CONDITION})[:count] for q in render(e)]
     truth = [truth_of.get(str(Path(q.source).resolve()), "") for q in queries]
-    np.savez(path, samples=np.stack([q.samples for q in queries]), rate=LATENCY_CONDITION.rate, truth=np.array(truth))
+    samples = np.stack([q.samples for q in queries])
+    np.savez(
+        path,
+        samples=samples,
+        rate=LATENCY_CONDITION.rate,
+        truth=np.array(truth),
+        unknown=np.stack([q.samples for q in unknown]) if unknown else samples[:0],
+    )
     return path
 
 
