@@ -3,8 +3,9 @@
 `dashboard_page` (GET /dashboard) is the operator's view of /metrics and /history; `me_page`
 (GET /me/<uid>?key=...) is a user's own history; `setup_page` (GET /setup) is what an
 Omi user reads when installing the app; `privacy_page` (GET /privacy) says what is kept and for
-how long. Each is a static file beside this module, read once per instance and served as is: no
-server data is ever written into a page, so nothing a user sent can end up in its HTML. A page
+how long. Each is a static file beside this module, read once per instance and served as is (the
+one thing written into it is base.css, the look every page shares, at its `<!-- base.css -->`
+line): no server data is ever written into a page, so nothing a user sent can end up in its HTML. A page
 that needs data reads what it needs from its own URL and fetches JSON from this same service.
 
 `content_security_policy` builds the policy from the page itself: only the page's own inline
@@ -32,6 +33,9 @@ _FORBIDDEN_IN_TAG = re.compile(
     r"|\son[a-z]+\s*=|\sstyle\s*=|javascript:",  # inline handlers, style attributes, javascript: URLs
     re.I,
 )
+
+# Where a page takes base.css (colours, light and dark, type, header, cards, buttons, links).
+BASE_STYLE_MARK = "<!-- base.css -->"
 
 SECURITY_HEADERS = {
     # Links carry a personal key in their URL: never send it on in a Referer header.
@@ -109,8 +113,14 @@ class Page:
 
     @classmethod
     def load(cls, filename: str, **options: str) -> "Page":
-        html = resources.files("function").joinpath(f"dashboard/{filename}").read_text(encoding="utf-8")
-        return cls(filename, html, **options)
+        """The page file with the shared style in place of its `<!-- base.css -->` line, before
+        its policy hashes the blocks; a page without that line is refused (it would lose the look)."""
+        folder = resources.files("function").joinpath("dashboard")
+        html = folder.joinpath(filename).read_text(encoding="utf-8")
+        if html.count(BASE_STYLE_MARK) != 1:
+            raise PageError(f"{filename}: needs exactly one {BASE_STYLE_MARK} line where the shared style goes")
+        base = folder.joinpath("base.css").read_text(encoding="utf-8")
+        return cls(filename, html.replace(BASE_STYLE_MARK, f"<style>\n{base}</style>"), **options)
 
     def response(self) -> flask.Response:
         return html_response(self.html, self.policy, self.cache_control)
