@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -24,14 +21,13 @@ from playwright.sync_api import Page, sync_playwright
 from function.metrics import WINDOW_SECONDS, counts_of, hour_of, summarise
 from function.storage._rules import merge_counts
 from function.storage.base import Recognition
-from tests.conftest import free_port
 from tests.webhook_support import (  # noqa: F401  (fixtures)
-    ROOT,
     Track,
     build_client,
     catalog_uri,
     music_pcm,
     noise_pcm,
+    running_function,
     tracks,
     webhook_env,
 )
@@ -98,7 +94,6 @@ def test_metrics_carry_what_the_dashboard_draws() -> None:
 @pytest.fixture
 def service_url(tmp_path: Path, catalog_uri: str) -> Iterator[str]:  # noqa: F811
     """A real functions-framework process on loopback, local backend, token required."""
-    port = free_port()
     env = {
         **os.environ,
         "STORAGE_BACKEND": "local",
@@ -112,32 +107,8 @@ def service_url(tmp_path: Path, catalog_uri: str) -> Iterator[str]:  # noqa: F81
         "OMI_APP_ID": "",
         "OMI_APP_SECRET": "",
     }
-    log_path = tmp_path / "function.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            ["functions-framework", "--target", "omi_webhook", "--source", "main.py", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "functions-framework did not start"
-                time.sleep(0.2)
-            yield url
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
+    with running_function(env, tmp_path / "function.log", healthy=True) as served:
+        yield served.url
 
 
 def stream(omi: httpx.Client, url: str, uid: str, pcm: bytes) -> list[str]:

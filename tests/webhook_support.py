@@ -39,11 +39,11 @@ class Track:
 
 
 @contextmanager
-def running_function(env: dict[str, str], log: Path) -> Iterator[Served]:
+def running_function(env: dict[str, str], log: Path, healthy: bool = False) -> Iterator[Served]:
     """bench.harness.running_function (moved there: the load benchmark serves the function too)
     on a port drawn when the server starts, through this module's `free_port`, which
     tests/test_me_page.py replaces to bring a server back on the same port."""
-    with _running_function(env, log, port=free_port()) as served:
+    with _running_function(env, log, port=free_port(), healthy=healthy) as served:
         yield served
 
 
