@@ -57,7 +57,8 @@ import numpy as np
 
 from function.engine.catalog_location import GcsLocation, LocalLocation, Version, location_for
 from function.engine.config import CONFIG
-from function.engine.fingerprint import HASH_BITS
+from function.engine.fingerprint import N_HASHES
+from function.engine.matcher import Vote, piles
 
 # 4: segments of postings that name a part of a song, not the song (3: one index, song << 16 | frame).
 FORMAT = 4
@@ -70,7 +71,6 @@ MAX_SEGMENT_POSTINGS = (1 << 32) - 1  # uint32 offsets
 # cap: each segment costs every lookup one more table read, and a merge rewrites only segments
 # about as big as those newer than them together, so adding songs never rewrites the big ones.
 MAX_SEGMENTS = 8
-N_HASHES = 1 << HASH_BITS
 # A reader that finds a segment its manifest names already deleted reads the manifest again, up
 # to this many reads in all: only a reader overtaken by two saves between reading catalog.json
 # and opening the segments gets there, since a save keeps what the previous one dropped. Saves
@@ -422,26 +422,27 @@ class Catalog:
     def song(self, index: int) -> Song:
         return self.songs[index]
 
-    def lookup(
-        self, hashes: np.ndarray, max_postings: int, budget: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(index into `hashes`, song index, song frame) for every alive posting of every query
-        hash, in every segment.
+    def posting_counts(self, hashes: np.ndarray) -> tuple[np.ndarray, int]:
+        """Postings of each query hash in all segments (tombstoned ones included, as `lookup`
+        reads them), and the postings stored: what decides which hashes a vote reads
+        (matcher.kept). Only offsets are read, so no check_mapped here: `lookup` makes it."""
+        total = np.zeros(len(hashes), dtype=np.int64)
+        for segment in self.segments:
+            total += segment.ranges(hashes)[1]
+        return total, self.postings_count
 
-        Hashes with more than `max_postings` postings (in all segments together) are skipped:
-        they occur in so many songs that they carry no evidence, and they would dominate the
-        lookup time in a big catalog. With a `budget`, the most common of the remaining hashes
-        are skipped too until at most that many postings are read: the rarest hashes say the
-        most about which song it is.
-        """
+    def piles(self, hashes: np.ndarray, frames: np.ndarray, keep: np.ndarray, songs_below: int | None = None) -> Vote | None:
+        """See matcher.piles."""
+        return piles(self, hashes, frames, keep, songs_below)
+
+    def lookup(self, hashes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(index into `hashes`, song index, song frame) for every alive posting, in every
+        segment, of the query hashes `keep` marks (matcher.kept chooses them)."""
         self.check_mapped()
-        ranges = [segment.ranges(hashes) for segment in self.segments]
-        total = sum((lengths for _, lengths in ranges), np.zeros(len(hashes), dtype=np.int64))
-        total[total > max_postings] = 0
-        if budget is not None and total.sum() > budget:
-            order = np.argsort(total, kind="stable")
-            total[order[np.cumsum(total[order]) > budget]] = 0
-        found = [segment.read(starts, np.where(total > 0, lengths, 0)) for segment, (starts, lengths) in zip(self.segments, ranges)]
+        found = []
+        for segment in self.segments:
+            starts, lengths = segment.ranges(hashes)
+            found.append(segment.read(starts, np.where(keep, lengths, 0)))
         if not found:
             return np.zeros(0, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.uint32)
         query_index, songs, frames = (np.concatenate(column) for column in zip(*found))

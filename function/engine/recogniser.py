@@ -179,7 +179,7 @@ class Recogniser:
         """The song a vote names (a version's song, its first version, carries the name), with
         the song time at the query's start: the vote's offset less `shift_seconds`."""
         c = v.confidence
-        song = self.catalog.head(v.song_index)
+        song = v.head
         return Match(
             song_id=song.song_id,
             title=song.title,
