@@ -293,6 +293,10 @@ class Catalog:
         self._retired: list[str] = []
         # Written segments dropped since: the next save lists them as retired.
         self._dropped: list[str] = []
+        # A shard's songs' indices in the catalog it was split from (shards.split), so that its
+        # votes name songs as that catalog would; None for any other catalog, and once songs
+        # are added or removed.
+        self.positions: list[int] | None = None
         if not self._load() and not create:
             raise CatalogError(f"no catalog at {uri} (register songs first: python -m function register PATH)")
         self._index_songs()
@@ -351,6 +355,11 @@ class Catalog:
                 self._home[song_id] = segment
             segment.link(index, alive)
 
+    def position(self, index: int) -> int:
+        """The song's index in the whole catalog: its own index, but a shard's song's in the
+        catalog it was split from."""
+        return index if self.positions is None else self.positions[index]
+
     def index_of(self, song_id: str) -> int:
         return self._by_id[song_id]
 
@@ -395,12 +404,15 @@ class Catalog:
             segments = [Segment.open(root / e["name"], e, self.uri) for e in entries]
             generation, next_segment = int(manifest["generation"]), int(manifest["next_segment"])
             retired = [str(name) for name in manifest["retired"]]
+            positions = manifest.get("positions")
+            if positions is not None and (len(positions) != len(songs) or not all(isinstance(i, int) for i in positions)):
+                raise CatalogError(f"{self.uri}: catalog is corrupt: its positions do not match its {len(songs)} songs")
         except (CatalogError, FileNotFoundError):
             raise
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
             raise CatalogError(f"{self.uri}: catalog is corrupt or unreadable: {exc}") from None
         self.songs, self.segments, self.generation = songs, segments, generation
-        self._next_segment, self._retired = next_segment, retired
+        self._next_segment, self._retired, self.positions = next_segment, retired, positions
 
     def _manifest(self) -> dict:
         """catalog.json, refused unless written in this format with these fingerprint parameters."""
@@ -471,6 +483,7 @@ class Catalog:
         hashes = np.concatenate([it.hashes.astype(np.uint32) for it in items])
         frames = np.concatenate([it.frames.astype(np.uint32) for it in items])
         segments = self._build([it.song.song_id for it in items], song, hashes, frames)
+        self.positions = None
         self.songs.extend(it.song for it in items)
         self.segments.extend(segments)
         self._index_songs()
@@ -552,6 +565,7 @@ class Catalog:
         if not doomed:
             return 0
         removed = {self.songs[i].song_id for i in doomed}
+        self.positions = None
         for song_id in removed:
             if song_id in self._home:  # a song without landmarks has no postings anywhere
                 self._home[song_id].dead.add(song_id)
@@ -634,6 +648,7 @@ class Catalog:
             "segments": [{"name": s.name, "postings": len(s.postings), "dead": sorted(s.dead)} for s in self.segments],
             "retired": self._dropped,
             "songs": [asdict(s) for s in self.songs],
+            "positions": self.positions,
         }
         _write_new(root / "catalog.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         self.location.push([*written, "catalog.json"], deleted=[name + "/" for name in self._retired])
@@ -641,13 +656,22 @@ class Catalog:
             shutil.rmtree(root / name, ignore_errors=True)
         self._retired, self._dropped = self._dropped, []
 
+    def state(self) -> dict:
+        """Its songs, recordings, postings and generation: a shard's /shard/info, and what
+        /health reports of a single catalog."""
+        return {
+            "songs": int(len(set(self.group_index.tolist()))),
+            "recordings": len(self.songs),
+            "postings": self.postings_count,
+            "generation": self.generation,
+        }
+
     def stats(self) -> dict:
         root = self.location.local_dir
         files = [p for s in self.segments if s.written for p in s.files(root)]
         index_bytes = sum(p.stat().st_size for p in [*files, root / "catalog.json"] if p.is_file())
         return {
-            "songs": int(len(set(self.group_index.tolist()))),
-            "recordings": len(self.songs),
+            **self.state(),
             "duration_seconds": round(sum(s.duration_seconds for s in self.songs), 1),
             "hashes": self.postings_count,
             "segments": len(self.segments),

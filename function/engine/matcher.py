@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # catalog.py imports this module: its Catalog is only a type 
 
 @dataclass(frozen=True)
 class Vote:
-    song_index: int  # in the catalog that voted (a shard's own index when a shard did)
+    song_index: int  # in the whole catalog (Catalog.position: a shard's song keeps its index there)
     offset_frames: int
     score: int
     runner_up: int  # tallest pile of any other song (versions of this one are not others)
@@ -140,7 +140,7 @@ def piles(
     offsets = catalog.song(best_song).duration_seconds / FRAME_SECONDS + bias
     rate = 3.0 * (last - first) / offsets  # three offsets per smoothed pile
     return Vote(
-        song_index=best_song,
+        song_index=catalog.position(best_song),
         offset_frames=best_offset - bias,
         score=int(smoothed[best]),
         runner_up=int(others.max()) if len(others) else 0,
