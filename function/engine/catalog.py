@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import weakref
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -297,6 +298,7 @@ class Catalog:
         # votes name songs as that catalog would; None for any other catalog, and once songs
         # are added or removed.
         self.positions: list[int] | None = None
+        self._last_ranges = threading.local()
         if not self._load() and not create:
             raise CatalogError(f"no catalog at {uri} (register songs first: python -m function register PATH)")
         self._index_songs()
@@ -439,9 +441,22 @@ class Catalog:
         reads them), and the postings stored: what decides which hashes a vote reads
         (matcher.kept). Only offsets are read, so no check_mapped here: `lookup` makes it."""
         total = np.zeros(len(hashes), dtype=np.int64)
-        for segment in self.segments:
-            total += segment.ranges(hashes)[1]
+        for _, lengths in self._ranges(hashes):
+            total += lengths
         return total, self.postings_count
+
+    def _ranges(self, hashes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each segment's (start, length) of these hashes. The last ones this thread computed are
+        used again for the same array: a vote asks for one query's counts and then its postings,
+        and finding the ranges costs about as much as reading the postings (a binary search of
+        a register run's segment, scattered reads of a full one's 8-MB table): 0.5 ms of a
+        6-ms recognition in an 85-song catalog. Not once the segments changed (a register run)."""
+        last = getattr(self._last_ranges, "last", None)
+        if last is not None and last[0] is hashes and last[1] == self.segments:
+            return last[2]
+        ranges = [segment.ranges(hashes) for segment in self.segments]
+        self._last_ranges.last = (hashes, list(self.segments), ranges)
+        return ranges
 
     def piles(self, hashes: np.ndarray, frames: np.ndarray, keep: np.ndarray, songs_below: int | None = None) -> Vote | None:
         """See matcher.piles."""
@@ -451,10 +466,7 @@ class Catalog:
         """(index into `hashes`, song index, song frame) for every alive posting, in every
         segment, of the query hashes `keep` marks (matcher.kept chooses them)."""
         self.check_mapped()
-        found = []
-        for segment in self.segments:
-            starts, lengths = segment.ranges(hashes)
-            found.append(segment.read(starts, np.where(keep, lengths, 0)))
+        found = [segment.read(starts, np.where(keep, lengths, 0)) for segment, (starts, lengths) in zip(self.segments, self._ranges(hashes))]
         if not found:
             return np.zeros(0, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.uint32)
         query_index, songs, frames = (np.concatenate(column) for column in zip(*found))
