@@ -169,14 +169,14 @@ class Shards:
     def __init__(self, urls: tuple[str, ...], token: str, timeout: float = REQUEST_SECONDS) -> None:
         self.urls = urls
         self.uri = ",".join(urls)  # what logs and errors call this catalog
-        # Keep-alive connections to every shard; one thread per shard, so a request to each is
-        # under way at once.
+        # Keep-alive connections to every shard, and threads to have a request to each under
+        # way at once for a few recognitions at a time (the webhook runs one per core).
         self._client = httpx.Client(
             timeout=timeout,
             headers={"Authorization": f"Bearer {token}"},
             limits=httpx.Limits(max_keepalive_connections=4 * len(urls), max_connections=16 * len(urls)),
         )
-        self._pool = ThreadPoolExecutor(max_workers=len(urls), thread_name_prefix="shard")
+        self._pool = ThreadPoolExecutor(max_workers=4 * len(urls), thread_name_prefix="shard")
         self._info: list[dict] | None = None
         self._info_at = 0.0
         self._lock = threading.Lock()
