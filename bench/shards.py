@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         [
             "## Catalog shards (`python -m bench.shards`)",
             "",
-            f"{m['date']}; {m['cpu']}, {m['cores']} cores, {m['ram']}. Command: `{command}`. A {len(catalog.songs):,}-song"
-            f" catalog ({catalog.postings_count:,} postings; the {args.split} split's {len(material.catalog)} catalogued"
+            f"{m['date']}; {m['cpu']}, {m['cores']} cores, {m['ram']}. Command: `{command}`. The catalog: {len(catalog.songs):,} songs"
+            f" ({catalog.postings_count:,} postings; the {args.split} split's {len(material.catalog)} catalogued"
             f" tracks{', and synthetic songs' if len(catalog.songs) > len(material.catalog) else ''}) split into {SHARDS} shards of"
             f" {' and '.join(map(str, held))} songs (in {split_seconds:.1f} s), each served by its own functions-framework"
             " process on loopback; every query recognised through the whole catalog in-process and through the"
