@@ -31,7 +31,7 @@ from function.webhook.ingest import Service
 from function.webhook.omi_client import Notifier
 from function.webhook.ratelimit import AudioRateLimiter
 from function.webhook.server import limit_gunicorn_requests
-from function.engine.recogniser import CatalogError, get_recogniser
+from function.engine.recogniser import CatalogError, Recogniser, get_recogniser, get_sharded_recogniser
 from function.storage import open_store
 
 
@@ -55,13 +55,20 @@ logs.configure(SETTINGS.log_level)
 limit_gunicorn_requests()
 
 
+def _recogniser() -> Recogniser:
+    """The catalog in CATALOG_URI, or, with CATALOG_SHARDS, every shard of one asked at once."""
+    if SETTINGS.catalog_shards:
+        return get_sharded_recogniser(SETTINGS.catalog_shards, SETTINGS.shard_token)
+    return get_recogniser(SETTINGS.catalog_uri)
+
+
 def _load_catalog() -> None:
     """Load the catalog while the instance boots: the first recognition then does not pay for
     it, and a missing or corrupt catalog is an error line at start-up rather than a surprise on
     the first song. Not fatal: audio is still buffered, /health reports the reason, and each
     recognition tries to load it again."""
     try:
-        get_recogniser(SETTINGS.catalog_uri)
+        _recogniser()
     except (CatalogError, OSError) as exc:
         logs.log("ERROR", "catalog unavailable at start-up: no song will be named until it loads", reason=str(exc))
 
@@ -80,7 +87,7 @@ def _get_service() -> Service:
                 settings=SETTINGS,
                 store=open_store(SETTINGS),
                 notifier=Notifier(SETTINGS),
-                recogniser=lambda: get_recogniser(SETTINGS.catalog_uri),
+                recogniser=_recogniser,
                 # The slowest rate we accept, so the longest acceptable chunk always fits.
                 limiter=AudioRateLimiter(SETTINGS.rate_limit, SETTINGS.max_chunk_bytes / (2 * MIN_SAMPLE_RATE)),
             )

@@ -24,7 +24,7 @@ from bench.machine import OtherLoad
 from function.engine.decode import to_internal
 from function.engine.catalog import N_HASHES, Catalog
 from function.engine.fingerprint import FRAME_SECONDS, QUERY_DENSITY, fingerprint
-from function.engine.matcher import postings_cap
+from function.engine.matcher import kept
 from function.engine.recogniser import Recogniser
 
 SQLITE_QUERIES = 5  # each one scans the whole table: a few are enough for a median
@@ -109,8 +109,8 @@ def main(catalog_dir: str, queries_file: str, sqlite_max_postings: int) -> dict:
 
     catalog = recogniser.catalog
     fingerprints = [fingerprint(to_internal(x, rate), QUERY_DENSITY)[0] for x in samples]
-    ours = [_ms(lambda h=h: catalog.lookup(h, postings_cap(catalog))) for h in fingerprints]
-    retrieved = [len(catalog.lookup(h, postings_cap(catalog))[1]) for h in fingerprints]
+    ours = [_ms(lambda h=h: catalog.lookup(h, kept(*catalog.posting_counts(h), budget=None))) for h in fingerprints]
+    retrieved = [len(catalog.lookup(h, kept(*catalog.posting_counts(h), budget=None))[1]) for h in fingerprints]
     linear = _linear_scan(catalog, fingerprints)
     sqlite_ms, sqlite_build = ([], None)
     if catalog.postings_count <= sqlite_max_postings:

@@ -19,6 +19,7 @@ from function import omi_app, simulate
 from function.engine.decode import DecodeError, decode_query_file
 from function.engine.catalog import CatalogError
 from function.engine.recogniser import Recogniser
+from function.engine.shards import split
 from function.webhook.naming import NAME_AT
 
 DEFAULT_CATALOG = "./data/catalog"
@@ -134,6 +135,10 @@ def _raw_rate_note(path: str, sample_rate: int | None) -> str:
 
 def _catalog(args: argparse.Namespace) -> int:
     _check_catalog_path(args.catalog, create=args.compact)
+    if (args.split is None) != (args.out is None):
+        raise CommandError("--split N and --out PREFIX go together")
+    if args.split is not None and args.split < 1:
+        raise CommandError(f"--split must be at least 1, got {args.split}")
     recogniser = Recogniser.open(args.catalog)
     if args.compact:
         before = len(recogniser.catalog.segments)
@@ -142,6 +147,8 @@ def _catalog(args: argparse.Namespace) -> int:
         after = len(recogniser.catalog.segments)
         what = f"{before} segments merged into {after}" if compacted else f"nothing to merge ({before} segments, no removed songs)"
         print(f"compact: {what} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    if args.split is not None:
+        return _split(recogniser, args.split, args.out)
     if args.json:
         for song in recogniser.songs:
             print(json.dumps(song))
@@ -155,6 +162,18 @@ def _catalog(args: argparse.Namespace) -> int:
         f"{stats['songs']} songs ({stats['recordings']} recordings), {stats['duration_seconds'] / 60:.1f} min, {stats['hashes']} hashes,"
         f" {stats['bytes'] / 1e6:.1f} MB in {stats['segments']} segments"
     )
+    return 0
+
+
+def _split(recogniser: Recogniser, shards: int, prefix: str) -> int:
+    for i in range(shards):
+        _check_catalog_path(f"{prefix.rstrip('/')}/{i}", create=True)
+    started = time.perf_counter()
+    written = split(recogniser.catalog, prefix, shards)
+    for shard in written:
+        state = shard.state()
+        print(f"{shard.uri}: {state['songs']} songs ({state['recordings']} recordings), {state['postings']} hashes")
+    print(f"split {recogniser.catalog.uri} into {shards} shards in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     return 0
 
 
@@ -188,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("catalog", help="list the registered songs")
     p.add_argument("--compact", action="store_true", help="first merge the catalog's segments into one, without removed songs")
+    p.add_argument("--split", type=int, metavar="N", help="write the catalog as N shard catalogs, OUT/0 .. OUT/N-1 (see README, Shards)")
+    p.add_argument("--out", metavar="PREFIX", help="where --split writes: a directory or gs://bucket/prefix")
     _catalog_arg(p)
     p.set_defaults(run=_catalog)
 

@@ -29,6 +29,13 @@ class Settings:
     storage_backend: str = "local"  # STORAGE_BACKEND: "local" (files + SQLite) or "gcp"
     data_dir: str = "./data"  # DATA_DIR: local backend's chunks and SQLite database
     catalog_uri: str = "./data/catalog"  # CATALOG_URI: local directory or gs://bucket/prefix
+    # CATALOG_SHARDS: comma-separated http(s) URLs of the catalog's shards (this function deployed
+    # once per shard, function/engine/shards.py); when set, songs are named by asking them all
+    # instead of loading CATALOG_URI.
+    catalog_shards: tuple[str, ...] = ()
+    # SHARD_TOKEN: the shards' shared secret: a shard answers /shard/* only with it (as a Bearer
+    # token), and the webhook sends it to them. Unset, a shard's endpoints are closed.
+    shard_token: str = ""
     gcp_project: str = ""  # GOOGLE_CLOUD_PROJECT
     firestore_database: str = "(default)"  # FIRESTORE_DATABASE
     min_audio_seconds: float = 3.0  # MIN_AUDIO_SECONDS: buffered audio before the first attempt
@@ -113,6 +120,8 @@ class Settings:
             storage_backend=backend,
             data_dir=text("DATA_DIR", d.data_dir),
             catalog_uri=text("CATALOG_URI", d.catalog_uri),
+            catalog_shards=tuple(u.strip().rstrip("/") for u in text("CATALOG_SHARDS", "").split(",") if u.strip()),
+            shard_token=text("SHARD_TOKEN", d.shard_token),
             gcp_project=text("GOOGLE_CLOUD_PROJECT", d.gcp_project),
             firestore_database=text("FIRESTORE_DATABASE", d.firestore_database),
             min_audio_seconds=number("MIN_AUDIO_SECONDS", d.min_audio_seconds, 1, 600),
@@ -152,6 +161,13 @@ class Settings:
             raise ConfigError("OMI_MEMORIES=true needs OMI_APP_ID and OMI_APP_SECRET")
         if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
             raise ConfigError(f"PUBLIC_URL must be an http(s) URL, got {settings.public_url!r}")
+        for url in settings.catalog_shards:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"CATALOG_SHARDS must be comma-separated http(s) URLs, got {url!r}")
+        if len(set(settings.catalog_shards)) != len(settings.catalog_shards):
+            raise ConfigError("CATALOG_SHARDS names a shard twice: its songs would be counted twice")
+        if settings.catalog_shards and not settings.shard_token:
+            raise ConfigError("CATALOG_SHARDS needs SHARD_TOKEN: the shards answer nobody without it")
         if not settings.omi_api_url.startswith(("http://", "https://")):
             raise ConfigError(f"OMI_API_URL must be an http(s) URL, got {settings.omi_api_url!r}")
         return settings

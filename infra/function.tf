@@ -5,6 +5,7 @@ locals {
   function_environment = {
     STORAGE_BACKEND                     = "gcp"
     CATALOG_URI                         = "gs://${google_storage_bucket.songs.name}/catalog"
+    CATALOG_SHARDS                      = local.catalog_shards # shards.tf; empty: CATALOG_URI
     GOOGLE_CLOUD_PROJECT                = var.project_id
     FIRESTORE_DATABASE                  = var.firestore_database
     MIN_AUDIO_SECONDS                   = tostring(var.min_audio_seconds)
@@ -99,6 +100,17 @@ resource "google_cloudfunctions2_function" "webhook" {
         version    = "latest"
       }
     }
+
+    # Only with catalog shards (shards.tf): the secret the webhook and its shards share.
+    dynamic "secret_environment_variables" {
+      for_each = google_secret_manager_secret.shard_token
+      content {
+        key        = "SHARD_TOKEN"
+        project_id = var.project_id
+        secret     = secret_environment_variables.value.secret_id
+        version    = "latest"
+      }
+    }
   }
 
   depends_on = [
@@ -115,6 +127,8 @@ resource "google_cloudfunctions2_function" "webhook" {
     google_secret_manager_secret_iam_member.function_admin_token,
     google_secret_manager_secret_iam_member.function_user_link_secret,
     google_secret_manager_secret_iam_member.function_omi_signing_secret,
+    google_secret_manager_secret_version.shard_token,
+    google_secret_manager_secret_iam_member.function_shard_token,
   ]
 }
 

@@ -33,10 +33,11 @@ CLOUDBUILD = ROOT / "cloudbuild.yaml"
 # Settings that only mean something on a developer's machine or a test stack, so a deployment
 # never sets them (ALLOW_UNAUTHENTICATED would open a deployed webhook's audio to anyone).
 LOCAL_ONLY_SETTINGS = {"DATA_DIR", "ALLOW_UNAUTHENTICATED"}
-SECRET_SETTINGS = {"OMI_APP_SECRET", "WEBHOOK_TOKEN", "OMI_SIGNING_SECRET", "ADMIN_TOKEN", "USER_LINK_SECRET"}
-# Bound only while its variable is set (a Secret Manager version cannot be empty); every other
-# secret always exists, so cloudbuild.yaml can name it.
-OPTIONAL_SECRET_SETTINGS = {"OMI_SIGNING_SECRET"}
+SECRET_SETTINGS = {"OMI_APP_SECRET", "WEBHOOK_TOKEN", "OMI_SIGNING_SECRET", "ADMIN_TOKEN", "USER_LINK_SECRET", "SHARD_TOKEN"}
+# Bound only while their variable is set (a Secret Manager version cannot be empty; the shard
+# token exists only with catalog shards); every other secret always exists, so cloudbuild.yaml
+# can name it.
+OPTIONAL_SECRET_SETTINGS = {"OMI_SIGNING_SECRET", "SHARD_TOKEN"}
 # What the gcp backend cannot start without; cloudbuild.yaml must set these.
 GCP_REQUIRED_SETTINGS = {
     "STORAGE_BACKEND",
@@ -94,9 +95,10 @@ def resolve(value: object) -> object:
 
 
 def the_function() -> dict:
+    """The webhook (the other google_cloudfunctions2_function is the catalog shards', shards.tf)."""
     functions = resources("google_cloudfunctions2_function")
-    assert len(functions) == 1, f"expected one google_cloudfunctions2_function, found {sorted(functions)}"
-    return next(iter(functions.values()))
+    assert set(functions) == {"webhook", "shard"}, f"unexpected google_cloudfunctions2_functions: {sorted(functions)}"
+    return functions["webhook"]
 
 
 def function_environment() -> dict[str, str]:
@@ -412,6 +414,7 @@ def test_service_account_has_least_privilege() -> None:
         ("${google_secret_manager_secret.admin_token.id}", accessor),
         ("${google_secret_manager_secret.user_link_secret.id}", accessor),
         ("${google_secret_manager_secret.omi_signing_secret[count.index].id}", accessor),
+        ("${google_secret_manager_secret.shard_token[count.index].id}", accessor),
     }
     grant_ref = re.compile(r"^\$\{google_secret_manager_secret\.(\w+)(\[count\.index\])?\.id\}$")
     granted = {grant_ref.sub(r"\1", ref) for ref, _ in secret_grants}
@@ -445,8 +448,9 @@ def test_secrets_come_from_sensitive_variables() -> None:
         "${var.omi_signing_secret}",
         "${local.admin_token}",
         "${local.user_link_secret}",
+        "${local.shard_token}",
     }
-    for name in ("omi_app_secret", "webhook_token", "omi_signing_secret", "admin_token", "user_link_secret"):
+    for name in ("omi_app_secret", "webhook_token", "omi_signing_secret", "admin_token", "user_link_secret", "shard_token"):
         assert variables()[name]["sensitive"] is True, name
     assert function_secrets() == {
         "OMI_APP_SECRET": "omi_app_secret",
@@ -454,6 +458,7 @@ def test_secrets_come_from_sensitive_variables() -> None:
         "ADMIN_TOKEN": "admin_token",
         "USER_LINK_SECRET": "user_link_secret",
         "OMI_SIGNING_SECRET": "omi_signing_secret",
+        "SHARD_TOKEN": "shard_token",
     }
 
 
@@ -486,9 +491,10 @@ def test_the_signing_secret_exists_only_when_given() -> None:
 
 
 def test_function_is_publicly_invokable() -> None:
-    invokers = list(resources("google_cloud_run_service_iam_member").values())
+    invokers = resources("google_cloud_run_service_iam_member")
 
-    assert invokers == [
+    assert set(invokers) == {"public_invoker", "shard_invoker"}
+    assert [invokers["public_invoker"]] == [
         {
             "location": "${google_cloudfunctions2_function.webhook.location}",
             "service": "${google_cloudfunctions2_function.webhook.name}",
@@ -496,6 +502,32 @@ def test_function_is_publicly_invokable() -> None:
             "member": "allUsers",
         }
     ]
+
+
+def test_catalog_shards_are_wired_to_the_webhook() -> None:
+    """catalog_shards = N: N shard functions from the webhook's own source, each reading its
+    part of the catalog and the shared token; the webhook asks their URLs with that token."""
+    shard = resources("google_cloudfunctions2_function")["shard"]
+    webhook = the_function()
+    service = shard["service_config"][0]
+
+    assert variables()["catalog_shards"]["default"] == 0
+    assert shard["count"] == "${var.catalog_shards}"
+    assert shard["build_config"] == webhook["build_config"], "a shard is the same function"
+    assert service["environment_variables"]["CATALOG_URI"] == "gs://${google_storage_bucket.songs.name}/shards/${count.index}"
+    assert not set(service["environment_variables"]) - settings_read_by_code()
+    assert service["service_account_email"] == webhook["service_config"][0]["service_account_email"]
+    [token] = service["secret_environment_variables"]
+    assert (token["key"], token["secret"]) == ("SHARD_TOKEN", "${google_secret_manager_secret.shard_token[0].secret_id}")
+    assert function_secrets()["SHARD_TOKEN"] == "shard_token"
+    assert function_environment()["CATALOG_SHARDS"] == "${local.catalog_shards}"
+    assert terraform_locals()["catalog_shards"] == '${join(",", google_cloudfunctions2_function.shard[*].url)}'
+    assert resources("google_secret_manager_secret")["shard_token"]["count"] == "${var.catalog_shards > 0 ? 1 : 0}"
+    assert resources("google_cloud_run_service_iam_member")["shard_invoker"]["count"] == "${var.catalog_shards}"
+    # The split writes where the shards read (function/engine/shards.py: shard_uri).
+    from function.engine.shards import shard_uri
+
+    assert shard_uri("gs://b/shards", 3) == "gs://b/shards/3"
 
 
 def test_required_apis_are_enabled() -> None:

@@ -28,6 +28,7 @@ from tests.webhook_support import ROOT, Track, catalog_uri, music_pcm, running_f
 SPEC = ROOT / "openapi.yaml"
 SCHEMATHESIS_SECONDS = 30
 ADMIN_TOKEN = "schemathesis-admin-token"
+SHARD_TOKEN = "shard-token-for-the-schemathesis-run"
 USER_LINK_SECRET = "schemathesis-link-secret"
 # A song is recognised for each before the run, so song lists are checked against real entries:
 # READER's songs are read by every uid-taking operation some of the time, DELETER's deleted.
@@ -71,6 +72,9 @@ def _schemathesis_config() -> str:
         [
             "[auth.openapi.admin_bearer]",
             f"bearer = {q(ADMIN_TOKEN)}",
+            # The server is a catalog shard too, so that its /shard/* endpoints are fuzzed open.
+            "[auth.openapi.shard_bearer]",
+            f"bearer = {q(SHARD_TOKEN)}",
             "[parameters]",
             f'"path.uid" = {drawn("reader_uid", 0.5)}',
             *(
@@ -119,6 +123,8 @@ def test_schemathesis_finds_nothing_against_the_live_server(
         "OMI_SIGNING_SECRET": "",
         "WEBHOOK_TOKEN": "",
         "ADMIN_TOKEN": ADMIN_TOKEN,
+        "SHARD_TOKEN": SHARD_TOKEN,
+        "CATALOG_SHARDS": "",
         "USER_LINK_SECRET": USER_LINK_SECRET,
         "PUBLIC_URL": "",
     }

@@ -18,6 +18,7 @@ from function.engine.config import CONFIG, Density
 
 FRAME_SECONDS = CONFIG.frame_seconds
 HASH_BITS = CONFIG.hash_bits
+N_HASHES = 1 << HASH_BITS
 MAX_DT = (1 << CONFIG.dt_bits) - 1  # 63 frames, ~2 s
 MAX_DF = (1 << (CONFIG.df_bits - 1)) - 1  # +-63 bins, ~1 kHz
 SILENCE_LOG_POWER = float(np.log(1e-4))  # about -80 dBFS per bin

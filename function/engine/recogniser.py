@@ -15,6 +15,7 @@ from function.engine.catalog import Catalog, CatalogError, Fingerprinted, Song
 from function.engine.config import CONFIG
 from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint, with_neighbours
 from function.engine.matcher import Vote, vote
+from function.engine.shards import Shards
 from function.engine.song_tags import read_tags
 from function.logs import log
 
@@ -29,7 +30,7 @@ MAX_QUERY_SECONDS = 120
 # almost nothing, and no deployment has needed another value.
 RELOAD_CHECK_SECONDS = 30.0
 
-__all__ = ["Match", "RegisterResult", "Recogniser", "CatalogError", "get_recogniser", "analyse_file"]
+__all__ = ["Match", "RegisterResult", "Recogniser", "CatalogError", "get_recogniser", "get_sharded_recogniser", "analyse_file"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,10 @@ def expand_paths(paths: list[str]) -> list[str]:
 
 
 class Recogniser:
-    def __init__(self, catalog: Catalog, threshold: float = DEFAULT_THRESHOLD) -> None:
+    """Names songs from one catalog in memory, or from the shards of one (which only recognise:
+    songs are registered into the full catalog, then split again)."""
+
+    def __init__(self, catalog: Catalog | Shards, threshold: float = DEFAULT_THRESHOLD) -> None:
         self.catalog = catalog
         self.threshold = threshold
 
@@ -179,7 +183,7 @@ class Recogniser:
         """The song a vote names (a version's song, its first version, carries the name), with
         the song time at the query's start: the vote's offset less `shift_seconds`."""
         c = v.confidence
-        song = self.catalog.head(v.song_index)
+        song = v.head
         return Match(
             song_id=song.song_id,
             title=song.title,
@@ -195,6 +199,10 @@ class Recogniser:
         not confidently one of the catalog's."""
         match, c = self.best_guess(samples, sample_rate)
         return match if match is not None and c >= self.threshold else None
+
+    def catalog_state(self) -> dict:
+        """What /health reports of the catalog: its songs, postings and generation, or each shard's."""
+        return self.catalog.state()
 
     def recognise_pcm(self, pcm: bytes, sample_rate: int) -> Match | None:
         return self.recognise(_pcm_samples(pcm), sample_rate)
@@ -280,3 +288,18 @@ def get_recogniser(catalog_uri: str) -> Recogniser:
             _cache[catalog_uri] = _Held(Recogniser.open(catalog_uri))
         held = _cache[catalog_uri]
     return held.current()
+
+
+_sharded: dict[tuple[str, ...], Recogniser] = {}
+
+
+def get_sharded_recogniser(urls: tuple[str, ...], token: str) -> Recogniser:
+    """One recogniser over these catalog shards per process (its connections to them are kept
+    alive); CatalogError if a shard does not answer or none holds a song (checked at most every
+    shards.INFO_SECONDS, and again at once after any failed shard request)."""
+    with _cache_lock:
+        if urls not in _sharded:
+            _sharded[urls] = Recogniser(Shards(urls, token))
+        recogniser = _sharded[urls]
+    recogniser.catalog.require_songs()
+    return recogniser

@@ -11,7 +11,7 @@ from typing import Iterator
 from function.engine.catalog import Catalog, Fingerprinted
 from function.engine.config import CONFIG
 from function.engine.fingerprint import FRAME_SECONDS
-from function.engine.matcher import vote
+from function.engine.matcher import kept
 from function.engine.recogniser import MAX_QUERY_SECONDS, RegisterResult, analyse_file
 from function.progress import Progress
 
@@ -89,7 +89,8 @@ def group_versions(catalog: Catalog, added: list[Fingerprinted]) -> dict[str, st
         head = item.frames < limit
         if index == 0 or not head.any():
             continue
-        v = vote(catalog, item.hashes[head], item.frames[head], songs_below=index)
+        hashes = item.hashes[head]
+        v = catalog.piles(hashes, item.frames[head], kept(*catalog.posting_counts(hashes)), songs_below=index)
         if v is None or v.confidence < CONFIG.version_min_confidence:
             continue
         if v.score < CONFIG.version_min_share * int(head.sum()):

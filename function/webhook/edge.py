@@ -11,7 +11,8 @@ touches storage; a storage outage is 503 (the developer path brings the chunk ba
 chunk is 2xx whatever happens to its recognition or notification afterwards. Every error body is
 JSON with a `reason`; exception text never leaves the process.
 
-Who may call what: POST /audio needs the webhook's credentials (a valid `X-Omi-Signature` when
+Who may call what: a catalog shard's /shard/* endpoints need SHARD_TOKEN as a Bearer token,
+and are closed (403) while it is unset; POST /audio needs the webhook's credentials (a valid `X-Omi-Signature` when
 OMI_SIGNING_SECRET is set, `?token=` when WEBHOOK_TOKEN is set); a user's own pages need the key
 of their link (function/webhook/user_links.py); the operator's endpoints need ADMIN_TOKEN, and
 are closed altogether when audio is protected but ADMIN_TOKEN is not set (a webhook URL, which
@@ -38,7 +39,9 @@ import werkzeug.exceptions
 from function.config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UID_PATTERN, Settings
 from function.dashboard.pages import dashboard_page, me_page, privacy_page, setup_page
 from function.engine.decode import is_digital_silence
-from function.engine.recogniser import CatalogError
+from function.engine import shards
+from function.engine.catalog import Catalog
+from function.engine.recogniser import CatalogError, get_recogniser
 from function.logs import log
 from function.metrics import metrics
 from function.storage.base import Recognition, StoreUnavailable
@@ -51,6 +54,7 @@ MAX_IDEMPOTENCY_KEY = 256
 HISTORY_DEFAULT, HISTORY_MAX = 50, 200
 
 Handler = Callable[[flask.Request, Service, str], flask.Response]
+ShardHandler = Callable[[flask.Request, Settings], flask.Response]
 
 
 class BadRequest(Exception):
@@ -221,7 +225,7 @@ def health(request: flask.Request, service: Service, _: str) -> flask.Response:
     try:
         service.store.ping()
         body["active_users"] = service.store.active_users(time.time() - ACTIVE_WINDOW_SECONDS)
-        service.recogniser()
+        body["catalog"] = service.recogniser().catalog_state()
     except StoreUnavailable as exc:
         log("ERROR", "health check: storage unavailable", reason=str(exc))
         return _unhealthy(body, "storage unavailable")
@@ -351,7 +355,55 @@ def delete_my_history(request: flask.Request, service: Service, uid: str) -> fla
     return flask.jsonify({"status": "deleted", "deleted": deleted, "audio_cleared": audio})
 
 
-ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+# --- a catalog shard (function/engine/shards.py) ----------------------------------------------------
+# Largest shard request: a two-minute query's landmarks with their time-gap neighbours are about
+# 150,000, 8 bytes each.
+MAX_SHARD_BODY = 16 << 20
+
+
+def _shard_body(request: flask.Request) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > MAX_SHARD_BODY:
+        raise BadRequest(413, f"body of {declared} bytes is over the {MAX_SHARD_BODY}-byte limit")
+    body = request.stream.read(MAX_SHARD_BODY + 1)
+    if len(body) > MAX_SHARD_BODY:
+        raise BadRequest(413, f"body is over the {MAX_SHARD_BODY}-byte limit")
+    return body
+
+
+def _shard_catalog(settings: Settings) -> Catalog:
+    """This shard's catalog; 503 while it cannot be loaded (the webhook then fails the vote)."""
+    try:
+        return get_recogniser(settings.catalog_uri).catalog
+    except CatalogError as exc:
+        log("ERROR", "shard: catalog unavailable", reason=str(exc))
+        raise BadRequest(503, f"catalog unavailable: {exc}") from None
+
+
+def shard_counts(request: flask.Request, settings: Settings) -> flask.Response:
+    try:
+        hashes = shards.decode_hashes(_shard_body(request))
+    except ValueError as exc:
+        raise BadRequest(400, str(exc)) from None
+    counts, postings = _shard_catalog(settings).posting_counts(hashes)
+    response = flask.Response(counts.astype("<i8").tobytes(), mimetype="application/octet-stream")
+    response.headers[shards.POSTINGS_HEADER] = str(postings)
+    return response
+
+
+def shard_piles(request: flask.Request, settings: Settings) -> flask.Response:
+    try:
+        hashes, frames, keep = shards.decode_piles(_shard_body(request))
+    except ValueError as exc:
+        raise BadRequest(400, str(exc)) from None
+    return flask.jsonify(shards.vote_json(_shard_catalog(settings).piles(hashes, frames, keep)))
+
+
+def shard_info(request: flask.Request, settings: Settings) -> flask.Response:
+    return flask.jsonify(_shard_catalog(settings).state())
+
+
+ROUTES: list[tuple[re.Pattern[str], dict[str, Handler | ShardHandler]]] = [
     (re.compile(r"/audio"), {"POST": post_audio, "GET": setup_check}),
     (re.compile(r"/health"), {"GET": health}),
     (re.compile(r"/setup"), {"GET": setup}),
@@ -363,7 +415,12 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
     (re.compile(r"/history/([^/]+)"), {"GET": history}),
     (re.compile(r"/metrics"), {"GET": metrics_view}),
     (re.compile(r"/dashboard"), {"GET": dashboard}),
+    (re.compile(r"/shard/counts"), {"POST": shard_counts}),
+    (re.compile(r"/shard/piles"), {"POST": shard_piles}),
+    (re.compile(r"/shard/info"), {"GET": shard_info}),
 ]
+# A shard answers from its catalog alone: these never open storage.
+SHARD = {shard_counts, shard_piles, shard_info}
 
 
 # Omi's setup check is called without our token (the app manifest holds a bare URL), an uptime
@@ -376,12 +433,20 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
 
 
-def check_access(request: flask.Request, handler: Handler, settings: Settings) -> None:
+def check_access(request: flask.Request, handler: Handler | ShardHandler, settings: Settings) -> None:
     """Before anything touches storage: audio needs WEBHOOK_TOKEN as `?token=` when set and no
     signing secret is (a signature, checked once the body is read, is the stronger proof, and
     an app's deliveries carry no token); operator endpoints need ADMIN_TOKEN as a Bearer header
     or `?token=`. Every comparison is constant-time."""
     if handler in PUBLIC:
+        return
+    bearer = request.headers.get("Authorization", "")
+    bearer = bearer[7:].strip() if bearer[:7].lower() == "bearer " else ""
+    if handler in SHARD:
+        if not settings.shard_token:
+            raise BadRequest(403, "shard endpoints are closed: set SHARD_TOKEN to serve as a catalog shard")
+        if not _same(bearer, settings.shard_token):
+            raise BadRequest(401, "missing or wrong shard token")
         return
     token = query_params(request).get("token", "")
     if handler is post_audio:
@@ -392,8 +457,7 @@ def check_access(request: flask.Request, handler: Handler, settings: Settings) -
         if settings.audio_authenticated:
             raise BadRequest(403, "operator endpoints are closed: set ADMIN_TOKEN to use them")
         return
-    bearer = request.headers.get("Authorization", "")
-    given = bearer[7:].strip() if bearer[:7].lower() == "bearer " else token
+    given = bearer or token
     if not _same(given, settings.admin_token):
         raise BadRequest(401, "missing or wrong admin token")
 
@@ -410,6 +474,8 @@ def _route(request: flask.Request, get_service: Callable[[], Service], settings:
             response.headers["Allow"] = ", ".join(methods)
             return response
         check_access(request, handler, settings)
+        if handler in SHARD:
+            return handler(request, settings)
         return handler(request, get_service(), found.group(1) if found.groups() else "")
     return error(404, f"no such endpoint: {path}")
 

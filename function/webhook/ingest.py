@@ -44,6 +44,8 @@ MAX_RETRY_INTERVAL_SECONDS = 60.0
 class Recognises(Protocol):
     def best_guess_pcm(self, pcm: bytes, sample_rate: int) -> tuple[Match | None, float]: ...
 
+    def catalog_state(self) -> dict: ...
+
 
 @dataclass(frozen=True)
 class Service:
@@ -168,16 +170,15 @@ def _attempt(service: Service, lease: Lease, now: float, slot: _Slot) -> Recogni
     guess: Match | None = None
     confidence = 0.0
     try:
-        try:
-            recogniser = service.recogniser()
-        except CatalogError as exc:
-            # The audio is kept (the claim trimmed it to the cap) for when a catalog appears; the
-            # miss this release records means loading is retried a stride later, not every chunk.
-            log("ERROR", "recognition skipped: catalog unavailable", uid=uid, reason=str(exc))
-            raise _Skipped("unavailable", "the song catalog is not available") from exc
         started = time.perf_counter()
         try:
-            guess, confidence = recogniser.best_guess_pcm(pcm, rate)
+            guess, confidence = service.recogniser().best_guess_pcm(pcm, rate)
+        except CatalogError as exc:
+            # No catalog (or a shard of it did not answer): the audio is kept (the claim trimmed
+            # it to the cap) for when it is back; the miss this release records means the next
+            # try is a stride later, not every chunk.
+            log("ERROR", "recognition skipped: catalog unavailable", uid=uid, reason=str(exc))
+            raise _Skipped("unavailable", "the song catalog is not available") from exc
         except Exception as exc:  # the chunk is stored: a failed attempt must not make Omi resend it
             log("ERROR", "recognition failed", exc=exc, uid=uid, bytes=len(pcm))
             raise _Skipped("error", "recognition failed") from exc

@@ -1,0 +1,251 @@
+"""A catalog split into shards, each held in memory by its own instance of this function, and
+the votes of all of them merged into the decision the whole catalog would have given.
+
+Why a vote can be split exactly: which query hashes a vote reads depends on the whole catalog
+(their posting counts against a cap set by the catalog's size, then a budget), and the
+confidence compares the best pile with the tallest pile of any *other* song. So a vote asks
+every shard twice (matcher.Votes):
+1. counts: each shard's posting count of every query hash and its postings stored; summed,
+   they are the whole catalog's, and matcher.kept chooses the hashes as one catalog would;
+2. piles: each shard votes with only those hashes and answers its best pile, with its own
+   runner-up (another song's tallest pile in that shard) and the best song's chance pile. The
+   best of the shards' piles is the catalog's; its runner-up is the larger of its shard's
+   runner-up and every other shard's best pile.
+This holds because songs are split by version group (`shard_of` their first version's id): all
+versions of a song are in one shard, so any pile in another shard is another song's, as "other
+song" means in one catalog. Equal piles go to the earlier song, as in one catalog: a shard keeps
+the whole catalog's order among its songs, and each song's index in it (Catalog.positions), by
+which equal best piles of two shards are told apart.
+
+A shard that does not answer, or answers an error, fails the whole vote with CatalogError:
+a decision from the other shards alone could name the wrong song.
+
+Wire format (POST, `Authorization: Bearer SHARD_TOKEN`, function/webhook/edge.py):
+- /shard/counts: body the query hashes, little-endian uint32; answer the counts, little-endian
+  int64, one per hash, with the shard's postings stored in the X-Shard-Postings header.
+- /shard/piles: body n (uint32), n hashes (uint32), n frames (uint32) and the n keep flags as
+  bits (numpy.packbits); answer JSON {"vote": null or the Vote, its head song's public fields}.
+- GET /shard/info: {"songs", "recordings", "postings", "generation"}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Callable
+
+import httpx
+import numpy as np
+
+from function.engine.catalog import Catalog, CatalogError, Fingerprinted, Song
+from function.engine.matcher import Vote
+
+# One shard request's time limit: a recognition makes up to 4 votes of 2 round trips each, and
+# its claim on the user's buffer lasts RECOGNITION_LEASE_SECONDS (30 s by default).
+REQUEST_SECONDS = 3.0
+# How long a shard's /shard/info answer (songs held) stands for the webhook's "is there a
+# catalog" check before each recognition; any failed shard request clears it at once.
+INFO_SECONDS = 30.0
+POSTINGS_HEADER = "X-Shard-Postings"
+
+
+def shard_of(head_song_id: str, shards: int) -> int:
+    """The shard of a version group, from its first version's song id: stable across runs,
+    machines and Python versions (Python's own hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(head_song_id.encode()).digest()[:8], "big") % shards
+
+
+def shard_uri(prefix: str, index: int) -> str:
+    """Where shard `index` of a split written to `prefix` is: PREFIX/0, PREFIX/1, ..."""
+    return f"{prefix.rstrip('/')}/{index}"
+
+
+# --- the wire format ------------------------------------------------------------------------------
+def decode_hashes(body: bytes) -> np.ndarray:
+    """A /shard/counts body; ValueError says what is wrong with it."""
+    if not body or len(body) % 4:
+        raise ValueError(f"expected query hashes as little-endian uint32, got {len(body)} bytes")
+    return np.frombuffer(body, dtype="<u4").astype(np.uint32)
+
+
+def encode_piles(hashes: np.ndarray, frames: np.ndarray, keep: np.ndarray) -> bytes:
+    n = np.array([len(hashes)], dtype="<u4")
+    return b"".join((n.tobytes(), hashes.astype("<u4").tobytes(), frames.astype("<u4").tobytes(), np.packbits(keep).tobytes()))
+
+
+def decode_piles(body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hashes, frames, keep) of a /shard/piles body; ValueError says what is wrong with it."""
+    if len(body) < 4:
+        raise ValueError(f"a piles request starts with its landmark count (uint32), got {len(body)} bytes")
+    n = int(np.frombuffer(body[:4], dtype="<u4")[0])
+    expected = 4 + 8 * n + (n + 7) // 8
+    if n == 0 or len(body) != expected:
+        raise ValueError(f"a piles request of {n} landmarks is {expected} bytes, got {len(body)}")
+    hashes = np.frombuffer(body, dtype="<u4", count=n, offset=4).astype(np.uint32)
+    frames = np.frombuffer(body, dtype="<u4", count=n, offset=4 + 4 * n).astype(np.uint32)
+    keep = np.unpackbits(np.frombuffer(body, dtype=np.uint8, offset=4 + 8 * n), count=n).astype(bool)
+    return hashes, frames, keep
+
+
+def vote_json(v: Vote | None) -> dict:
+    """A shard's answer to /shard/piles (floats survive JSON exactly: Python writes the shortest
+    repr that reads back as the same double)."""
+    if v is None:
+        return {"vote": None}
+    fields = {k: getattr(v, k) for k in ("song_index", "offset_frames", "score", "runner_up", "chance_pile")}
+    return {"vote": {**fields, "head": v.head.public()}}
+
+
+def vote_from_json(answer: dict) -> Vote | None:
+    """A /shard/piles answer back into a Vote; KeyError, TypeError or ValueError if malformed."""
+    v = answer["vote"]
+    if v is None:
+        return None
+    return Vote(
+        song_index=int(v["song_index"]),
+        offset_frames=int(v["offset_frames"]),
+        score=int(v["score"]),
+        runner_up=int(v["runner_up"]),
+        chance_pile=float(v["chance_pile"]),
+        head=Song(**v["head"]),
+    )
+
+
+def merge(votes: list[Vote | None]) -> Vote | None:
+    """The whole catalog's vote from its shards' (in shard order): see the module docstring."""
+    found = [(i, v) for i, v in enumerate(votes) if v is not None]
+    if not found:
+        return None
+    best_at, best = max(found, key=lambda iv: (iv[1].score, -iv[1].song_index))
+    rivals = [v.score for i, v in found if i != best_at]
+    return replace(best, runner_up=max([best.runner_up, *rivals]))
+
+
+# --- splitting -------------------------------------------------------------------------------------
+def split(catalog: Catalog, prefix: str, shards: int) -> list[Catalog]:
+    """Write the catalog's songs into `shards` catalogs at shard_uri(prefix, 0..shards-1), each
+    holding whole version groups (`shard_of`) in the catalog's own order, and return them.
+
+    A shard catalog that exists is replaced as `remove` and `register` change a live one (its
+    songs tombstoned, the new ones in a new segment, catalog.json swapped atomically), so
+    shards serving it switch to the new split within RELOAD_CHECK_SECONDS. Removed songs'
+    postings are not copied: the shards answer as the catalog would after `catalog --compact`.
+    Holds every posting in memory at once, as a compaction does.
+    """
+    if shards < 1:
+        raise ValueError(f"a split needs at least 1 shard, got {shards}")
+    groups = catalog.group_index
+    home = np.array([shard_of(catalog.songs[int(g)].song_id, shards) for g in groups], dtype=np.int64)
+    songs, hashes, frames = catalog.landmarks()
+    # Each song's landmarks together, songs in catalog order: one stable sort by song.
+    order = np.argsort(songs, kind="stable")
+    songs, hashes, frames = songs[order], hashes[order], frames[order]
+    bounds = np.searchsorted(songs, np.arange(len(catalog.songs) + 1))
+    written = []
+    for index in range(shards):
+        items = []
+        for i in np.flatnonzero(home == index):
+            a, b = bounds[i], bounds[i + 1]
+            song = replace(catalog.songs[i], sources=list(catalog.songs[i].sources))
+            items.append(Fingerprinted(song, hashes[a:b], frames[a:b]))
+        target = Catalog(shard_uri(prefix, index), create=True)
+        target.remove([s.song_id for s in target.songs])
+        target.add(items)
+        target.positions = [int(i) for i in np.flatnonzero(home == index)]
+        target.save()
+        written.append(target)
+    return written
+
+
+# --- the webhook's side ---------------------------------------------------------------------------
+class Shards:
+    """Every shard of one catalog, asked in parallel (matcher.Votes); a Recogniser over it
+    recognises as over the whole catalog, and does nothing else (register into the full
+    catalog, then split it again: `python -m function catalog --split`)."""
+
+    def __init__(self, urls: tuple[str, ...], token: str, timeout: float = REQUEST_SECONDS) -> None:
+        self.urls = urls
+        self.uri = ",".join(urls)  # what logs and errors call this catalog
+        # Keep-alive connections to every shard, and threads to have a request to each under
+        # way at once for a few recognitions at a time (the webhook runs one per core).
+        self._client = httpx.Client(
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"},
+            limits=httpx.Limits(max_keepalive_connections=4 * len(urls), max_connections=16 * len(urls)),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=4 * len(urls), thread_name_prefix="shard")
+        self._info: list[dict] | None = None
+        self._info_at = 0.0
+        self._lock = threading.Lock()
+
+    def _each(self, ask: Callable[[str], httpx.Response]) -> list[httpx.Response]:
+        """Every shard's answer, asked at once; CatalogError naming the first that failed."""
+
+        def one(url: str) -> httpx.Response:
+            try:
+                response = ask(url)
+            except httpx.HTTPError as exc:
+                raise CatalogError(f"catalog shard {url} did not answer: {type(exc).__name__}: {exc}") from None
+            if response.status_code != 200:
+                raise CatalogError(f"catalog shard {url} answered {response.status_code}: {response.text[:200]}")
+            return response
+
+        try:
+            return list(self._pool.map(one, self.urls))
+        except CatalogError:
+            self._info = None  # the next check asks every shard again
+            raise
+
+    def posting_counts(self, hashes: np.ndarray) -> tuple[np.ndarray, int]:
+        """See matcher.Votes: the shards' counts and postings, summed."""
+        body = hashes.astype("<u4").tobytes()
+        answers = self._each(lambda url: self._client.post(f"{url}/shard/counts", content=body))
+        total, postings = np.zeros(len(hashes), dtype=np.int64), 0
+        for url, answer in zip(self.urls, answers):
+            try:
+                counts = np.frombuffer(answer.content, dtype="<i8")
+                postings += int(answer.headers[POSTINGS_HEADER])
+            except (KeyError, ValueError) as exc:
+                raise CatalogError(f"catalog shard {url} answered counts that do not parse: {exc}") from None
+            if len(counts) != len(hashes):
+                raise CatalogError(f"catalog shard {url} answered {len(counts)} counts for {len(hashes)} hashes")
+            total += counts
+        return total, postings
+
+    def piles(self, hashes: np.ndarray, frames: np.ndarray, keep: np.ndarray) -> Vote | None:
+        """See matcher.Votes: the shards' best piles, merged."""
+        if not keep.any():
+            return None
+        body = encode_piles(hashes, frames, keep)
+        answers = self._each(lambda url: self._client.post(f"{url}/shard/piles", content=body))
+        votes = []
+        for url, answer in zip(self.urls, answers):
+            try:
+                votes.append(vote_from_json(answer.json()))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CatalogError(f"catalog shard {url} answered a vote that does not parse: {exc}") from None
+        return merge(votes)
+
+    def info(self) -> list[dict]:
+        """Each shard's /shard/info with its url, asked again once INFO_SECONDS old."""
+        with self._lock:
+            if self._info is None or time.monotonic() - self._info_at >= INFO_SECONDS:
+                answers = self._each(lambda url: self._client.get(f"{url}/shard/info"))
+                try:
+                    self._info = [{"url": url, **a.json()} for url, a in zip(self.urls, answers)]
+                except ValueError as exc:
+                    raise CatalogError(f"catalog shards {self.uri}: /shard/info is not JSON: {exc}") from None
+                self._info_at = time.monotonic()
+            return self._info
+
+    def require_songs(self) -> None:
+        """As Catalog.require_songs: shards that hold no song at all could only answer "no match"."""
+        if not any(shard.get("songs") for shard in self.info()):
+            raise CatalogError(f"catalog shards {self.uri}: no shard holds any song (split a catalog into them first)")
+
+    def state(self) -> dict:
+        """What /health reports: every shard's songs, postings and generation."""
+        return {"shards": self.info()}
