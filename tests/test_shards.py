@@ -6,6 +6,7 @@ bodies they cannot read."""
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
@@ -140,6 +141,33 @@ def test_a_shard_that_is_down_fails_the_vote(catalogs: tuple[str, str], shard_ur
     wrong_token = Recogniser(Shards(shard_urls, "not-the-token-at-all"))
     with pytest.raises(CatalogError, match="answered 401"):
         wrong_token.best_guess(samples, RATE)
+
+
+def test_shards_listed_out_of_place_or_from_two_splits_fail_the_vote_rather_than_merge(
+    catalogs: tuple[str, str], shard_urls: tuple[str, ...], tmp_path: Path
+) -> None:
+    samples = np.frombuffer(load_pcm16(MUSIC[0], RATE), "<i2")[: 6 * RATE]
+    swapped = Recogniser(Shards((shard_urls[1], shard_urls[0]), TOKEN))
+    twice = Recogniser(Shards((shard_urls[0], shard_urls[0]), TOKEN))
+    # The catalog changed (one song removed) and was split again: shard 1 of the new split
+    # beside shard 0 of the old one is what the shards look like while a re-split is picked up.
+    changed = tmp_path / "changed"
+    shutil.copytree(catalogs[0], changed)
+    catalog = Catalog(str(changed))
+    catalog.remove([catalog.songs[-1].song_id])
+    catalog.save()
+    split(Catalog(str(changed)), str(tmp_path / "resplit"), 2)
+    env = {**os.environ, "STORAGE_BACKEND": "local", "DATA_DIR": str(tmp_path / "data"), "SHARD_TOKEN": TOKEN,
+           "CATALOG_SHARDS": "", "CATALOG_URI": shard_uri(str(tmp_path / "resplit"), 1)}
+    with running_function(env, tmp_path / "resplit.log") as new_shard:
+        mixed = Recogniser(Shards((shard_urls[0], new_shard.url), TOKEN))
+
+        with pytest.raises(CatalogError, match="answer from 2 different splits"):
+            mixed.best_guess(samples, RATE)
+    with pytest.raises(CatalogError, match=f"{shard_urls[1]} is shard 1 of 2, listed as shard 0 of 2"):
+        swapped.best_guess(samples, RATE)
+    with pytest.raises(CatalogError, match=f"{shard_urls[0]} is shard 0 of 2, listed as shard 1 of 2"):
+        twice.best_guess(samples, RATE)
 
 
 def test_the_webhook_names_songs_through_the_shards_and_reports_them(

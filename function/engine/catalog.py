@@ -85,6 +85,19 @@ REPLACE_ADVICE = (
 )
 
 
+@dataclass(frozen=True)
+class ShardOf:
+    """A shard's place in the catalog it was split from (function/engine/shards.py): the split's
+    id, which all shards of one split share and a re-split changes, its index among `of`
+    shards, and each of its songs' index in the whole catalog, so that its votes name and order
+    songs as that catalog would."""
+
+    split: str
+    index: int
+    of: int
+    positions: list[int]
+
+
 class CatalogError(RuntimeError):
     """The catalog is missing, corrupt or incompatible; the message says which and where."""
 
@@ -294,10 +307,9 @@ class Catalog:
         self._retired: list[str] = []
         # Written segments dropped since: the next save lists them as retired.
         self._dropped: list[str] = []
-        # A shard's songs' indices in the catalog it was split from (shards.split), so that its
-        # votes name songs as that catalog would; None for any other catalog, and once songs
-        # are added or removed.
-        self.positions: list[int] | None = None
+        # What a shard written by shards.split is of the catalog it was split from; None for
+        # any other catalog, and once songs are added or removed.
+        self.shard: ShardOf | None = None
         self._last_ranges = threading.local()
         if not self._load() and not create:
             raise CatalogError(f"no catalog at {uri} (register songs first: python -m function register PATH)")
@@ -360,7 +372,7 @@ class Catalog:
     def position(self, index: int) -> int:
         """The song's index in the whole catalog: its own index, but a shard's song's in the
         catalog it was split from."""
-        return index if self.positions is None else self.positions[index]
+        return index if self.shard is None else self.shard.positions[index]
 
     def index_of(self, song_id: str) -> int:
         return self._by_id[song_id]
@@ -406,15 +418,15 @@ class Catalog:
             segments = [Segment.open(root / e["name"], e, self.uri) for e in entries]
             generation, next_segment = int(manifest["generation"]), int(manifest["next_segment"])
             retired = [str(name) for name in manifest["retired"]]
-            positions = manifest.get("positions")
-            if positions is not None and (len(positions) != len(songs) or not all(isinstance(i, int) for i in positions)):
-                raise CatalogError(f"{self.uri}: catalog is corrupt: its positions do not match its {len(songs)} songs")
+            shard = None if manifest.get("shard") is None else ShardOf(**manifest["shard"])
+            if shard is not None and (len(shard.positions) != len(songs) or not all(isinstance(i, int) for i in shard.positions)):
+                raise CatalogError(f"{self.uri}: catalog is corrupt: its shard positions do not match its {len(songs)} songs")
         except (CatalogError, FileNotFoundError):
             raise
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
             raise CatalogError(f"{self.uri}: catalog is corrupt or unreadable: {exc}") from None
         self.songs, self.segments, self.generation = songs, segments, generation
-        self._next_segment, self._retired, self.positions = next_segment, retired, positions
+        self._next_segment, self._retired, self.shard = next_segment, retired, shard
 
     def _manifest(self) -> dict:
         """catalog.json, refused unless written in this format with these fingerprint parameters."""
@@ -495,7 +507,7 @@ class Catalog:
         hashes = np.concatenate([it.hashes.astype(np.uint32) for it in items])
         frames = np.concatenate([it.frames.astype(np.uint32) for it in items])
         segments = self._build([it.song.song_id for it in items], song, hashes, frames)
-        self.positions = None
+        self.shard = None
         self.songs.extend(it.song for it in items)
         self.segments.extend(segments)
         self._index_songs()
@@ -577,7 +589,7 @@ class Catalog:
         if not doomed:
             return 0
         removed = {self.songs[i].song_id for i in doomed}
-        self.positions = None
+        self.shard = None
         for song_id in removed:
             if song_id in self._home:  # a song without landmarks has no postings anywhere
                 self._home[song_id].dead.add(song_id)
@@ -660,7 +672,7 @@ class Catalog:
             "segments": [{"name": s.name, "postings": len(s.postings), "dead": sorted(s.dead)} for s in self.segments],
             "retired": self._dropped,
             "songs": [asdict(s) for s in self.songs],
-            "positions": self.positions,
+            "shard": None if self.shard is None else asdict(self.shard),
         }
         _write_new(root / "catalog.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         self.location.push([*written, "catalog.json"], deleted=[name + "/" for name in self._retired])

@@ -14,18 +14,26 @@ every shard twice (matcher.Votes):
 This holds because songs are split by version group (`shard_of` their first version's id): all
 versions of a song are in one shard, so any pile in another shard is another song's, as "other
 song" means in one catalog. Equal piles go to the earlier song, as in one catalog: a shard keeps
-the whole catalog's order among its songs, and each song's index in it (Catalog.positions), by
+the whole catalog's order among its songs, and each song's index in it (catalog.ShardOf), by
 which equal best piles of two shards are told apart.
+
+Every answer names the split it comes from (its id, the shard's index, the number of shards): a
+vote whose answers come from two splits (a re-split that some shards have picked up and others
+not yet, for up to RELOAD_CHECK_SECONDS) or that do not match CATALOG_SHARDS (a shard listed
+twice, in the wrong place, or missing) fails with CatalogError instead of merging piles that
+were never parts of one catalog.
 
 A shard that does not answer, or answers an error, fails the whole vote with CatalogError:
 a decision from the other shards alone could name the wrong song.
 
 Wire format (POST, `Authorization: Bearer SHARD_TOKEN`, function/webhook/edge.py):
 - /shard/counts: body the query hashes, little-endian uint32; answer the counts, little-endian
-  int64, one per hash, with the shard's postings stored in the X-Shard-Postings header.
+  int64, one per hash, with the shard's postings stored in the X-Shard-Postings header and its
+  split in X-Shard-Split ("SPLIT INDEX OF").
 - /shard/piles: body n (uint32), n hashes (uint32), n frames (uint32) and the n keep flags as
-  bits (numpy.packbits); answer JSON {"vote": null or the Vote, its head song's public fields}.
-- GET /shard/info: {"songs", "recordings", "postings", "generation"}.
+  bits (numpy.packbits); answer JSON {"vote": null or the Vote, its head song's public fields,
+  "split": "SPLIT INDEX OF"}.
+- GET /shard/info: {"songs", "recordings", "postings", "generation", "split"}.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from typing import Callable
 import httpx
 import numpy as np
 
-from function.engine.catalog import Catalog, CatalogError, Fingerprinted, Song
+from function.engine.catalog import Catalog, CatalogError, Fingerprinted, ShardOf, Song
 from function.engine.matcher import Vote
 
 # One shard request's time limit: a recognition makes up to 4 votes of 2 round trips each, and
@@ -50,6 +58,7 @@ REQUEST_SECONDS = 3.0
 # catalog" check before each recognition; any failed shard request clears it at once.
 INFO_SECONDS = 30.0
 POSTINGS_HEADER = "X-Shard-Postings"
+SPLIT_HEADER = "X-Shard-Split"
 
 
 def shard_of(head_song_id: str, shards: int) -> int:
@@ -64,6 +73,13 @@ def shard_uri(prefix: str, index: int) -> str:
 
 
 # --- the wire format ------------------------------------------------------------------------------
+def split_label(catalog: Catalog) -> str:
+    """What a shard's answers say of its split: "SPLIT INDEX OF"; "" for a catalog that is not
+    a shard written by `split` (the webhook refuses its answers)."""
+    shard = catalog.shard
+    return "" if shard is None else f"{shard.split} {shard.index} {shard.of}"
+
+
 def decode_hashes(body: bytes) -> np.ndarray:
     """A /shard/counts body; ValueError says what is wrong with it."""
     if not body or len(body) % 4:
@@ -90,13 +106,13 @@ def decode_piles(body: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hashes, frames, keep
 
 
-def vote_json(v: Vote | None) -> dict:
+def vote_json(v: Vote | None, split: str) -> dict:
     """A shard's answer to /shard/piles (floats survive JSON exactly: Python writes the shortest
     repr that reads back as the same double)."""
     if v is None:
-        return {"vote": None}
+        return {"vote": None, "split": split}
     fields = {k: getattr(v, k) for k in ("song_index", "offset_frames", "score", "runner_up", "chance_pile")}
-    return {"vote": {**fields, "head": v.head.public()}}
+    return {"vote": {**fields, "head": v.head.public()}, "split": split}
 
 
 def vote_from_json(answer: dict) -> Vote | None:
@@ -137,6 +153,8 @@ def split(catalog: Catalog, prefix: str, shards: int) -> list[Catalog]:
     """
     if shards < 1:
         raise ValueError(f"a split needs at least 1 shard, got {shards}")
+    # One id for this split's shards, another for the next split of a changed catalog.
+    split_id = hashlib.sha256(f"{catalog.uri}|{catalog.generation}|{shards}".encode()).hexdigest()[:12]
     groups = catalog.group_index
     home = np.array([shard_of(catalog.songs[int(g)].song_id, shards) for g in groups], dtype=np.int64)
     songs, hashes, frames = catalog.landmarks()
@@ -154,7 +172,7 @@ def split(catalog: Catalog, prefix: str, shards: int) -> list[Catalog]:
         target = Catalog(shard_uri(prefix, index), create=True)
         target.remove([s.song_id for s in target.songs])
         target.add(items)
-        target.positions = [int(i) for i in np.flatnonzero(home == index)]
+        target.shard = ShardOf(split_id, index, shards, [int(i) for i in np.flatnonzero(home == index)])
         target.save()
         written.append(target)
     return written
@@ -199,10 +217,26 @@ class Shards:
             self._info = None  # the next check asks every shard again
             raise
 
+    def _one_split(self, labels: list[str]) -> None:
+        """CatalogError unless shard i of CATALOG_SHARDS answered as shard i of one split into
+        as many shards as it lists (see the module docstring)."""
+        splits = set()
+        for i, (url, label) in enumerate(zip(self.urls, labels)):
+            parts = label.split()
+            if len(parts) != 3 or parts[1:] != [str(i), str(len(self.urls))]:
+                self._info = None
+                what = f"shard {parts[1]} of {parts[2]}" if len(parts) == 3 else "not a shard written by catalog --split"
+                raise CatalogError(f"catalog shard {url} is {what}, listed as shard {i} of {len(self.urls)} in CATALOG_SHARDS")
+            splits.add(parts[0])
+        if len(splits) > 1:
+            self._info = None
+            raise CatalogError(f"catalog shards {self.uri} answer from {len(splits)} different splits (a new split is being picked up)")
+
     def posting_counts(self, hashes: np.ndarray) -> tuple[np.ndarray, int]:
         """See matcher.Votes: the shards' counts and postings, summed."""
         body = hashes.astype("<u4").tobytes()
         answers = self._each(lambda url: self._client.post(f"{url}/shard/counts", content=body))
+        self._one_split([answer.headers.get(SPLIT_HEADER, "") for answer in answers])
         total, postings = np.zeros(len(hashes), dtype=np.int64), 0
         for url, answer in zip(self.urls, answers):
             try:
@@ -221,12 +255,15 @@ class Shards:
             return None
         body = encode_piles(hashes, frames, keep)
         answers = self._each(lambda url: self._client.post(f"{url}/shard/piles", content=body))
-        votes = []
+        votes, labels = [], []
         for url, answer in zip(self.urls, answers):
             try:
-                votes.append(vote_from_json(answer.json()))
-            except (KeyError, TypeError, ValueError) as exc:
+                body = answer.json()
+                votes.append(vote_from_json(body))
+                labels.append(str(body.get("split", "")))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise CatalogError(f"catalog shard {url} answered a vote that does not parse: {exc}") from None
+        self._one_split(labels)
         return merge(votes)
 
     def info(self) -> list[dict]:

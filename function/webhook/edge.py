@@ -385,9 +385,11 @@ def shard_counts(request: flask.Request, settings: Settings) -> flask.Response:
         hashes = shards.decode_hashes(_shard_body(request))
     except ValueError as exc:
         raise BadRequest(400, str(exc)) from None
-    counts, postings = _shard_catalog(settings).posting_counts(hashes)
+    catalog = _shard_catalog(settings)
+    counts, postings = catalog.posting_counts(hashes)
     response = flask.Response(counts.astype("<i8").tobytes(), mimetype="application/octet-stream")
     response.headers[shards.POSTINGS_HEADER] = str(postings)
+    response.headers[shards.SPLIT_HEADER] = shards.split_label(catalog)
     return response
 
 
@@ -396,11 +398,13 @@ def shard_piles(request: flask.Request, settings: Settings) -> flask.Response:
         hashes, frames, keep = shards.decode_piles(_shard_body(request))
     except ValueError as exc:
         raise BadRequest(400, str(exc)) from None
-    return flask.jsonify(shards.vote_json(_shard_catalog(settings).piles(hashes, frames, keep)))
+    catalog = _shard_catalog(settings)
+    return flask.jsonify(shards.vote_json(catalog.piles(hashes, frames, keep), shards.split_label(catalog)))
 
 
 def shard_info(request: flask.Request, settings: Settings) -> flask.Response:
-    return flask.jsonify(_shard_catalog(settings).state())
+    catalog = _shard_catalog(settings)
+    return flask.jsonify({**catalog.state(), "split": shards.split_label(catalog)})
 
 
 ROUTES: list[tuple[re.Pattern[str], dict[str, Handler | ShardHandler]]] = [
