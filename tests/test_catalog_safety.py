@@ -21,7 +21,9 @@ import soundfile
 
 from function.engine import recogniser as engine
 from function.engine.catalog import Catalog, CatalogError
+from function.engine.catalog_location import GcsLocation
 from function.engine.decode import decode_file
+from function.engine.memory_limit import instance_memory_bytes, needed_bytes
 from function.engine.recogniser import Recogniser
 from function.engine.song_tags import read_tags
 from tests.webhook_support import build_client
@@ -393,6 +395,38 @@ def test_a_gcs_catalog_is_reloaded_from_its_manifests_object_generation(gcs_cata
     stored = {b.name for b in storage.Client().bucket(bucket).list_blobs(prefix=prefix + "/")}
     # The merged segments stay in the bucket until the next save, for instances reading the manifest before.
     assert {name.split("/")[1] for name in stored} == {"catalog.json", "s000001", "s000002", "s000003", "s000004"}
+
+
+def test_a_gcs_catalog_too_big_for_the_instances_memory_is_refused_before_any_download(gcs_catalog: str) -> None:
+    from google.cloud import storage
+
+    registered(gcs_catalog, MUSIC[0])
+    bucket, prefix = gcs_catalog[len("gs://") :].split("/", 1)
+    stored = storage.Client().bucket(bucket).list_blobs(prefix=prefix + "/s")
+    needed = needed_bytes(sum(blob.size for blob in stored), segments=1)
+    small = GcsLocation(gcs_catalog, memory_limit=needed - 1)
+
+    with pytest.raises(CatalogError, match=rf"needs {needed / 2**30:.2f} GiB .* this instance has {(needed - 1) / 2**30:.2f} GiB"):
+        Catalog(gcs_catalog, location=small)
+
+    assert [p.name for p in small.local_dir.iterdir()] == ["catalog.json"]  # no segment downloaded
+    assert Catalog(gcs_catalog, location=GcsLocation(gcs_catalog, memory_limit=needed)).songs
+
+
+def test_the_instances_memory_is_its_cgroup_limit_or_the_machines_if_smaller(tmp_path: Path) -> None:
+    v2, v1, meminfo = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes", tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       4194304 kB\nMemFree:        1024 kB\n")  # 4 GiB
+    v2.write_text("2147483648\n")
+    assert instance_memory_bytes((v2, v1), meminfo) == 2**31
+    v2.write_text("max\n")  # no limit: the machine's memory
+    assert instance_memory_bytes((v2, v1), meminfo) == 4 * 2**30
+    v2.unlink()
+    v1.write_text("9223372036854771712\n")  # cgroup v1's "no limit"
+    assert instance_memory_bytes((v2, v1), meminfo) == 4 * 2**30
+    v1.write_text(str(8 * 2**30))  # a limit above the machine's memory
+    assert instance_memory_bytes((v2, v1), meminfo) == 4 * 2**30
+    assert instance_memory_bytes((v2, v1), tmp_path / "none") == 8 * 2**30
+    assert instance_memory_bytes((tmp_path / "none",), tmp_path / "none") is None
 
 
 # --- 4. an empty catalog is a state of its own, and nothing registered writes nothing ----------------
