@@ -73,8 +73,9 @@ def _evict(directory: Path) -> None:
                 os.close(fd)
 
 
-def probe(uri: str, queries_file: Path, env: dict[str, str], limit_bytes: int | None) -> dict:
-    """bench/probe.py --cold in a fresh single-threaded process inside its own memory cgroup."""
+def probe(uri: str, queries_file: Path, env: dict[str, str], limit_bytes: int | None, budget: bool = True) -> dict:
+    """bench/probe.py --cold in a fresh single-threaded process inside its own memory cgroup
+    (`budget`: whether queries keep to CONFIG.postings_budget)."""
     with memory_cgroup(limit_bytes) as group:
         def join() -> None:  # in the child, before exec: the whole process is charged to the group
             if group is not None:
@@ -82,7 +83,7 @@ def probe(uri: str, queries_file: Path, env: dict[str, str], limit_bytes: int | 
 
         command = [sys.executable, "-m", "bench.probe", "--cold", uri, str(queries_file)]
         proc = subprocess.run(
-            command + ([str(limit_bytes)] if limit_bytes else []),
+            [*command, str(limit_bytes or "none"), "budget" if budget else "no-budget"],
             capture_output=True, text=True, env={**env, **speed.SINGLE_THREAD}, cwd=ROOT, preexec_fn=join, check=False,
         )
         cgroup_peak = int((group / "memory.max_usage_in_bytes").read_text()) if group else None
@@ -202,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cold start, local: {n} songs ...", file=sys.stderr)
         _evict(directory)
         results.append(("local", {"songs_planned": n, **probe(str(directory), latency, dict(os.environ), None)}))
+    biggest = max(catalogs)
+    print(f"local, no postings budget: {biggest} songs ...", file=sys.stderr)
+    _evict(catalogs[biggest])
+    without = probe(str(catalogs[biggest]), latency, dict(os.environ), None, budget=False)
+    results.append(("local, no postings budget", {"songs_planned": biggest, **without}))
 
     uploads: dict[int, float] = {}
     if gcs_sizes:

@@ -6,11 +6,12 @@ A fresh process per size keeps the peak RSS that of a query process (not of the 
 built the catalog) and keeps the timings free of the evaluation pool. Run by bench/speed.py:
     python -m bench.probe CATALOG_DIR QUERIES.npz SQLITE_MAX_POSTINGS
 It prints one JSON object on stdout. bench/coldstart.py runs it as a cold instance instead:
-    python -m bench.probe --cold CATALOG_URI QUERIES.npz [MEMORY_LIMIT_BYTES]
+    python -m bench.probe --cold CATALOG_URI QUERIES.npz MEMORY_LIMIT_BYTES|none budget|no-budget
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -27,6 +28,7 @@ from function.engine.decode import to_internal
 from function.engine.catalog import N_HASHES, Catalog
 from function.engine.catalog_location import GcsLocation, LocalLocation
 from function.engine.fingerprint import FRAME_SECONDS, QUERY_DENSITY, fingerprint
+from function.engine import matcher
 from function.engine.matcher import postings_cap
 from function.engine.recogniser import Recogniser
 
@@ -127,10 +129,14 @@ def _answers(recogniser: Recogniser, data: np.lib.npyio.NpzFile) -> dict:
     }
 
 
-def cold_start(uri: str, queries_file: str, memory_limit: int | None) -> dict:
+def cold_start(uri: str, queries_file: str, memory_limit: int | None, budget: bool = True) -> dict:
     """A cold instance: a gs:// catalog's download (catalog.json and every segment into a fresh
     mirror, in TMPDIR) timed apart from loading the mirrored files, then the queries. Loading
-    reads catalog.json again and lists the segments (finding them mirrored), as a reload does."""
+    reads catalog.json again and lists the segments (finding them mirrored), as a reload does.
+    Without `budget`, queries read every posting of their hashes below the cap
+    (CONFIG.postings_budget off): what the budget costs a big catalog in songs found."""
+    if not budget:
+        matcher.CONFIG = dataclasses.replace(matcher.CONFIG, postings_budget=None)
     location = GcsLocation(uri, memory_limit) if uri.startswith("gs://") else LocalLocation(uri)
     # Since the process began: the interpreter and the imports (numpy, scipy, the storage client).
     started_at = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
@@ -197,7 +203,8 @@ def main(catalog_dir: str, queries_file: str, sqlite_max_postings: int) -> dict:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--cold":  # bench/coldstart.py: --cold URI QUERIES.npz [MEMORY_LIMIT_BYTES]
-        print(json.dumps(cold_start(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else None)))
+    if sys.argv[1] == "--cold":  # bench/coldstart.py: --cold URI QUERIES.npz MEMORY_LIMIT_BYTES|none budget|no-budget
+        limit = None if sys.argv[4] == "none" else int(sys.argv[4])
+        print(json.dumps(cold_start(sys.argv[2], sys.argv[3], limit, sys.argv[5] == "budget")))
     else:
         print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
