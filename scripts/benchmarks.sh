@@ -14,6 +14,7 @@ python -m bench.streams --corpus "$corpus" --split test --baseline-rev "$baselin
     --out "$out/streams"
 python -m bench.versions --corpus "$corpus" --split test --songs 12 --baseline-rev "$baseline" --out "$out/versions"
 python -m bench.load --corpus "$corpus" --out "$out/load.md"
+python -m bench.coldstart --corpus "$corpus" --out "$out/coldstart" --sizes 1000,10000,100000
 {
     cat "$out/recognition.md"
     echo
@@ -22,6 +23,8 @@ python -m bench.load --corpus "$corpus" --out "$out/load.md"
     cat "$out/versions/versions.md"
     echo
     cat "$out/load.md"
+    echo
+    cat "$out/coldstart/coldstart.md"
     echo
     echo "(BENCHMARKS.md is written by \`bash scripts/benchmarks.sh CORPUS_DIR\`: each section above is the output of the command it names.)"
 } > BENCHMARKS.md
