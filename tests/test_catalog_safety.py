@@ -402,15 +402,37 @@ def test_a_gcs_catalog_too_big_for_the_instances_memory_is_refused_before_any_do
 
     registered(gcs_catalog, MUSIC[0])
     bucket, prefix = gcs_catalog[len("gs://") :].split("/", 1)
-    stored = storage.Client().bucket(bucket).list_blobs(prefix=prefix + "/s")
-    needed = needed_bytes(sum(blob.size for blob in stored), segments=1)
+    stored = {blob.name[len(prefix) + 1 :]: blob.size for blob in storage.Client().bucket(bucket).list_blobs(prefix=prefix + "/")}
+    manifest = stored.pop("catalog.json")
+    needed = needed_bytes(sum(stored.values()), segments=1, manifest_bytes=manifest)
     small = GcsLocation(gcs_catalog, memory_limit=needed - 1)
 
-    with pytest.raises(CatalogError, match=rf"needs {needed / 2**30:.2f} GiB .* this instance has {(needed - 1) / 2**30:.2f} GiB"):
+    with pytest.raises(CatalogError, match=rf"needs {needed / 2**20:,.0f} MiB .* this instance has {(needed - 1) / 2**20:,.0f} MiB"):
         Catalog(gcs_catalog, location=small)
 
     assert [p.name for p in small.local_dir.iterdir()] == ["catalog.json"]  # no segment downloaded
     assert Catalog(gcs_catalog, location=GcsLocation(gcs_catalog, memory_limit=needed)).songs
+
+
+def test_a_reload_that_would_not_fit_beside_the_loaded_catalog_is_refused_and_the_loaded_one_serves(gcs_catalog: str) -> None:
+    registered(gcs_catalog, MUSIC[0])
+    loaded = Catalog(gcs_catalog, location=GcsLocation(gcs_catalog, memory_limit=2**40))
+    mirrored = sum(f.stat().st_size for f in (loaded.location.local_dir / "s000001").iterdir())
+    rec = Recogniser.open(gcs_catalog)
+    rec.register([str(MUSIC[1])], workers=1)
+    assert rec.compact()  # s000001 and s000002 merged into s000003: every file is new
+    fresh = Catalog(gcs_catalog, location=GcsLocation(gcs_catalog, memory_limit=2**40))
+    alone = needed_bytes(
+        sum(f.stat().st_size for f in (fresh.location.local_dir / "s000003").iterdir()),
+        segments=1,
+        manifest_bytes=(fresh.location.local_dir / "catalog.json").stat().st_size,
+    )
+    loaded.location.memory_limit = alone  # the new catalog alone fits; beside the loaded one it does not
+
+    with pytest.raises(CatalogError, match=f"needs {(alone + mirrored) / 2**20:,.0f} MiB"):
+        loaded.reopened()
+
+    assert loaded.songs and (loaded.location.local_dir / "s000001").is_dir()
 
 
 def test_the_instances_memory_is_its_cgroup_limit_or_the_machines_if_smaller(tmp_path: Path) -> None:

@@ -108,8 +108,13 @@ class GcsLocation:
         names = set(segments)
         blobs = [blob for name in names for blob in self._bucket.list_blobs(prefix=self._name(name) + "/")]
         # Before any download: an instance that runs out of memory mid-download is killed
-        # without a word, a refusal says what the catalog needs (/health answers it as a 503).
-        check_fits(self.uri, needed_bytes(sum(blob.size for blob in blobs), len(names)), self.memory_limit)
+        # without a word, a refusal says what the catalog needs (/health answers it as a 503,
+        # and a reload refused leaves the loaded catalog serving). The segments a reload drops
+        # count too: the loaded catalog keeps them mapped, in memory, until it is let go.
+        dropped = [f for d in self.local_dir.iterdir() if d.is_dir() and d.name not in names for f in d.iterdir()]
+        files = sum(blob.size for blob in blobs) + sum(f.stat().st_size for f in dropped)
+        manifest = (self.local_dir / "catalog.json").stat().st_size
+        check_fits(self.uri, needed_bytes(files, len(names), manifest), self.memory_limit)
         for blob in blobs:
             target = self.local_dir / blob.name[len(self._name("")) :].lstrip("/")
             if target.is_file() and target.stat().st_size == blob.size:

@@ -12,13 +12,17 @@ from pathlib import Path
 
 from function.engine.config import CONFIG
 
-# What the process needs beside the mirror's files, measured by bench/coldstart.py (see the
-# README's deploy sizing table): Python with numpy and scipy, the function's modules, a query's
-# working arrays and the webhook's buffers, with room to spare.
+# What the process needs beside the mirror's files. bench/coldstart.py measured a cold instance
+# (one query at a time) holding 221 MiB beyond the mirror with 10,000 songs in one segment and
+# 509 MiB with 100,000 in ten: Python with numpy, scipy and the storage client, a query's working
+# arrays, each segment's tables and the song list. `needed_bytes` gives 1,103 and 7,435 MiB where
+# 895 and 7,249 MiB were measured: ~200 MiB to spare for concurrent requests' queries and audio.
 PROCESS_BYTES = 400 * 2**20
 # Each segment's offsets table, rebuilt in memory at load (uint32 per hash), and the counts it
 # is rebuilt from.
 SEGMENT_BYTES = 8 << CONFIG.hash_bits
+# The song list parsed from catalog.json (Song objects, the id index) per byte of it.
+MANIFEST_FACTOR = 8
 # Cgroup v1 writes "no limit" as a page-rounded 2^63 - 1.
 _NO_LIMIT = 2**62
 
@@ -50,10 +54,10 @@ def instance_memory_bytes(
     return min(found) if found else None
 
 
-def needed_bytes(file_bytes: int, segments: int) -> int:
+def needed_bytes(file_bytes: int, segments: int, manifest_bytes: int) -> int:
     """Memory a catalog takes once loaded from a mirror in memory: its files, its segments'
-    tables and the process serving it."""
-    return file_bytes + segments * SEGMENT_BYTES + PROCESS_BYTES
+    tables, its song list (catalog.json of `manifest_bytes`) and the process serving it."""
+    return file_bytes + segments * SEGMENT_BYTES + MANIFEST_FACTOR * manifest_bytes + PROCESS_BYTES
 
 
 def check_fits(uri: str, needed: int, limit_bytes: int | None) -> None:
@@ -64,7 +68,7 @@ def check_fits(uri: str, needed: int, limit_bytes: int | None) -> None:
 
     if limit_bytes is not None and needed > limit_bytes:
         raise CatalogError(
-            f"{uri}: the catalog needs {needed / 2**30:.2f} GiB of memory to load (its files are"
-            f" downloaded into memory on Cloud Run) and this instance has {limit_bytes / 2**30:.2f} GiB:"
+            f"{uri}: the catalog needs {needed / 2**20:,.0f} MiB of memory to load (its files are"
+            f" downloaded into memory on Cloud Run) and this instance has {limit_bytes / 2**20:,.0f} MiB:"
             " deploy with more memory (README, Deploy: memory for a catalog size) or split the catalog"
         )
