@@ -25,6 +25,9 @@ ENGINE_DIR = Path(__file__).resolve().parent.parent / "function" / "engine"
 # What a registered catalog depends on: every module of the engine package (a change to any
 # of them rebuilds the benchmark catalog rather than risk measuring a stale one).
 INDEXING_SOURCES = tuple(sorted(p.name for p in ENGINE_DIR.glob("*.py")))
+# Songs a scaled catalog adds per segment (see scaled_catalog): up to 10,000 songs, a catalog
+# is one segment, as a register run of them would write it.
+BUILD_BATCH = 10_000
 
 
 def _key(*parts: object) -> str:
@@ -123,13 +126,21 @@ def scaled_catalog(real_dir: Path, n_songs: int, out: Path, seed: int) -> Path:
     per_song = _songs_postings(real)
     rng = np.random.default_rng(seed)
     items = [Fingerprinted(Song(**s.public()), h, f) for s, (h, f) in zip(real.songs, per_song)]
+    scaled = Catalog(str(root), create=True)
+    # A segment of BUILD_BATCH songs at a time, each saved before the next is synthesised: one
+    # add of 10,000 songs peaks at ~5.6 GB, so 100,000 in one would need ~56 GB. Catalog.add
+    # never merges segments (only a register run does), so the batches stay segments.
     for k in range(n_songs - len(real.songs)):
         i = k % len(real.songs)
         model = real.songs[i]
         hashes, frames = per_song[i]
         song = Song(f"synthetic-{k:06d}", f"synthetic {k}", "bench", "", model.duration_seconds)
         items.append(Fingerprinted(song, _music_like(hashes, rng), frames))
-    scaled = Catalog(str(root), create=True)
-    scaled.add(items)
-    scaled.save()
+        if len(items) == BUILD_BATCH:
+            scaled.add(items)
+            scaled.save()
+            items = []
+    if items:
+        scaled.add(items)
+        scaled.save()
     return root

@@ -128,6 +128,28 @@ def _wait_until_answering(url: str, process: subprocess.Popen, log: Path) -> Non
     raise RuntimeError(f"{url} did not answer within {EMULATOR_START_SECONDS:.0f} s")
 
 
+def _fake_gcs_command(port: int, root: Path | None = None) -> list[str]:
+    """fake-gcs-server on loopback `port`, its objects in memory, or in files under `root`."""
+    backend = ["-backend", "memory"] if root is None else ["-backend", "filesystem", "-filesystem-root", str(root)]
+    url = f"http://127.0.0.1:{port}"
+    return [_fake_gcs_binary(), "-scheme", "http", *backend, "-log-level", "warn", "-host", "127.0.0.1", "-port", str(port), "-external-url", url]
+
+
+@contextmanager
+def running_fake_gcs(logs: Path, root: Path) -> Iterator[str]:
+    """fake-gcs-server alone, keeping its objects in files under `root` (gigabytes of catalog
+    would double in memory otherwise); yields its URL (STORAGE_EMULATOR_HOST) once it answers."""
+    port = free_port()
+    url, log = f"http://127.0.0.1:{port}", logs / "fake-gcs.log"
+    root.mkdir(parents=True, exist_ok=True)
+    process = _start(_fake_gcs_command(port, root), log)
+    try:
+        _wait_until_answering(f"{url}/storage/v1/b", process, log)
+        yield url
+    finally:
+        _stop(process)
+
+
 @dataclass(frozen=True)
 class Emulators:
     env: dict[str, str]  # FIRESTORE_EMULATOR_HOST and STORAGE_EMULATOR_HOST
@@ -146,9 +168,7 @@ def running_emulators(logs: Path) -> Iterator[Emulators]:
         command = [FIRESTORE_EMULATOR, "start", "--host=127.0.0.1", f"--port={firestore_port}"]
         started.append((_start(command, log), f"http://127.0.0.1:{firestore_port}/", log))
         log = logs / "fake-gcs.log"
-        command = [_fake_gcs_binary(), "-scheme", "http", "-backend", "memory", "-log-level", "warn"]
-        command += ["-host", "127.0.0.1", "-port", str(gcs_port), "-external-url", gcs_url]
-        started.append((_start(command, log), f"{gcs_url}/storage/v1/b", log))
+        started.append((_start(_fake_gcs_command(gcs_port), log), f"{gcs_url}/storage/v1/b", log))
         for process, url, log in started:
             _wait_until_answering(url, process, log)
         env = {"FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{firestore_port}", "STORAGE_EMULATOR_HOST": gcs_url}

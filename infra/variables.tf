@@ -223,9 +223,14 @@ variable "log_level" {
 }
 
 variable "memory" {
-  description = "Memory per instance. Recognition holds the catalog index and up to max_buffer_seconds of audio per concurrent request."
+  description = "Memory per instance (Cloud Run's form: 512Mi, 2Gi). The gs:// catalog is downloaded into the instance's in-memory filesystem, so it needs the catalog's files plus ~0.4 GiB: 1Gi serves up to ~9,000 songs, 2Gi up to ~24,000, 8Gi (with cpu 2) 100,000 (README, Deploy: memory for a catalog size). An instance whose catalog does not fit refuses it: /health answers 503 naming both sizes. Above 4Gi Cloud Run needs cpu >= 2, above 8Gi >= 4."
   type        = string
   default     = "1Gi"
+
+  validation {
+    condition     = can(regex("^[1-9][0-9]*(Mi|Gi)$", var.memory)) && try((endswith(var.memory, "Gi") ? tonumber(trimsuffix(var.memory, "Gi")) * 1024 : tonumber(trimsuffix(var.memory, "Mi"))) >= 512, false) && try((endswith(var.memory, "Gi") ? tonumber(trimsuffix(var.memory, "Gi")) * 1024 : tonumber(trimsuffix(var.memory, "Mi"))) <= 32768, false)
+    error_message = "memory must be Cloud Run's form (e.g. 1Gi, 1536Mi) between 512Mi (the process and a ~1,000-song catalog) and 32Gi."
+  }
 }
 
 variable "cpu" {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate BENCHMARKS.md: every section is written by the command named in it, on the test
 # split (the dev split tunes, the test split reports), beside the baseline revision measured in
-# the same run. About 40 minutes on 2 cores with nothing else running.
+# the same run. About 70 minutes on 2 cores with nothing else running (the first run also builds
+# a 100,000-song catalog for bench.coldstart: ~8 minutes, 7 GB of disk, 6.6 GB more for fake-gcs-server).
 #   bash scripts/benchmarks.sh /tmp/corpus [BASELINE_REV]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ python -m bench.streams --corpus "$corpus" --split test --baseline-rev "$baselin
 python -m bench.versions --corpus "$corpus" --split test --songs 12 --baseline-rev "$baseline" --out "$out/versions"
 python -m bench.load --corpus "$corpus" --out "$out/load.md"
 python -m bench.shards --corpus "$corpus" --split test --write-md "$out/shards.md"
+python -m bench.coldstart --corpus "$corpus" --out "$out/coldstart" --sizes 1000,10000,100000
 {
     cat "$out/recognition.md"
     echo
@@ -25,6 +27,8 @@ python -m bench.shards --corpus "$corpus" --split test --write-md "$out/shards.m
     cat "$out/load.md"
     echo
     cat "$out/shards.md"
+    echo
+    cat "$out/coldstart/coldstart.md"
     echo
     echo "(BENCHMARKS.md is written by \`bash scripts/benchmarks.sh CORPUS_DIR\`: each section above is the output of the command it names.)"
 } > BENCHMARKS.md

@@ -21,7 +21,9 @@ import soundfile
 
 from function.engine import recogniser as engine
 from function.engine.catalog import Catalog, CatalogError
+from function.engine.catalog_location import GcsLocation
 from function.engine.decode import decode_file
+from function.engine.memory_limit import instance_memory_bytes, needed_bytes
 from function.engine.recogniser import Recogniser
 from function.engine.song_tags import read_tags
 from tests.webhook_support import build_client
@@ -393,6 +395,60 @@ def test_a_gcs_catalog_is_reloaded_from_its_manifests_object_generation(gcs_cata
     stored = {b.name for b in storage.Client().bucket(bucket).list_blobs(prefix=prefix + "/")}
     # The merged segments stay in the bucket until the next save, for instances reading the manifest before.
     assert {name.split("/")[1] for name in stored} == {"catalog.json", "s000001", "s000002", "s000003", "s000004"}
+
+
+def test_a_gcs_catalog_too_big_for_the_instances_memory_is_refused_before_any_download(gcs_catalog: str) -> None:
+    from google.cloud import storage
+
+    registered(gcs_catalog, MUSIC[0])
+    bucket, prefix = gcs_catalog[len("gs://") :].split("/", 1)
+    stored = {blob.name[len(prefix) + 1 :]: blob.size for blob in storage.Client().bucket(bucket).list_blobs(prefix=prefix + "/")}
+    manifest = stored.pop("catalog.json")
+    needed = needed_bytes(sum(stored.values()), segments=1, manifest_bytes=manifest)
+    small = GcsLocation(gcs_catalog, memory_limit=needed - 1)
+
+    with pytest.raises(CatalogError, match=rf"needs {needed / 2**20:,.0f} MiB .* this instance has {(needed - 1) / 2**20:,.0f} MiB"):
+        Catalog(gcs_catalog, location=small)
+
+    assert [p.name for p in small.local_dir.iterdir()] == ["catalog.json"]  # no segment downloaded
+    assert Catalog(gcs_catalog, location=GcsLocation(gcs_catalog, memory_limit=needed)).songs
+
+
+def test_a_reload_that_would_not_fit_beside_the_loaded_catalog_is_refused_and_the_loaded_one_serves(gcs_catalog: str) -> None:
+    registered(gcs_catalog, MUSIC[0])
+    loaded = Catalog(gcs_catalog, location=GcsLocation(gcs_catalog, memory_limit=2**40))
+    mirrored = sum(f.stat().st_size for f in (loaded.location.local_dir / "s000001").iterdir())
+    rec = Recogniser.open(gcs_catalog)
+    rec.register([str(MUSIC[1])], workers=1)
+    assert rec.compact()  # s000001 and s000002 merged into s000003: every file is new
+    fresh = Catalog(gcs_catalog, location=GcsLocation(gcs_catalog, memory_limit=2**40))
+    alone = needed_bytes(
+        sum(f.stat().st_size for f in (fresh.location.local_dir / "s000003").iterdir()),
+        segments=1,
+        manifest_bytes=(fresh.location.local_dir / "catalog.json").stat().st_size,
+    )
+    loaded.location.memory_limit = alone  # the new catalog alone fits; beside the loaded one it does not
+
+    with pytest.raises(CatalogError, match=f"needs {(alone + mirrored) / 2**20:,.0f} MiB"):
+        loaded.reopened()
+
+    assert loaded.songs and (loaded.location.local_dir / "s000001").is_dir()
+
+
+def test_the_instances_memory_is_its_cgroup_limit_or_the_machines_if_smaller(tmp_path: Path) -> None:
+    v2, v1, meminfo = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes", tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       4194304 kB\nMemFree:        1024 kB\n")  # 4 GiB
+    v2.write_text("2147483648\n")
+    assert instance_memory_bytes((v2, v1), meminfo) == 2**31
+    v2.write_text("max\n")  # no limit: the machine's memory
+    assert instance_memory_bytes((v2, v1), meminfo) == 4 * 2**30
+    v2.unlink()
+    v1.write_text("9223372036854771712\n")  # cgroup v1's "no limit"
+    assert instance_memory_bytes((v2, v1), meminfo) == 4 * 2**30
+    v1.write_text(str(8 * 2**30))  # a limit above the machine's memory
+    assert instance_memory_bytes((v2, v1), meminfo) == 4 * 2**30
+    assert instance_memory_bytes((v2, v1), tmp_path / "none") == 8 * 2**30
+    assert instance_memory_bytes((tmp_path / "none",), tmp_path / "none") is None
 
 
 # --- 4. an empty catalog is a state of its own, and nothing registered writes nothing ----------------

@@ -20,6 +20,8 @@ import weakref
 from pathlib import Path
 from typing import Iterable
 
+from function.engine.memory_limit import check_fits, instance_memory_bytes, needed_bytes
+
 # What `version()` answers: equal tokens mean the same catalog.json.
 Version = tuple[int, ...]
 
@@ -50,7 +52,9 @@ class LocalLocation:
 
 
 class GcsLocation:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, memory_limit: int | None = None) -> None:
+        """`memory_limit`: the bytes the mirror and the catalog loaded from it must fit in
+        (`mirror` refuses a catalog that would not); by default this instance's limit."""
         from google.cloud import storage
 
         bucket_name, _, prefix = uri[len("gs://") :].partition("/")
@@ -60,6 +64,7 @@ class GcsLocation:
         self._prefix = prefix.strip("/")
         self._bucket = storage.Client().bucket(bucket_name)
         self.local_dir = Path(tempfile.mkdtemp(prefix="catalog-"))
+        self.memory_limit = instance_memory_bytes() if memory_limit is None else memory_limit
         # The mirror goes with the last catalog using it (a failed load, a replaced catalog):
         # Cloud Run's /tmp is memory. Files still mapped stay readable until unmapped.
         weakref.finalize(self, shutil.rmtree, self.local_dir, True)
@@ -101,17 +106,25 @@ class GcsLocation:
         from google.api_core.exceptions import NotFound
 
         names = set(segments)
-        for name in names:
-            for blob in self._bucket.list_blobs(prefix=self._name(name) + "/"):
-                target = self.local_dir / blob.name[len(self._name("")) :].lstrip("/")
-                if target.is_file() and target.stat().st_size == blob.size:
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    blob.download_to_filename(str(target) + ".part")
-                except NotFound:
-                    continue
-                os.replace(str(target) + ".part", target)
+        blobs = [blob for name in names for blob in self._bucket.list_blobs(prefix=self._name(name) + "/")]
+        # Before any download: an instance that runs out of memory mid-download is killed
+        # without a word, a refusal says what the catalog needs (/health answers it as a 503,
+        # and a reload refused leaves the loaded catalog serving). The segments a reload drops
+        # count too: the loaded catalog keeps them mapped, in memory, until it is let go.
+        dropped = [f for d in self.local_dir.iterdir() if d.is_dir() and d.name not in names for f in d.iterdir()]
+        files = sum(blob.size for blob in blobs) + sum(f.stat().st_size for f in dropped)
+        manifest = (self.local_dir / "catalog.json").stat().st_size
+        check_fits(self.uri, needed_bytes(files, len(names), manifest), self.memory_limit)
+        for blob in blobs:
+            target = self.local_dir / blob.name[len(self._name("")) :].lstrip("/")
+            if target.is_file() and target.stat().st_size == blob.size:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                blob.download_to_filename(str(target) + ".part")
+            except NotFound:
+                continue
+            os.replace(str(target) + ".part", target)
         for stale in self.local_dir.iterdir():
             if stale.is_dir() and stale.name not in names:
                 shutil.rmtree(stale, ignore_errors=True)
