@@ -11,7 +11,6 @@ It prints one JSON object on stdout. bench/coldstart.py runs it as a cold instan
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import resource
@@ -28,7 +27,6 @@ from function.engine.decode import to_internal
 from function.engine.catalog import N_HASHES, Catalog
 from function.engine.catalog_location import GcsLocation, LocalLocation
 from function.engine.fingerprint import FRAME_SECONDS, QUERY_DENSITY, fingerprint
-from function.engine import matcher
 from function.engine.matcher import kept
 from function.engine.recogniser import Recogniser
 
@@ -135,8 +133,6 @@ def cold_start(uri: str, queries_file: str, memory_limit: int | None, budget: bo
     reads catalog.json again and lists the segments (finding them mirrored), as a reload does.
     Without `budget`, queries read every posting of their hashes below the cap
     (CONFIG.postings_budget off): what the budget costs a big catalog in songs found."""
-    if not budget:
-        matcher.CONFIG = dataclasses.replace(matcher.CONFIG, postings_budget=None)
     location = GcsLocation(uri, memory_limit) if uri.startswith("gs://") else LocalLocation(uri)
     # Since the process began: the interpreter and the imports (numpy, scipy, the storage client).
     started_at = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
@@ -148,6 +144,8 @@ def cold_start(uri: str, queries_file: str, memory_limit: int | None, budget: bo
     location.mirror([entry["name"] for entry in manifest["segments"]])
     downloaded = time.perf_counter()
     recogniser = Recogniser(Catalog(uri, location=location))
+    if not budget:
+        recogniser.catalog.budget = None
     loaded = time.perf_counter()
     mirror_bytes = sum(p.stat().st_size for p in location.local_dir.rglob("*") if p.is_file()) if uri.startswith("gs://") else 0
     after_load_rss = _peak_rss_mib()

@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             urls.append(stack.enter_context(running_function(env, scratch / f"shard-{i}.log", healthy=True)).url)
         single, sharded = Recogniser(catalog), Recogniser(Shards(tuple(urls), TOKEN))
+        # The catalog the shards answer as: this one, read with their N instances' budget.
+        catalog.budget = sharded.catalog.budget
         held = [len(Catalog(shard_uri(str(scratch / "shards"), i)).songs) for i in range(SHARDS)]
 
         replay = queries(material, args.seed)

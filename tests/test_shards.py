@@ -110,6 +110,8 @@ def test_the_split_keeps_version_groups_together_and_uses_both_shards(catalogs: 
 def test_sharded_answers_equal_the_single_catalogs(catalogs: tuple[str, str], shard_urls: tuple[str, ...]) -> None:
     single = Recogniser.open(catalogs[0])
     sharded = Recogniser(Shards(shard_urls, TOKEN))
+    single.catalog.budget = sharded.catalog.budget  # 2 shards read two instances' postings
+    assert sharded.catalog.budget == 2 * CONFIG.postings_budget
     named = 0
     for label, samples in queries():
         one, one_confidence = single.best_guess(samples, RATE)

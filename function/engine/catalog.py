@@ -310,6 +310,7 @@ class Catalog:
         # What a shard written by shards.split is of the catalog it was split from; None for
         # any other catalog, and once songs are added or removed.
         self.shard: ShardOf | None = None
+        self.budget: int | None = CONFIG.postings_budget  # matcher.Votes.budget
         self._last_ranges = threading.local()
         if not self._load() and not create:
             raise CatalogError(f"no catalog at {uri} (register songs first: python -m function register PATH)")

@@ -57,6 +57,10 @@ class Votes(Protocol):
     steps: which hashes are read depends on the whole catalog's posting counts, and the piles
     are then counted with only those hashes."""
 
+    # Postings a vote may read, rarest hashes first (None: no limit): CONFIG.postings_budget
+    # for each instance that reads them, so N shards read about one instance's worth each.
+    budget: int | None
+
     def posting_counts(self, hashes: np.ndarray) -> tuple[np.ndarray, int]:
         """Postings of each query hash (int64), and the postings stored in all."""
         ...
@@ -72,7 +76,7 @@ def postings_cap(postings_count: int) -> int:
     return max(CONFIG.min_postings_cap, int(CONFIG.popular_hash_factor * mean))
 
 
-def kept(counts: np.ndarray, postings_count: int, budget: int | None = CONFIG.postings_budget) -> np.ndarray:
+def kept(counts: np.ndarray, postings_count: int, budget: int | None) -> np.ndarray:
     """Which query hashes to read, from their posting counts in the whole catalog.
 
     Hashes with more than `postings_cap` postings are skipped: they occur in so many songs that
@@ -92,7 +96,7 @@ def vote(catalog: Votes, hashes: np.ndarray, frames: np.ndarray) -> Vote | None:
     if len(hashes) == 0:
         return None
     counts, postings_count = catalog.posting_counts(hashes)
-    return catalog.piles(hashes, frames, kept(counts, postings_count))
+    return catalog.piles(hashes, frames, kept(counts, postings_count, catalog.budget))
 
 
 def piles(

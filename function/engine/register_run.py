@@ -90,7 +90,7 @@ def group_versions(catalog: Catalog, added: list[Fingerprinted]) -> dict[str, st
         if index == 0 or not head.any():
             continue
         hashes = item.hashes[head]
-        v = catalog.piles(hashes, item.frames[head], kept(*catalog.posting_counts(hashes)), songs_below=index)
+        v = catalog.piles(hashes, item.frames[head], kept(*catalog.posting_counts(hashes), catalog.budget), songs_below=index)
         if v is None or v.confidence < CONFIG.version_min_confidence:
             continue
         if v.score < CONFIG.version_min_share * int(head.sum()):

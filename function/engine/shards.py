@@ -6,7 +6,9 @@ Why a vote can be split exactly: which query hashes a vote reads depends on the 
 confidence compares the best pile with the tallest pile of any *other* song. So a vote asks
 every shard twice (matcher.Votes):
 1. counts: each shard's posting count of every query hash and its postings stored; summed,
-   they are the whole catalog's, and matcher.kept chooses the hashes as one catalog would;
+   they are the whole catalog's, and matcher.kept chooses the hashes as one catalog would
+   with N instances' postings budget (Shards.budget: N shards read N times the postings,
+   about one instance's worth each, so that a big catalog is not held to one instance's);
 2. piles: each shard votes with only those hashes and answers its best pile, with its own
    runner-up (another song's tallest pile in that shard) and the best song's chance pile. The
    best of the shards' piles is the catalog's; its runner-up is the larger of its shard's
@@ -49,6 +51,7 @@ import httpx
 import numpy as np
 
 from function.engine.catalog import Catalog, CatalogError, Fingerprinted, ShardOf, Song
+from function.engine.config import CONFIG
 from function.engine.matcher import Vote
 
 # One shard request's time limit: a recognition makes up to 4 votes of 2 round trips each, and
@@ -187,6 +190,11 @@ class Shards:
     def __init__(self, urls: tuple[str, ...], token: str, timeout: float = REQUEST_SECONDS) -> None:
         self.urls = urls
         self.uri = ",".join(urls)  # what logs and errors call this catalog
+        # One instance's budget per shard (matcher.Votes.budget): the postings a vote reads are
+        # spread over the shards, about 1/N each, so every shard reads about what one instance
+        # of a catalog N times smaller would, and a big catalog keeps the hashes one instance
+        # would have to drop. Its answers are the whole catalog's with this budget.
+        self.budget = CONFIG.postings_budget * len(urls)
         # Keep-alive connections to every shard, and threads to have a request to each under
         # way at once for a few recognitions at a time (the webhook runs one per core).
         self._client = httpx.Client(
