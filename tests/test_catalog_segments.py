@@ -193,6 +193,36 @@ def test_a_register_run_merges_the_newest_small_segments_and_never_the_big_one(
         assert reopened.recognise(excerpt(path, 5, 10), INTERNAL_RATE).title == title(path)
 
 
+def test_no_merge_holds_more_than_merge_postings_a_register_run_or_a_compaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge holds all its postings in memory: at 100,000 songs, merging every segment into one
+    would need ~80 GB, so merges stop at MERGE_POSTINGS (here made small: two songs' worth)."""
+    catalogs = []
+    for name in ("registered", "compacted"):
+        rec = Recogniser.open(str(tmp_path / name), create=True)
+        for path in MUSIC[:4]:
+            rec.register([str(path)], workers=1)
+        catalogs.append(rec)
+    sizes = [len(s.postings) for s in catalogs[0].catalog.segments]
+    assert len(sizes) == 4
+    cap = max(a + b for a, b in zip(sizes, sizes[1:])) + 1
+    monkeypatch.setattr(catalog_module, "MERGE_POSTINGS", cap)
+    monkeypatch.setattr(catalog_module, "MAX_SEGMENTS", 1)
+
+    catalogs[0].register([str(MUSIC[4])], workers=1)  # over MAX_SEGMENTS: the run merges
+    assert catalogs[1].compact()
+
+    merged = [len(s.postings) for s in catalogs[0].catalog.segments]
+    compacted = [len(s.postings) for s in catalogs[1].catalog.segments]
+    assert len(merged) < 5 and max(merged) <= cap
+    assert len(compacted) == 2 and max(compacted) <= cap and sum(compacted) == sum(sizes)
+    for rec, count in zip(catalogs, (5, 4)):
+        reopened = Recogniser.open(rec.catalog.uri)
+        for path in MUSIC[:count]:
+            assert reopened.recognise(excerpt(path, 5, 10), INTERNAL_RATE).title == title(path)
+
+
 def test_versions_are_grouped_across_segments_and_outlive_their_first_version(tmp_path: Path) -> None:
     quieter = tmp_path / "quieter master.flac"
     samples, rate = decode_file(MUSIC[0])

@@ -72,6 +72,13 @@ MAX_SEGMENT_POSTINGS = (1 << 32) - 1  # uint32 offsets
 # cap: each segment costs every lookup one more table read, and a merge rewrites only segments
 # about as big as those newer than them together, so adding songs never rewrites the big ones.
 MAX_SEGMENTS = 8
+# Postings one merge may hold: a merge keeps every posting of the segments it merges in memory
+# at once (about 32 bytes each at its peak: 5.6 GB for the 175 M postings of 10,000 songs), so
+# neither a register run nor `catalog --compact` merges past this, and a segment of at least half
+# of it is never merged by a register run. 2^27 postings (~7,500 songs, ~4.3 GB at the peak)
+# keeps a merge within a laptop's memory; a 100,000-song catalog then stays about 20 segments,
+# each read by every lookup, rather than one merge of 2.5 G postings (~80 GB).
+MERGE_POSTINGS = 1 << 27
 # A reader that finds a segment its manifest names already deleted reads the manifest again, up
 # to this many reads in all: only a reader overtaken by two saves between reading catalog.json
 # and opening the segments gets there, since a save keeps what the previous one dropped. Saves
@@ -195,8 +202,9 @@ class Segment:
 
     @property
     def sealed(self) -> bool:
-        """At least half of a cap: never merged by a register run (it could not shrink the count)."""
-        return 2 * len(self.part_song) >= MAX_PARTS or 2 * len(self.postings) >= MAX_SEGMENT_POSTINGS
+        """At least half of a cap: never merged by a register run (it could not shrink the count,
+        or the merge would hold more than MERGE_POSTINGS)."""
+        return 2 * len(self.part_song) >= MAX_PARTS or 2 * len(self.postings) >= min(MAX_SEGMENT_POSTINGS, MERGE_POSTINGS)
 
     def link(self, index: np.ndarray, alive: np.ndarray) -> None:
         """Each song's index in the catalog's song list, and whether it is alive (listed there
@@ -606,14 +614,21 @@ class Catalog:
 
     def compact(self, everything: bool = False) -> bool:
         """Merge segments, leaving out tombstoned postings; whether anything changed (the caller
-        saves). `everything`: all segments into as few as the caps allow (`catalog --compact`);
-        otherwise, while more than MAX_SEGMENTS are unsealed, the newest of them together with
-        each older one no bigger than those newer than it together (a register run)."""
+        saves). `everything`: consecutive segments together up to MERGE_POSTINGS postings a
+        merge, and any segment with removed songs' postings (`catalog --compact`); otherwise,
+        while more than MAX_SEGMENTS are unsealed, the newest of them together with each older
+        one no bigger than those newer than it together (a register run), up to MERGE_POSTINGS."""
         if everything:
-            if len(self.segments) < 2 and not any(s.alive_postings < len(s.postings) for s in self.segments):
-                return False
-            self._merge(list(self.segments))
-            return True
+            runs: list[list[Segment]] = []
+            for segment in list(self.segments):
+                if runs and sum(s.alive_postings for s in runs[-1]) + segment.alive_postings <= MERGE_POSTINGS:
+                    runs[-1].append(segment)
+                else:
+                    runs.append([segment])
+            runs = [run for run in runs if len(run) > 1 or run[0].alive_postings < len(run[0].postings)]
+            for run in runs:
+                self._merge(run)
+            return bool(runs)
         changed = False
         while True:
             unsealed = [s for s in self.segments if not s.sealed]
@@ -621,7 +636,7 @@ class Catalog:
                 return changed
             run, size = unsealed[-2:], sum(s.alive_postings for s in unsealed[-2:])
             for older in reversed(unsealed[:-2]):
-                if older.alive_postings > size:
+                if older.alive_postings > size or size + older.alive_postings > MERGE_POSTINGS:
                     break
                 run.insert(0, older)
                 size += older.alive_postings
