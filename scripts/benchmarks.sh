@@ -17,6 +17,7 @@ python -m bench.versions --corpus "$corpus" --split test --songs 12 --baseline-r
 python -m bench.load --corpus "$corpus" --out "$out/load.md"
 python -m bench.shards --corpus "$corpus" --split test --write-md "$out/shards.md"
 python -m bench.coldstart --corpus "$corpus" --out "$out/coldstart" --sizes 1000,10000,100000
+python -m bench.shards_scale --corpus "$corpus" --out "$out/coldstart" --songs 100000 --shards 10
 {
     cat "$out/recognition.md"
     echo
@@ -29,6 +30,8 @@ python -m bench.coldstart --corpus "$corpus" --out "$out/coldstart" --sizes 1000
     cat "$out/shards.md"
     echo
     cat "$out/coldstart/coldstart.md"
+    echo
+    cat "$out/coldstart/shards_scale.md"
     echo
     echo "(BENCHMARKS.md is written by \`bash scripts/benchmarks.sh CORPUS_DIR\`: each section above is the output of the command it names.)"
 } > BENCHMARKS.md

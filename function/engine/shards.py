@@ -133,6 +133,24 @@ def vote_from_json(answer: dict) -> Vote | None:
     )
 
 
+def fanout_budget(shards: int) -> int:
+    """matcher.Votes.budget of a vote over `shards` shards: one instance's budget per shard (the
+    postings a vote reads are spread over the shards, about 1/N each, so every shard reads about
+    what one instance of a catalog N times smaller would, and a big catalog keeps the hashes one
+    instance would have to drop). Its answers are the whole catalog's with this budget."""
+    return CONFIG.postings_budget * shards
+
+
+def merge_counts(answers: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
+    """The whole catalog's posting counts of the query hashes, and its postings stored, from its
+    shards' (counts, postings): summed."""
+    total, postings = np.zeros(len(answers[0][0]) if answers else 0, dtype=np.int64), 0
+    for counts, stored in answers:
+        total += counts
+        postings += stored
+    return total, postings
+
+
 def merge(votes: list[Vote | None]) -> Vote | None:
     """The whole catalog's vote from its shards' (in shard order): see the module docstring."""
     found = [(i, v) for i, v in enumerate(votes) if v is not None]
@@ -190,11 +208,7 @@ class Shards:
     def __init__(self, urls: tuple[str, ...], token: str, timeout: float = REQUEST_SECONDS) -> None:
         self.urls = urls
         self.uri = ",".join(urls)  # what logs and errors call this catalog
-        # One instance's budget per shard (matcher.Votes.budget): the postings a vote reads are
-        # spread over the shards, about 1/N each, so every shard reads about what one instance
-        # of a catalog N times smaller would, and a big catalog keeps the hashes one instance
-        # would have to drop. Its answers are the whole catalog's with this budget.
-        self.budget = CONFIG.postings_budget * len(urls)
+        self.budget = fanout_budget(len(urls))  # matcher.Votes.budget
         # Keep-alive connections to every shard, and threads to have a request to each under
         # way at once for a few recognitions at a time (the webhook runs one per core).
         self._client = httpx.Client(
@@ -245,17 +259,17 @@ class Shards:
         body = hashes.astype("<u4").tobytes()
         answers = self._each(lambda url: self._client.post(f"{url}/shard/counts", content=body))
         self._one_split([answer.headers.get(SPLIT_HEADER, "") for answer in answers])
-        total, postings = np.zeros(len(hashes), dtype=np.int64), 0
+        parsed = []
         for url, answer in zip(self.urls, answers):
             try:
                 counts = np.frombuffer(answer.content, dtype="<i8")
-                postings += int(answer.headers[POSTINGS_HEADER])
+                postings = int(answer.headers[POSTINGS_HEADER])
             except (KeyError, ValueError) as exc:
                 raise CatalogError(f"catalog shard {url} answered counts that do not parse: {exc}") from None
             if len(counts) != len(hashes):
                 raise CatalogError(f"catalog shard {url} answered {len(counts)} counts for {len(hashes)} hashes")
-            total += counts
-        return total, postings
+            parsed.append((counts, postings))
+        return merge_counts(parsed)
 
     def piles(self, hashes: np.ndarray, frames: np.ndarray, keep: np.ndarray) -> Vote | None:
         """See matcher.Votes: the shards' best piles, merged."""
