@@ -51,8 +51,12 @@ def catalogs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     first, rate = soundfile.read(audio / f"{MUSIC[-1].stem} (first half).flac")
     soundfile.write(audio / f"{MUSIC[-1].stem} (first half, quieter).flac", 0.7 * first, rate)
     full = str(tmp_path_factory.mktemp("full"))
-    results = Recogniser.open(full, create=True).register([str(audio)], workers=1)
+    # Three register runs, so three segments: a split reads them one at a time.
+    songs = sorted(str(f) for f in audio.glob("*.flac") if "quieter" not in f.name)
+    runs = (songs[:4], songs[4:], [str(audio / f"{MUSIC[-1].stem} (first half, quieter).flac")])
+    results = [r for run in runs for r in Recogniser.open(full, create=True).register(run, workers=1)]
     assert [r.status for r in results] == ["added"] * 11 and sum(r.version_of is not None for r in results) == 1
+    assert len(Catalog(full).segments) == 3
     prefix = str(tmp_path_factory.mktemp("shards"))
     split(Catalog(full), prefix, 2)
     return full, prefix

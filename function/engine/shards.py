@@ -167,36 +167,56 @@ def split(catalog: Catalog, prefix: str, shards: int) -> list[Catalog]:
     holding whole version groups (`shard_of`) in the catalog's own order, and return them.
 
     A shard catalog that exists is replaced as `remove` and `register` change a live one (its
-    songs tombstoned, the new ones in a new segment, catalog.json swapped atomically), so
+    songs tombstoned, the new ones in new segments, catalog.json swapped atomically), so
     shards serving it switch to the new split within RELOAD_CHECK_SECONDS. Removed songs'
     postings are not copied: the shards answer as the catalog would after `catalog --compact`.
-    Holds every posting in memory at once, as a compaction does.
+
+    The catalog is read one segment at a time, those holding its earliest songs first, each
+    segment's songs going to their shards as new segments, which a compaction then joins (up
+    to catalog.MERGE_POSTINGS a merge): a split holds one segment's postings at once, never the
+    whole index (100,000 songs' would take ~80 GB).
     """
     if shards < 1:
         raise ValueError(f"a split needs at least 1 shard, got {shards}")
     # One id for this split's shards, another for the next split of a changed catalog.
     split_id = hashlib.sha256(f"{catalog.uri}|{catalog.generation}|{shards}".encode()).hexdigest()[:12]
-    groups = catalog.group_index
-    home = np.array([shard_of(catalog.songs[int(g)].song_id, shards) for g in groups], dtype=np.int64)
-    songs, hashes, frames = catalog.landmarks()
-    # Each song's landmarks together, songs in catalog order: one stable sort by song.
-    order = np.argsort(songs, kind="stable")
-    songs, hashes, frames = songs[order], hashes[order], frames[order]
-    bounds = np.searchsorted(songs, np.arange(len(catalog.songs) + 1))
-    written = []
-    for index in range(shards):
-        items = []
-        for i in np.flatnonzero(home == index):
-            a, b = bounds[i], bounds[i + 1]
-            song = replace(catalog.songs[i], sources=list(catalog.songs[i].sources))
-            items.append(Fingerprinted(song, hashes[a:b], frames[a:b]))
-        target = Catalog(shard_uri(prefix, index), create=True)
+    home = [shard_of(catalog.songs[int(g)].song_id, shards) for g in catalog.group_index]
+    targets = [Catalog(shard_uri(prefix, index), create=True) for index in range(shards)]
+    for target in targets:
         target.remove([s.song_id for s in target.songs])
-        target.add(items)
-        target.shard = ShardOf(split_id, index, shards, [int(i) for i in np.flatnonzero(home == index)])
+    placed: list[list[int]] = [[] for _ in range(shards)]  # each shard's songs, as whole-catalog indices
+
+    def place(batch: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        items: list[list[Fingerprinted]] = [[] for _ in range(shards)]
+        for i, hashes, frames in batch:
+            song = replace(catalog.songs[i], sources=list(catalog.songs[i].sources))
+            items[home[i]].append(Fingerprinted(song, hashes, frames))
+            placed[home[i]].append(i)
+        for target, found in zip(targets, items):
+            if found:
+                target.add(found)
+
+    def first_song(segment) -> int:
+        return min((catalog.index_of(s) for s in segment.song_ids if s in catalog), default=len(catalog.songs))
+
+    for segment in sorted(catalog.segments, key=first_song):
+        part, hashes, frames = segment.landmarks()
+        songs = segment.part_index[part]
+        order = np.argsort(songs, kind="stable")  # each song's landmarks together, in catalog order
+        songs, hashes, frames = songs[order], hashes[order], frames[order]
+        present, starts = np.unique(songs, return_index=True)
+        ends = np.append(starts[1:], len(songs))
+        place([(int(i), hashes[a:b], frames[a:b]) for i, a, b in zip(present, starts, ends)])
+        del part, hashes, frames, songs, order
+    # Songs without a landmark (too short or silent) are in no segment, but are songs.
+    done = {i for found in placed for i in found}
+    empty = np.zeros(0, np.uint32)
+    place([(i, empty, empty) for i in range(len(catalog.songs)) if i not in done])
+    for index, target in enumerate(targets):
+        target.compact(everything=True)
+        target.shard = ShardOf(split_id, index, shards, placed[index])
         target.save()
-        written.append(target)
-    return written
+    return targets
 
 
 # --- the webhook's side ---------------------------------------------------------------------------
