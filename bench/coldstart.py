@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                 uploads[n] = upload(directory, bucket, f"catalog-{n}")
                 files = [p for p in directory.rglob("*") if p.is_file() and p.name != "bench.json"]
                 segments = len({p.parent for p in files if p.name == "postings.npy"})
-                needed = needed_bytes(sum(p.stat().st_size for p in files), segments)
+                manifest_bytes = (directory / "catalog.json").stat().st_size
+                needed = needed_bytes(sum(p.stat().st_size for p in files), segments, manifest_bytes)
                 limit = int(args.instance_gib * 2**30) if needed <= args.instance_gib * 2**30 else None
                 print(f"cold start, gs://: {n} songs ...", file=sys.stderr)
                 results.append(("gs://", {"songs_planned": n, **probe(f"gs://{bucket.name}/catalog-{n}", latency, env, limit)}))
