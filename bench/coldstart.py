@@ -135,8 +135,7 @@ def markdown(info: dict, command: str, results: list[tuple[str, dict]], uploads:
     lines = [
         "## Cold starts and memory per catalog size",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; {info['os']}; Python {info['python']},"
-        f" numpy {info['numpy']}; {info['date']}.",
+        machine.machine_line(info),
         "",
         f"Command: `{command}`",
         "",

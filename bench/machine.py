@@ -47,6 +47,14 @@ def describe() -> dict[str, str]:
     }
 
 
+def machine_line(info: dict[str, str]) -> str:
+    """The line a benchmark section names its machine and date with (`describe`'s fields)."""
+    return (
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; {info['os']}; Python {info['python']},"
+        f" numpy {info['numpy']}; {info['date']}."
+    )
+
+
 class OtherLoad:
     """CPU used by every other process while a timing runs, in cores.
 

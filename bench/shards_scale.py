@@ -284,8 +284,7 @@ def markdown(info: dict, command: str, songs: int, shards: int, held: list[int],
     lines = [
         f"## {songs:,} songs in {shards} shards: accuracy and the critical path (`python -m bench.shards_scale`)",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; {info['os']}; Python {info['python']},"
-        f" numpy {info['numpy']}; {info['date']}.",
+        machine.machine_line(info),
         "",
         f"Command: `{command}`",
         "",
