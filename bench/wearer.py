@@ -92,6 +92,12 @@ class RoomKind:
     speaker_height: tuple[float, float]
     microphone_height: tuple[float, float]  # the wearer's chest; talkers' mouths are 0.3 m higher
     margin: float  # nothing closer to a wall than this
+    # Share of the energy a wall scatters diffusely (0: every reflection specular, the plain
+    # image-source model). Above 0 the room is simulated by image sources up to DIFFUSE_ORDER and
+    # ray tracing for the rest, which gives the dense, random late reverberation recorded halls
+    # have (C50 a few dB lower at the same RT60 and distance): peaks smear more than in a
+    # specular room, which is why the harsh rooms use it.
+    scattering: float = 0.0
 
 
 ROOMS: dict[str, RoomKind] = {
@@ -101,7 +107,15 @@ ROOMS: dict[str, RoomKind] = {
     "car": RoomKind((0.15, 0.3), ((1.7, 2.1), (1.3, 1.5), (1.1, 1.25)), (0.5, 1.2), (0.3, 0.9), (0.55, 0.75), 0.15),
     "medium hall": RoomKind((1.2, 1.5), ((15.0, 22.0), (10.0, 15.0), (5.0, 8.0)), (3.0, 10.0), (1.0, 3.0), (1.2, 1.4), 0.5),
     "big hall": RoomKind((1.8, 2.2), ((28.0, 40.0), (18.0, 28.0), (9.0, 14.0)), (4.0, 15.0), (1.0, 3.0), (1.2, 1.4), 0.5),
+    # Small floor area, hard walls, tall: a stairwell, a tiled hallway, a church's side aisle.
+    # Its volume is a hundredth of the big hall's, so the critical distance is well under a
+    # metre and everyone hears almost nothing but reverberation.
+    "stairwell": RoomKind((1.4, 2.0), ((3.0, 5.0), (2.5, 4.0), (9.0, 15.0)), (2.0, 6.0), (0.8, 2.0), (1.2, 1.4), 0.3, 0.5),
+    "diffuse hall": RoomKind((1.3, 2.0), ((15.0, 35.0), (10.0, 25.0), (6.0, 12.0)), (4.0, 12.0), (1.0, 3.0), (1.2, 1.4), 0.5, 0.4),
 }
+DIFFUSE_ORDER = 3  # image-source order of a scattering room; ray tracing carries the rest
+DIFFUSE_RAYS = 8000  # rays per source: a dense enough tail at 1-2 s a source
+DIFFUSE_RECEIVER_METRES = 1.0  # the ray tracer's receiver sphere: bigger needs fewer rays
 
 
 @dataclass(frozen=True)
@@ -112,16 +126,25 @@ class Scene:
 
     rooms: tuple[str, ...] = ()
     small_speaker: bool = False
-    talk_snr: float | None = None  # 1-3 talkers in the room
+    talk_snr: float | None = None  # people talking in the room, all of them together
+    voices: tuple[int, int] = (1, 3)  # how many (drawn per stream, inclusive), from MAX_TALKERS places
     crowd_snr: float | None = None  # an ambient recording and babble
     voice_fraction: float = 0.0  # of the time the wearer speaks
     opus_kbps: int | None = None
     speed: float = 1.0  # playback speed: pitch and tempo together
     second_song_db: float | None = None  # another song mixed in at this level to the target
     music: bool = True
+    # Seconds of the scene (talk, crowd, the wearer) before the loudspeaker starts the song:
+    # the buffer then holds talk before the music, as when a song comes on mid-conversation.
+    music_after: float = 0.0
 
 
 TARGET_ROOMS = ("living room", "café", "medium hall")  # RT60 <= 1.5 s
+# As reverberant as recorded halls and stairwells: RT60 1.3-2 s, diffuse late reverberation,
+# people past the critical distance.
+REVERBERANT_ROOMS = ("stairwell", "diffuse hall")
+REVERBERANT_SCENE = "reverberant room: small speaker, RT60 1.3-2 s, 6 voices +5 dB, wearer 40 %, opus 24"
+PARTY_SCENE = "party: reverberant room, small speaker, 8 voices 0 dB, wearer 40 %, opus 24"
 # The condition the engine is tuned for: what most listening to music around people sounds like.
 TARGET_SCENE = "room: small speaker, RT60<=1.5 s, talk +5 dB, wearer's voice 40 %, opus 24 kbit/s"
 SCENES: dict[str, Scene] = {
@@ -132,6 +155,19 @@ SCENES: dict[str, Scene] = {
     ),
     "big hall + talk": Scene(rooms=("big hall",), talk_snr=5.0, opus_kbps=24),
     "car + talk": Scene(rooms=("car",), talk_snr=5.0, opus_kbps=24),
+    REVERBERANT_SCENE: Scene(
+        rooms=REVERBERANT_ROOMS, small_speaker=True, talk_snr=5.0, voices=(6, 6), voice_fraction=0.4, opus_kbps=24
+    ),
+    PARTY_SCENE: Scene(
+        rooms=REVERBERANT_ROOMS, small_speaker=True, talk_snr=0.0, voices=(8, 8), voice_fraction=0.4, opus_kbps=24
+    ),
+    "bar: 4-12 voices -5 dB, crowd -5 dB, wearer, opus 16": Scene(
+        rooms=TARGET_ROOMS, talk_snr=-5.0, voices=(4, 12), crowd_snr=-5.0, voice_fraction=0.4, opus_kbps=16
+    ),
+    "song after 10 s of talk: reverberant room, 6 voices +5 dB, opus 32": Scene(
+        rooms=REVERBERANT_ROOMS, small_speaker=True, talk_snr=5.0, voices=(6, 6), voice_fraction=0.4, opus_kbps=32,
+        music_after=10.0,
+    ),
     "speed +2 %": Scene(speed=1.02),
     "speed -2 %": Scene(speed=0.98),
     "speed +2 % at +5 dB": Scene(speed=1.02, crowd_snr=5.0),
@@ -141,6 +177,10 @@ SCENES: dict[str, Scene] = {
         rooms=TARGET_ROOMS, talk_snr=5.0, voice_fraction=0.4, opus_kbps=24, music=False
     ),
     "crowd noise, no music": Scene(crowd_snr=0.0, opus_kbps=24, music=False),
+    "party, no music": Scene(
+        rooms=REVERBERANT_ROOMS, small_speaker=True, talk_snr=0.0, voices=(8, 8), voice_fraction=0.4, opus_kbps=24,
+        music=False,
+    ),
 }
 
 
@@ -206,18 +246,26 @@ def decay_rt60(h: np.ndarray) -> float:
     return float(measure_rt60(mid_band(h), fs=WORK_RATE, decay_db=20))
 
 
-def _walls(rt60: float, size: np.ndarray, tilt: float) -> tuple[pra.Material, int]:
+def _walls(rt60: float, size: np.ndarray, tilt: float, scattering: float) -> tuple[pra.Material, int]:
     """Walls whose mid-frequency absorption gives `rt60` by Sabine, tilted towards the treble,
     and the image-source order that reaches that far."""
     absorption, order = pra.inverse_sabine(rt60, size)
     coefficients = np.clip(absorption * (np.asarray(OCTAVES) / MID_FREQUENCY) ** tilt, 0.01, MAX_ABSORPTION)
-    material = pra.Material({"description": "tilted", "coeffs": coefficients.tolist(), "center_freqs": list(OCTAVES)})
+    material = pra.Material(
+        {"description": "tilted", "coeffs": coefficients.tolist(), "center_freqs": list(OCTAVES)}, scattering or None
+    )
     return material, min(order, MAX_ORDER)
 
 
-def _shoebox(size: np.ndarray, rt60: float, tilt: float, sources: list[np.ndarray], microphone: np.ndarray) -> tuple[np.ndarray, ...]:
-    walls, order = _walls(rt60, size, tilt)
-    room = pra.ShoeBox(size, fs=WORK_RATE, materials=walls, max_order=order, air_absorption=True)
+def _shoebox(
+    size: np.ndarray, rt60: float, tilt: float, sources: list[np.ndarray], microphone: np.ndarray, scattering: float, seed: int
+) -> tuple[np.ndarray, ...]:
+    walls, order = _walls(rt60, size, tilt, scattering)
+    diffuse = scattering > 0
+    room = pra.ShoeBox(size, fs=WORK_RATE, materials=walls, max_order=DIFFUSE_ORDER if diffuse else order, air_absorption=True)
+    if diffuse:
+        room.set_ray_tracing(n_rays=DIFFUSE_RAYS, receiver_radius=DIFFUSE_RECEIVER_METRES)
+        pra.random.seed(seed)  # the ray tracer's own generator: the same room every time
     for source in sources:
         room.add_source(source)
     room.add_microphone(microphone)
@@ -251,7 +299,7 @@ def _shadow_db(facing: float, microphone: np.ndarray, source: np.ndarray) -> flo
     return BODY_SHADOW_DB * (1 - np.cos(bearing - facing)) / 2
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=256)  # a run's streams revisit their rooms scene after scene
 def simulate_room(kind: str, seed: int, split: str) -> SimulatedRoom:
     """A room of `kind` (a key of ROOMS) with its size, RT60 and positions drawn from
     (seed, split); cached, since one stream's loudspeaker and talkers share it.
@@ -269,8 +317,9 @@ def simulate_room(kind: str, seed: int, split: str) -> SimulatedRoom:
     speaker, microphone, talkers = _positions(k, size, rng)
     facing = float(rng.uniform(0, 2 * np.pi))
     sources = [speaker, *talkers]
-    first = _shoebox(size, rt60, tilt, sources, microphone)
-    raw = _shoebox(size, rt60 * rt60 / decay_rt60(first[0]), tilt, sources, microphone)
+    tracer_seed = int(rng.integers(2**31))
+    first = _shoebox(size, rt60, tilt, sources, microphone, k.scattering, tracer_seed)
+    raw = _shoebox(size, rt60 * rt60 / decay_rt60(first[0]), tilt, sources, microphone, k.scattering, tracer_seed)
     shadows = tuple(_shadow_db(facing, microphone, s) for s in sources)
     direct = tuple(_direct_sample(s, microphone) for s in sources)
     return SimulatedRoom(
@@ -372,16 +421,17 @@ def babble(material: Corpus, rng: np.random.Generator, n: int) -> np.ndarray:
     return sum(at_level(_one_voice(material, rng, n), 10 ** (rng.uniform(-3, 3) / 20)) for _ in range(voices))
 
 
-def _talk(material: Corpus, room: SimulatedRoom | None, rng: np.random.Generator, n: int) -> np.ndarray:
-    """1-MAX_TALKERS people in the room, each from their own place (dry without a room)."""
+def _talk(material: Corpus, room: SimulatedRoom | None, voices: tuple[int, int], rng: np.random.Generator, n: int) -> np.ndarray:
+    """People in the room, as many as drawn from `voices`, each within 3 dB of the others,
+    standing in groups at the room's MAX_TALKERS places (voice k at place k mod MAX_TALKERS;
+    dry without a room). A place's voices share its response, so it is applied once per place."""
     lead = int(LEAD_SECONDS * WORK_RATE)
-    total = np.zeros(n, np.float32)
-    for k in range(rng.integers(1, MAX_TALKERS + 1)):
-        voice = _one_voice(material, rng, lead + n)
-        if room is not None:
-            voice = fftconvolve(voice, room.impulse_response(1 + k))[: lead + n]
-        total += at_level(voice[lead:], 10 ** (rng.uniform(-3, 3) / 20))
-    return total
+    places = np.zeros((MAX_TALKERS, lead + n), np.float32)
+    for k in range(rng.integers(voices[0], voices[1] + 1)):
+        places[k % MAX_TALKERS] += at_level(_one_voice(material, rng, lead + n), 10 ** (rng.uniform(-3, 3) / 20))
+    if room is not None:
+        places = np.stack([fftconvolve(p, room.impulse_response(1 + k))[: lead + n] for k, p in enumerate(places)])
+    return places[:, lead:].sum(axis=0)
 
 
 def _crowd(material: Corpus, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -421,7 +471,8 @@ def render(music: np.ndarray, scene: Scene, seed: int, material: Corpus, second:
     `music` (and `second`, the other song of a two-song scene) starts with LEAD_SECONDS of what
     preceded the excerpt, so the room is not silent at t=0; the result is the excerpt only,
     (len(music) / WORK_RATE - LEAD_SECONDS) / scene.speed seconds long. A scene without music
-    uses only the length of `music`. `material` is the split (bench/corpus.py) whose speech and
+    uses only the length of `music`; one with `music_after` plays the excerpt from then on (the
+    stream's song offset is then where the music starts). `material` is the split (bench/corpus.py) whose speech and
     noise are used; its `split` also keys every random draw, with `seed`.
     """
     split = material.split
@@ -437,6 +488,11 @@ def render(music: np.ndarray, scene: Scene, seed: int, material: Corpus, second:
     x = speed_change(x, scene.speed)
     lead = int(round(lead / scene.speed))
     n = len(x) - lead
+    # The loudspeaker silent until `music_after`: the song's excerpt starts there, its lead
+    # (which only a room that was never silent has) dropped.
+    silent = lead + int(scene.music_after * WORK_RATE)
+    if scene.music_after > 0:
+        x = np.concatenate([np.zeros(silent, np.float32), x[lead:]])[: len(x)]
     if scene.small_speaker:
         x = small_speaker(x, _rng(seed, split, "small speaker"))
     room = None
@@ -444,9 +500,9 @@ def render(music: np.ndarray, scene: Scene, seed: int, material: Corpus, second:
         room = simulate_room(scene.rooms[_rng(seed, split, "room choice").integers(len(scene.rooms))], seed, split)
         x = fftconvolve(x, room.impulse_response(0))[: len(x)]
     level = 10 ** (MUSIC_DBFS / 20)
-    x = at_level(x[lead:], level).astype(np.float32)
+    x = (x[lead:] * (level / max(rms(x[silent:]), 1e-12))).astype(np.float32)  # the music's level while it plays
     if scene.talk_snr is not None:
-        x += at_level(_talk(material, room, _rng(seed, split, "talk"), n), level / 10 ** (scene.talk_snr / 20))
+        x += at_level(_talk(material, room, scene.voices, _rng(seed, split, "talk"), n), level / 10 ** (scene.talk_snr / 20))
     if scene.crowd_snr is not None:
         x += at_level(_crowd(material, _rng(seed, split, "crowd"), n), level / 10 ** (scene.crowd_snr / 20))
     if scene.voice_fraction > 0:

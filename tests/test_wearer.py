@@ -40,7 +40,7 @@ def test_render_is_deterministic_in_seed_and_split(material: corpus.Corpus, musi
     assert not np.allclose(first, test_split)
 
 
-@pytest.mark.parametrize("kind", ["living room", "café", "car", "medium hall"])
+@pytest.mark.parametrize("kind", ["living room", "café", "car", "medium hall", "diffuse hall"])
 def test_simulated_room_decays_as_asked(kind: str) -> None:
     low, high = wearer.ROOMS[kind].rt60
     room = wearer.simulate_room(kind, 1, "test")
@@ -152,3 +152,28 @@ def test_own_voice_speaks_the_fraction_of_the_time_asked(material: corpus.Corpus
 def test_two_song_scene_needs_the_second_song(material: corpus.Corpus, music: np.ndarray) -> None:
     with pytest.raises(ValueError, match="second song"):
         wearer.render(music, wearer.SCENES["two songs -5 dB"], 1, material)
+
+
+def test_diffuse_room_is_the_same_room_every_time() -> None:
+    """Its ray tracer draws from pyroomacoustics' own generator, seeded from the room's draws."""
+    first = wearer.impulse_response("diffuse hall", 2, "dev")
+    wearer.simulate_room.cache_clear()
+    assert np.array_equal(first, wearer.impulse_response("diffuse hall", 2, "dev"))
+
+
+def test_song_after_talk_starts_silent_then_plays_at_the_music_level(material: corpus.Corpus, music: np.ndarray) -> None:
+    scene = wearer.Scene(music_after=3.0)
+    x = wearer.render(music, scene, 1, material)
+    start = int(3.0 * WORK_RATE)
+    assert np.all(x[:start] == 0)
+    assert rms(x[start:]) == pytest.approx(10 ** (wearer.MUSIC_DBFS / 20), rel=0.01)
+
+
+def test_more_voices_talk_more_of_the_time(material: corpus.Corpus, music: np.ndarray) -> None:
+    """Babble: eight voices leave fewer pauses than one (levels are the same, set by the SNR)."""
+    quiet = []
+    for voices in ((1, 1), (8, 8)):
+        x = wearer.render(music, wearer.Scene(talk_snr=0.0, voices=voices, music=False), 1, material)
+        frames = x[: len(x) // 400 * 400].reshape(-1, 400)
+        quiet.append(np.mean(np.sqrt(np.mean(frames**2, axis=1)) < 0.1 * rms(x)))
+    assert quiet[1] < quiet[0]
