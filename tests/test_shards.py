@@ -124,7 +124,7 @@ def test_sharded_answers_equal_the_single_catalogs(catalogs: tuple[str, str], sh
         assert many_confidence == one_confidence, label
         assert many == one, label
         named += one_confidence >= CONFIG.threshold
-        # And each vote itself, neighbours and all: pile heights, runner-up and chance floor.
+        # And each vote itself, neighbours and all: pile height, surprise and rival.
         hashes, frames = with_neighbours(*fingerprint(to_internal(samples, RATE), QUERY_DENSITY), CONFIG.neighbour_gap_frames)
         assert _seen(vote(sharded.catalog, hashes, frames)) == _seen(vote(single.catalog, hashes, frames)), label
     assert named >= 12, "the queries should name songs often, or the comparison says little"
@@ -132,7 +132,7 @@ def test_sharded_answers_equal_the_single_catalogs(catalogs: tuple[str, str], sh
 
 def _seen(v: Vote | None) -> tuple | None:
     """A vote, its song's public fields only (a shard's copy of a song counts its own landmarks)."""
-    return None if v is None else (v.song_index, v.head.public(), v.offset_frames, v.score, v.runner_up, v.chance_pile)
+    return None if v is None else (v.song_index, v.head.public(), v.offset_frames, v.score, v.surprise, v.rival)
 
 
 def test_a_shard_that_is_down_fails_the_vote(catalogs: tuple[str, str], shard_urls: tuple[str, ...]) -> None:

@@ -361,6 +361,8 @@ class Catalog:
         self.group_index = np.array(
             [self._by_id.get(s.version_of or s.song_id, i) for i, s in enumerate(self.songs)], dtype=np.int64
         )
+        # Seconds of each song: how many offsets its chance hits spread over (matcher.piles).
+        self.durations = np.array([s.duration_seconds for s in self.songs], dtype=np.float64)
         self._link()
 
     def _link(self) -> None:

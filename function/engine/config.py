@@ -5,16 +5,35 @@ other values cannot be searched with these, so `Catalog` stores `CONFIG.frozen()
 catalog whose values differ. Everything else (how many landmarks a query takes, how the vote is
 read, the thresholds) may change without registering the music again.
 
-Tuned values say which music set them. The benchmark's split (bench/corpus.py) is by package:
-"dev" (drascula-music, fretsonfire-songs-muldjord known; planetblupi-music-ogg, nexuiz-music
-unknown) sets constants; "test" (the other packages) is what BENCHMARKS.md reports.
+Every field says where its value comes from, in its metadata (tests/test_config_provenance.py
+holds each one to it): `tuned` names the split it was set on, the command that set it and the
+run's output committed under bench/tuning/; `chosen` says why a value is not tuned on music (a
+scale, a speed budget, a range that physics sets). The benchmark's split (bench/corpus.py) is by
+package: "dev" (drascula-music, fretsonfire-songs-muldjord known; planetblupi-music-ogg,
+nexuiz-music unknown) sets constants; "test" (the other packages) is what BENCHMARKS.md reports.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-_FROZEN = {"frozen": True}
+NAMING_RUN = "python -m bench.tune_naming --corpus /tmp/corpus --split dev --record"
+NAMING_RECORD = "bench/tuning/naming-dev.md"
+
+
+def tuned(split: str, command: str, record: str | None, frozen: bool = False) -> dict:
+    """Field metadata of a value read off a tuning run: the split, the command, and the run's
+    output under bench/tuning/ (None: a run from before records were kept, listed in
+    tests/test_config_provenance.py until it is run again)."""
+    return {"tuned": {"split": split, "command": command, "record": record}, "frozen": frozen}
+
+
+def chosen(why: str, frozen: bool = False) -> dict:
+    """Field metadata of a value that is not tuned on music, and why."""
+    return {"chosen": why, "frozen": frozen}
+
+
+_HASH = "defines the hash space"
 
 
 @dataclass(frozen=True)
@@ -32,81 +51,84 @@ class Density:
 @dataclass(frozen=True)
 class EngineConfig:
     # --- frozen into a catalog ------------------------------------------------------------------
-    internal_rate: int = field(default=8000, metadata=_FROZEN)  # the oldest Omi devices' rate
-    n_fft: int = field(default=512, metadata=_FROZEN)  # 64 ms: 15.6 Hz bins
-    hop: int = field(default=256, metadata=_FROZEN)  # 32 ms frames
+    internal_rate: int = field(default=8000, metadata=chosen(_HASH, frozen=True))  # the oldest Omi devices' rate
+    n_fft: int = field(default=512, metadata=chosen(_HASH, frozen=True))  # 64 ms: 15.6 Hz bins
+    hop: int = field(default=256, metadata=chosen(_HASH, frozen=True))  # 32 ms frames
     # Power averaged over this many frames before peaks are picked. A room turns the fine
     # structure of a reverberant spectrum into random speckle that moves from frame to frame;
     # averaging keeps the music's own peaks and drops most of the speckle's. Set on dev (232
     # 10-s windows: a recorded hall under babble, simulated halls 4-7 m from the speaker with
     # talk, the wearer's voice and Opus): 1 -> 3 frames raised recall from 78 % to 88 % and
     # lowered the highest unknown-music confidence from 0.61 to 0.47; 4 frames did worse.
-    smooth_frames: int = field(default=3, metadata=_FROZEN)
-    min_bin: int = field(default=4, metadata=_FROZEN)  # ~60 Hz ..
-    max_bin: int = field(default=252, metadata=_FROZEN)  # .. 3.94 kHz: the band every device delivers
-    f_bits: int = field(default=8, metadata=_FROZEN)  # anchor frequency bin
-    df_bits: int = field(default=7, metadata=_FROZEN)  # signed frequency difference, +-63 bins
-    dt_bits: int = field(default=6, metadata=_FROZEN)  # time gap, 1..63 frames (~2 s)
+    smooth_frames: int = field(default=3, metadata=tuned("dev", "python -m bench --split dev (232 windows)", None, frozen=True))
+    min_bin: int = field(default=4, metadata=chosen(_HASH, frozen=True))  # ~60 Hz ..
+    max_bin: int = field(default=252, metadata=chosen(_HASH, frozen=True))  # .. 3.94 kHz: the band every device delivers
+    f_bits: int = field(default=8, metadata=chosen(_HASH, frozen=True))  # anchor frequency bin
+    df_bits: int = field(default=7, metadata=chosen(_HASH, frozen=True))  # signed frequency difference, +-63 bins
+    dt_bits: int = field(default=6, metadata=chosen(_HASH, frozen=True))  # time gap, 1..63 frames (~2 s)
 
     # --- free: landmarks taken --------------------------------------------------------------------
     # Queries take more landmarks than the catalog stores, so a degraded excerpt still holds most
     # of the catalog's; the catalog's density sets the index size (about 24 kB per audio minute).
-    catalog_density: Density = Density(peaks_per_second=20.0, fan_out=5)
-    query_density: Density = Density(peaks_per_second=40.0, fan_out=10)
+    catalog_density: Density = field(
+        default=Density(peaks_per_second=20.0, fan_out=5), metadata=chosen("index size: the 25 kB per audio minute target")
+    )
+    query_density: Density = field(
+        default=Density(peaks_per_second=40.0, fan_out=10), metadata=chosen("twice the catalog's: vote time against recall")
+    )
     # A query landmark is also looked up with its time gap +-this many frames: reverberation and
     # speed changes move a peak by a frame, and the gap sits in the hash's low bits, so the
     # variants cost one more lookup each and no extra index. Set on dev (the same 232 windows):
     # 0 -> 1 raised recall from 78 % to 92 %, and with smooth_frames 3 from 88 % to 95 %; +-1
     # frequency bin as well added nothing; +-2 frames was not measured.
-    neighbour_gap_frames: int = 1
+    neighbour_gap_frames: int = field(default=1, metadata=tuned("dev", "python -m bench --split dev (232 windows)", None))
     # A query whose plain vote (no neighbours) is already this sure is answered from it: the
     # neighbour lookups triple the postings a vote sorts (a 10-s query against 1,000 songs went
-    # from 23 to 42 ms) and add nothing to a match this clear. Above both thresholds (0.6 here,
-    # 0.7 in the webhook), so it never decides whether a song is named, only how fast: no
-    # unknown-music, speech or noise query of the dev split got within 0.2 of it.
-    sure_without_neighbours: float = 0.8
+    # from 23 to 42 ms) and add nothing to a match this clear. Above both thresholds (0.63 here,
+    # 0.7 in the webhook; 0.8 is a gap of 36), so it never decides whether a song is named, only
+    # how fast: no negative attempt of the dev streams got past a gap of 15 (bench/tuning/).
+    sure_without_neighbours: float = field(default=0.8, metadata=chosen("a speed shortcut above both thresholds"))
     # Playback speeds tried when the query at speed 1 is not a match: a vote tolerates about
     # +-1 % (a peak's bin moves by one at 1 kHz), so +-2 % covers the 1-3 % that vinyl, DJ sets
     # and radio run fast or slow. Only the newest `speed_window_seconds` are re-voted: over a
     # longer stretch a residual speed error smears the offset pile. Set on tests/data excerpts
     # (confidence 0.64-0.94 up to 1 %, 0-0.8 at 2 %); not a tuned threshold.
-    speed_variants: tuple[float, ...] = (0.98, 1.02)
-    speed_window_seconds: float = 12.0
+    speed_variants: tuple[float, ...] = field(default=(0.98, 1.02), metadata=chosen("the speeds players really run at"))
+    speed_window_seconds: float = field(default=12.0, metadata=chosen("a speed error of 2 % smears 12 s by a frame"))
 
     # --- free: reading the vote -------------------------------------------------------------------
     # Posting lists this many times the mean are skipped: such hashes occur in so many songs that
     # they carry no evidence, yet cost most of the vote's time in a big catalog.
-    popular_hash_factor: int = 40
-    min_postings_cap: int = 256
+    popular_hash_factor: int = field(default=40, metadata=chosen("a speed constant of big catalogs"))
+    min_postings_cap: int = field(default=256, metadata=chosen("a speed constant of big catalogs"))
     # Postings one query may read, rarest hashes first: bounds a query's time in a big catalog.
     # A speed constant, set on the synthetic 10,000-song scaling catalog (bench/catalog_build.py)
     # for its 100-ms latency target, not on any music split.
-    postings_budget: int = 1_200_000
-    min_score: int = 5
-    # The runner-up is never taken below this pile: in a small catalog the real runner-up can be
-    # tiny. Set on dev: with time-gap neighbours and the speed retry a query draws three times
-    # the chances it did, and unknown music reached 0.57 against a floor of 6; 8 brought the
-    # highest of 168 unknown-music windows to 0.50 and named the same 209 of 232 songs in rooms
-    # and halls at 0.6 (10 began to cost songs).
-    runner_up_floor: int = 8
-    # Chance piles on real music reached twice the Poisson maximum; 1.5 x is the floor used.
-    chance_margin: float = 1.5
-    # Best/runner-up pile ratio at which confidence is 0.5 (see matcher.Vote.confidence): only
-    # the scale of the confidence; the thresholds on it are what is tuned (on dev).
-    ratio_at_half: float = 1.75
+    postings_budget: int = field(default=1_200_000, metadata=chosen("a speed constant: the 100-ms target at 10,000 songs"))
+    min_score: int = field(default=5, metadata=chosen("a pile of 4 votes is a few shared peaks, never a song"))
+    # What chance reaches against a catalog of real size, in surprise (matcher: -log10 of the
+    # chance piles expected): the rival is never taken below it, so a catalog of a few songs,
+    # whose real rival can be nothing, does not name what a big one would not. Set on dev: the
+    # median best-other-song surprise of the 1,848 attempts on dev negative streams was 6.1
+    # (5th percentile 4.4); a floor of 5 or 6 named the same songs as none, 10 named later.
+    rival_floor: float = field(default=6.0, metadata=tuned("dev", NAMING_RUN, NAMING_RECORD))
+    # The gap (orders of magnitude between the best song and its rival) at which confidence is
+    # 0.5. Only the scale of the confidence, chosen so that 0.7 (the webhook) is a gap of 21:
+    # the thresholds on it are what is tuned.
+    gap_at_half: float = field(default=9.0, metadata=chosen("only the scale of the confidence"))
     # A single query's answer counts as a match at or above this confidence (the CLI; the
     # webhook's streaming rule, function/webhook/naming.py, asks more of its many attempts).
-    # Set on dev: 0.1 above the highest of 168 unknown-music windows (0.50; speech, talk and noise
-    # windows stayed below 0.58 even before the runner-up floor rose to 8).
-    threshold: float = 0.6
+    # Set on dev: 0.63 is a gap of 15.3, above every one of the 1,848 attempts on 84 dev
+    # negative streams (unknown music, talk, party and crowd without music; highest 14.5).
+    threshold: float = field(default=0.63, metadata=tuned("dev", NAMING_RUN, NAMING_RECORD))
 
     # --- free: versions of one song at registration ---------------------------------------------
     # A new recording is another version of a registered song when its first two minutes' vote
     # names that song this surely and lands this share of its landmarks on one offset. Set on
     # the tests/data excerpts: copies re-encoded as FLAC, MP3 and M4A land 57-100 % of their
     # landmarks, a 12-s cut starting off the frame grid 28 %, a different song 0.5 % at most.
-    version_min_confidence: float = 0.9
-    version_min_share: float = 0.1
+    version_min_confidence: float = field(default=0.9, metadata=tuned("tests/data (colobot: a test-split package)", "tests/test_rooms_and_versions.py", None))
+    version_min_share: float = field(default=0.1, metadata=tuned("tests/data (colobot: a test-split package)", "tests/test_rooms_and_versions.py", None))
 
     @property
     def frame_seconds(self) -> float:
@@ -118,7 +140,7 @@ class EngineConfig:
 
     def frozen(self) -> dict:
         """The parameters a catalog is built with, as stored in it (JSON-able)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("frozen")}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["frozen"]}
 
 
 CONFIG = EngineConfig()

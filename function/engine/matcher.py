@@ -1,24 +1,30 @@
 """Offset-histogram voting: which song, where in it, and how sure.
 
 Every query landmark found in the index votes for (song, song frame - query frame). A true match
-piles its votes on one offset; chance coincidences spread over all offsets of all songs. The
-score is the tallest pile (counting the neighbouring offsets, since peaks jitter by a frame).
+piles its votes on one offset; chance coincidences spread over all offsets of all songs. A pile
+counts its offset and the two next to it, since peaks jitter by a frame.
 
-Confidence compares that pile with the tallest pile of any *other* song for the same query (a
-version of the same song, another encoding or master registered beside it, is not another song:
-its pile is the same evidence, not a rival): the
-runner-up measures what chance (and this query's own texture: sustained notes, drum loops)
-reaches against this catalog, so it adapts to catalog size and query content where a fixed score
-threshold cannot. Out-of-catalog music, speech and noise leave every pile about as tall as the
-next; a real match stands out. In a small catalog there may be no other song to compare with,
-so the runner-up is never taken below what chance alone would pile up for the best song: its
-hits spread evenly over its possible offsets give a Poisson rate, whose once-per-song maximum,
-with a margin for music's own repetitiveness (chance piles on real music reached twice that
-maximum), is the floor.
+How sure is a question of how improbable a pile is by chance, not of how tall it is. Each song
+drew some number of hits from this query; spread evenly over its possible offsets they give a
+Poisson rate per pile, and a song's *surprise* is -log10 of how many piles at least as tall as
+its tallest chance alone would give it (its Poisson tail times its piles). A reverberant room
+leaves only a few landmarks a second on the right offset, but a pile of 12 where chance expects
+0.1 is already a surprise of ten orders of magnitude, which a ratio of piles (12 to a runner-up
+of 8) could not say.
+
+Chance on real music is not Poisson, though: drum loops, held notes and bursts of landmarks that
+share a peak make some wrong song's pile far likelier than the model says, and by how much
+depends on the query's texture. So the best song's surprise is compared with the best *other*
+song's (a version of the same song, another encoding or master registered beside it, is not
+another song: its pile is the same evidence, not a rival), which measures what this query's
+texture reaches against this catalog. The gap between the two, in orders of magnitude, is the
+evidence; the other songs stand in for the null. In a small catalog the rival is never taken
+below CONFIG.rival_floor, what chance reaches against a catalog of real size.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -36,19 +42,22 @@ if TYPE_CHECKING:  # catalog.py imports this module: its Catalog is only a type 
 class Vote:
     song_index: int  # in the whole catalog (Catalog.position: a shard's song keeps its index there)
     offset_frames: int
-    score: int
-    runner_up: int  # tallest pile of any other song (versions of this one are not others)
-    chance_pile: float  # tallest pile chance alone would give the best song
+    score: int  # votes in the best song's tallest pile
+    surprise: float  # the best song's: -log10 of the chance piles that tall it should have
+    rival: float  # the highest surprise of any other song (versions of this one are not others)
     head: Song  # the song the best pile names: its first version
 
     @property
+    def gap(self) -> float:
+        """Orders of magnitude by which the best song is less likely by chance than its rival."""
+        return self.surprise - max(self.rival, CONFIG.rival_floor)
+
+    @property
     def confidence(self) -> float:
-        """Best/runner-up ratio r mapped onto [0, 1): 0 at r <= 1, 0.5 at CONFIG.ratio_at_half."""
-        if self.score < CONFIG.min_score:
+        """The gap mapped onto [0, 1): 0 at or below the rival, 0.5 at CONFIG.gap_at_half."""
+        if self.score < CONFIG.min_score or self.gap <= 0:
             return 0.0
-        rival = max(self.runner_up, CONFIG.chance_margin * self.chance_pile, CONFIG.runner_up_floor)
-        excess = self.score / rival - 1.0
-        return max(0.0, excess / (excess + CONFIG.ratio_at_half - 1.0))
+        return self.gap / (self.gap + CONFIG.gap_at_half)
 
 
 class Votes(Protocol):
@@ -111,7 +120,8 @@ def piles(
     `bias` is the query's length in frames, which keeps offsets positive; `span` is one more
     than the largest offset + bias of these postings, so songs never share or touch a key. The
     keys are uint32 when they fit (100,000 songs of up to 10 minutes do, for a two-minute query),
-    else uint64, which sorts slower. Equal piles go to the lowest key: the earliest song.
+    else uint64, which sorts slower. Equal surprises go to the earliest song, and within the
+    song equal piles to the earliest offset.
     """
     if len(hashes) == 0 or not catalog.songs:
         return None
@@ -136,18 +146,38 @@ def piles(
     adjacent = pile_keys[1:] == pile_keys[:-1] + 1
     smoothed[:-1] += np.where(adjacent, counts[1:], 0)
     smoothed[1:] += np.where(adjacent, counts[:-1], 0)
-    best = int(np.argmax(smoothed))
-    best_song, best_offset = divmod(int(pile_keys[best]), span)
+    # Piles are sorted by song: each song's piles are one run of the arrays.
+    pile_song = (pile_keys // key(span)).astype(np.int64)
+    first = np.flatnonzero(np.concatenate(([True], pile_song[1:] != pile_song[:-1])))
+    voted = pile_song[first]
+    tallest = np.maximum.reduceat(smoothed, first)
+    hits = np.add.reduceat(counts, first)
+    offsets = catalog.durations[voted] / FRAME_SECONDS + bias
+    surprise = chance_surprise(tallest, hits, offsets)
+    best = int(np.argmax(surprise))  # equal surprises go to the earliest song
+    best_song = int(voted[best])
+    run_end = first[best + 1] if best + 1 < len(first) else len(pile_keys)
+    at = first[best] + int(np.argmax(smoothed[first[best] : run_end]))
     group = catalog.group_index
-    others = smoothed[group[pile_keys // key(span)] != group[best_song]]
-    first, last = np.searchsorted(keys, np.array([best_song * span, (best_song + 1) * span], dtype=key))
-    offsets = catalog.song(best_song).duration_seconds / FRAME_SECONDS + bias
-    rate = 3.0 * (last - first) / offsets  # three offsets per smoothed pile
+    others = surprise[group[voted] != group[best_song]]
     return Vote(
         song_index=catalog.position(best_song),
-        offset_frames=best_offset - bias,
-        score=int(smoothed[best]),
-        runner_up=int(others.max()) if len(others) else 0,
-        chance_pile=float(poisson.isf(1.0 / offsets, rate)),
+        offset_frames=int(pile_keys[at]) - best_song * span - bias,
+        score=int(tallest[best]),
+        surprise=float(surprise[best]),
+        rival=float(others.max()) if len(others) else 0.0,
         head=catalog.head(best_song),
     )
+
+
+_LOG10 = math.log(10.0)
+
+
+def chance_surprise(tallest: np.ndarray, hits: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per song: -log10 of the number of piles at least `tallest` that chance would give it, its
+    `hits` spread evenly over its `offsets` (three offsets to a pile, as piles are counted)."""
+    rate = 3.0 * hits / offsets
+    # P(X >= k) >= P(X = k): the pmf stands in where the tail underflows (a clean match's pile
+    # of hundreds), so a sure match is very surprising rather than infinitely so.
+    tail = np.maximum(poisson.logsf(tallest - 1, rate), poisson.logpmf(tallest, rate))
+    return -(tail / _LOG10 + np.log10(offsets / 3.0))

@@ -149,7 +149,15 @@ class Recogniser:
 
     def best_guess(self, samples: np.ndarray, sample_rate: int) -> tuple[Match | None, float]:
         """The top-voted song whatever its confidence (None only if nothing voted), and that
-        confidence: what a recogniser without rejection would answer.
+        confidence: what a recogniser without rejection would answer. See `best_vote`."""
+        best, shift = self.best_vote(samples, sample_rate)
+        if best is None:
+            return None, 0.0
+        return self._match(best, shift), best.confidence
+
+    def best_vote(self, samples: np.ndarray, sample_rate: int) -> tuple[Vote | None, float]:
+        """The vote `best_guess` answers from, and the song seconds between the query's start
+        and the start of what was voted (the speed retry votes only the newest seconds).
 
         A plain vote that is sure (CONFIG.sure_without_neighbours) is the answer; otherwise the
         vote is taken again with every landmark's time-gap neighbours. When that is no match
@@ -162,7 +170,7 @@ class Recogniser:
         best = vote(self.catalog, hashes, frames)
         if best is None or best.confidence < CONFIG.sure_without_neighbours:
             best = self._vote_with_neighbours(hashes, frames)
-        shift = 0.0  # song seconds between the query's start and the start of what was voted
+        shift = 0.0
         if best is None or best.confidence < self.threshold:
             newest = internal[-int(CONFIG.speed_window_seconds * INTERNAL_RATE) :]
             skipped = (len(internal) - len(newest)) / INTERNAL_RATE
@@ -172,9 +180,7 @@ class Recogniser:
                     # The vote places the newest seconds; the song ran `speed` times as fast
                     # through the part of the query before them.
                     best, shift = v, skipped * speed
-        if best is None:
-            return None, 0.0
-        return self._match(best, shift), best.confidence
+        return best, shift
 
     def _vote_with_neighbours(self, hashes: np.ndarray, frames: np.ndarray) -> Vote | None:
         return vote(self.catalog, *with_neighbours(hashes, frames, CONFIG.neighbour_gap_frames))

@@ -3,21 +3,22 @@ the votes of all of them merged into the decision the whole catalog would have g
 
 Why a vote can be split exactly: which query hashes a vote reads depends on the whole catalog
 (their posting counts against a cap set by the catalog's size, then a budget), and the
-confidence compares the best pile with the tallest pile of any *other* song. So a vote asks
+confidence compares the best song's surprise with that of any *other* song. So a vote asks
 every shard twice (matcher.Votes):
 1. counts: each shard's posting count of every query hash and its postings stored; summed,
    they are the whole catalog's, and matcher.kept chooses the hashes as one catalog would
    with N instances' postings budget (Shards.budget: N shards read N times the postings,
    about one instance's worth each, so that a big catalog is not held to one instance's);
-2. piles: each shard votes with only those hashes and answers its best pile, with its own
-   runner-up (another song's tallest pile in that shard) and the best song's chance pile. The
-   best of the shards' piles is the catalog's; its runner-up is the larger of its shard's
-   runner-up and every other shard's best pile.
+2. piles: each shard votes with only those hashes and answers its best song (the most
+   surprising, matcher.piles) with its own rival (the highest surprise of another song in that
+   shard). A song's surprise depends only on that song's hits, so the most surprising of the
+   shards' best songs is the catalog's; its rival is the larger of its shard's rival and every
+   other shard's best surprise.
 This holds because songs are split by version group (`shard_of` their first version's id): all
 versions of a song are in one shard, so any pile in another shard is another song's, as "other
-song" means in one catalog. Equal piles go to the earlier song, as in one catalog: a shard keeps
-the whole catalog's order among its songs, and each song's index in it (catalog.ShardOf), by
-which equal best piles of two shards are told apart.
+song" means in one catalog. Equal surprises go to the earlier song, as in one catalog: a shard
+keeps the whole catalog's order among its songs, and each song's index in it (catalog.ShardOf),
+by which equal best songs of two shards are told apart.
 
 Every answer names the split it comes from (its id, the shard's index, the number of shards): a
 vote whose answers come from two splits (a re-split that some shards have picked up and others
@@ -114,7 +115,7 @@ def vote_json(v: Vote | None, split: str) -> dict:
     repr that reads back as the same double)."""
     if v is None:
         return {"vote": None, "split": split}
-    fields = {k: getattr(v, k) for k in ("song_index", "offset_frames", "score", "runner_up", "chance_pile")}
+    fields = {k: getattr(v, k) for k in ("song_index", "offset_frames", "score", "surprise", "rival")}
     return {"vote": {**fields, "head": v.head.public()}, "split": split}
 
 
@@ -127,8 +128,8 @@ def vote_from_json(answer: dict) -> Vote | None:
         song_index=int(v["song_index"]),
         offset_frames=int(v["offset_frames"]),
         score=int(v["score"]),
-        runner_up=int(v["runner_up"]),
-        chance_pile=float(v["chance_pile"]),
+        surprise=float(v["surprise"]),
+        rival=float(v["rival"]),
         head=Song(**v["head"]),
     )
 
@@ -156,9 +157,9 @@ def merge(votes: list[Vote | None]) -> Vote | None:
     found = [(i, v) for i, v in enumerate(votes) if v is not None]
     if not found:
         return None
-    best_at, best = max(found, key=lambda iv: (iv[1].score, -iv[1].song_index))
-    rivals = [v.score for i, v in found if i != best_at]
-    return replace(best, runner_up=max([best.runner_up, *rivals]))
+    best_at, best = max(found, key=lambda iv: (iv[1].surprise, -iv[1].song_index))
+    rivals = [v.surprise for i, v in found if i != best_at]
+    return replace(best, rival=max([best.rival, *rivals]))
 
 
 # --- splitting -------------------------------------------------------------------------------------

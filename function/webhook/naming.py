@@ -8,21 +8,22 @@ MIN_AUDIO_SECONDS (3 s), the next ones every RECOGNITION_STRIDE_SECONDS (2 s) of
 clean song is named at the first attempt and a song in a reverberant room a few seconds later,
 without the history read-back the earlier two-threshold confirmation needed.
 
-NAME_AT was set on the dev split's streams (`python -m bench.tune_naming --split dev`, 10
-streams of 45 s per condition, 21-22 attempts each): no attempt on 30 unknown-music and 20
-no-music streams (talk in a room, crowd noise) reached more than 0.57, so 0.6 named none of
-them; 0.7 keeps a margin over that maximum for music and rooms the dev split does not have, and
-still named every catalogued song in every room, noise and speed condition there, at a median
-of 3 s (the first attempt; 5 s in the simulated rooms and the big hall). The same run decided
-the first attempt: at 3 s instead of 5 s no negative stream came any closer to 0.7. Two
-catalogued songs at once are the exception: see BENCHMARKS.md.
+NAME_AT is the vote's confidence (function/engine/matcher.py: the gap, in orders of magnitude,
+between how improbable the best song's pile is by chance and how improbable its rival's is) at a
+gap of 21. Set on the dev split's streams (bench/tuning/naming-dev.md, 12 streams of 45 s per
+condition, harsh rooms, babble and a party among them): no attempt of 84 negative streams
+(unknown music, talk, crowd and party without music) got past a gap of 14.5, and an exponential
+fitted to the highest of them puts a negative stream's chance of ever reaching 21 at about 0.1 %;
+from 15 to 21 the catalogued songs were named just as early (5 s in the reverberant rooms, 7 s at
+the party, against 7 and 9 s with the pile-ratio rule it replaced). Two catalogued songs at once
+are the exception: see BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 from function.engine.recogniser import Match
 
-NAME_AT = 0.7  # set on the dev split's streams, see above
+NAME_AT = 0.7  # a gap of 21 (gap_at_half 9); set on the dev split's streams, see above
 
 
 def named(guess: Match | None, confidence: float) -> Match | None:
