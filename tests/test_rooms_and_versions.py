@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
+from function.config import Settings
 from function.engine.decode import decode_file, to_internal
 from function.engine.recogniser import Recogniser
+from function.webhook.naming import named
 
 DATA = Path(__file__).resolve().parent / "data"
 MUSIC = sorted((DATA / "music").glob("*.ogg"))
@@ -127,3 +129,56 @@ def test_a_long_query_named_at_a_speed_gives_the_songs_time_at_its_start(recogni
 
     assert match is not None and match.song_id == recogniser.catalog.songs[0].song_id
     assert abs(match.offset_seconds - 2.0) < 0.3, match.offset_seconds
+
+
+# --- the webhook's streaming decision (function/webhook/naming.py) on a room under babble ---------
+
+
+def babble(voices: int, seconds: float) -> np.ndarray:
+    """`voices` people talking at once: the talk recording from `voices` different points of
+    itself (its five speakers take turns, so every copy is another voice at a given moment)."""
+    talk = audio(DATA / "speech" / "talk.ogg")
+    n = int(seconds * RATE)
+    shifts = np.linspace(0, len(talk), voices, endpoint=False).astype(int)
+    return sum(np.resize(np.roll(talk, -s), n) for s in shifts).astype(np.float32)
+
+
+def first_named(recogniser: Recogniser, stream: np.ndarray) -> tuple[float | None, str | None]:
+    """(seconds of audio, title) of the first attempt the webhook's cadence would name, as the
+    webhook attempts: after MIN_AUDIO_SECONDS, then every RECOGNITION_STRIDE_SECONDS, each time
+    over everything buffered."""
+    settings = Settings()
+    at = settings.min_audio_seconds
+    while at <= len(stream) / RATE:
+        guess, confidence = recogniser.best_guess(stream[: int(at * RATE)], RATE)
+        match = named(guess, confidence)
+        if match is not None:
+            return at, match.title
+        at += settings.stride_seconds
+    return None, None
+
+
+@pytest.mark.parametrize("path", MUSIC, ids=lambda p: p.stem)
+def test_a_song_in_a_great_hall_under_babble_is_named_by_the_streaming_decision(recogniser, hall, path) -> None:
+    """Six voices at +5 dB in a real great hall (RT60 2.4 s): the webhook's cadence names the
+    song, and no other, within 16 s of audio. (How soon is a benchmark figure, bench.streams; on
+    these 20-s excerpts the engine names them at 3-15 s, median 11: the issue's 10-s target is
+    met by two of the five. A song's own loops raise its chance rate: see function/engine/matcher.py.)"""
+    song = audio(path)
+    wet = fftconvolve(song, hall)[: len(song)][2 * RATE :]  # the hall already ringing
+    crowd = babble(6, len(wet) / RATE)
+    stream = wet + crowd * (rms(wet) / rms(crowd) / 10 ** (5 / 20))
+
+    seconds, title = first_named(recogniser, stream)
+
+    assert title == recogniser.catalog.songs[MUSIC.index(path)].title
+    assert seconds is not None and seconds <= 16
+
+
+def test_talk_over_babble_in_a_hall_is_never_named(recogniser, hall) -> None:
+    crowd = fftconvolve(babble(8, 20.0), hall)[: 20 * RATE]
+    wearer = audio(DATA / "speech" / "talk.ogg")[: 20 * RATE]
+    wearer = np.pad(wearer, (0, 20 * RATE - len(wearer)))
+    stream = crowd / rms(crowd) + wearer / rms(wearer)  # the wearer as loud as the party
+
+    assert first_named(recogniser, stream) == (None, None)

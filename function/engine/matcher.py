@@ -20,6 +20,10 @@ another song: its pile is the same evidence, not a rival), which measures what t
 texture reaches against this catalog. The gap between the two, in orders of magnitude, is the
 evidence; the other songs stand in for the null. In a small catalog the rival is never taken
 below CONFIG.rival_floor, what chance reaches against a catalog of real size.
+
+A known cost of taking a song's rate from its own hits: a song whose material repeats (a loop, a
+chorus) draws hits at every repeat of what is playing, which raises its rate and so lowers the
+surprise of its true pile; a short, loop-heavy song is named later than its pile deserves.
 """
 
 from __future__ import annotations
