@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 
 NAMING_RUN = "python -m bench.tune_naming --corpus /tmp/corpus --split dev --record"
 NAMING_RECORD = "bench/tuning/naming-dev.md"
+VERSIONS_RUN = "python -m bench.tune_versions --corpus /tmp/corpus --split dev --record"
 
 
 def tuned(split: str, command: str, record: str | None, frozen: bool = False) -> dict:
@@ -126,10 +127,11 @@ class EngineConfig:
     # --- free: versions of one song at registration ---------------------------------------------
     # A new recording is another version of a registered song when its first two minutes' vote
     # names that song this surely and lands this share of its landmarks on one offset. Set on
-    # the tests/data excerpts: copies re-encoded as FLAC, MP3 and M4A land 57-100 % of their
-    # landmarks, a 12-s cut starting off the frame grid 28 %, a different song 0.5 % at most.
-    version_min_confidence: float = field(default=0.9, metadata=tuned("tests/data (colobot: a test-split package)", "tests/test_rooms_and_versions.py", None))
-    version_min_share: float = field(default=0.1, metadata=tuned("tests/data (colobot: a test-split package)", "tests/test_rooms_and_versions.py", None))
+    # dev (bench/tuning/versions-dev.md: 12 songs remade as MP3, AAC, a remaster and an edit
+    # starting 15 s in; 45 other songs): every version had confidence >= 0.996 and share
+    # >= 0.19, no other song more than 0.04 and 0.002; both thresholds sit far from either side.
+    version_min_confidence: float = field(default=0.9, metadata=tuned("dev", VERSIONS_RUN, "bench/tuning/versions-dev.md"))
+    version_min_share: float = field(default=0.1, metadata=tuned("dev", VERSIONS_RUN, "bench/tuning/versions-dev.md"))
 
     @property
     def frame_seconds(self) -> float:
