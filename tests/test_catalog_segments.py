@@ -16,12 +16,13 @@ import pytest
 import soundfile
 
 from function.engine import catalog as catalog_module
-from function.engine.catalog import MAX_PARTS, N_HASHES, PART_FRAMES, Catalog, CatalogError, Fingerprinted, Song
+from function.engine.catalog import MAX_PARTS, N_HASHES, PART_FRAMES, Catalog
 from function.engine.decode import INTERNAL_RATE, decode_file, to_internal
 from function.engine.fingerprint import FRAME_SECONDS
 from function.engine.matcher import vote
 from function.engine.recogniser import Recogniser
 from function.engine.song_tags import read_tags
+from function.engine.songs import CatalogError, Fingerprinted, Song
 
 ROOT = Path(__file__).resolve().parent.parent
 MUSIC = sorted((Path(__file__).resolve().parent / "data" / "music").glob("*.ogg"))

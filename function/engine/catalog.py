@@ -50,7 +50,7 @@ import shutil
 import threading
 import weakref
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -60,6 +60,7 @@ from function.engine.catalog_location import GcsLocation, LocalLocation, Version
 from function.engine.config import CONFIG
 from function.engine.fingerprint import N_HASHES
 from function.engine.matcher import Vote, piles
+from function.engine.songs import CatalogError, Fingerprinted, ShardOf, Song
 
 # 4: segments of postings that name a part of a song, not the song (3: one index, song << 16 | frame).
 FORMAT = 4
@@ -93,57 +94,12 @@ REPLACE_ADVICE = (
 
 
 @dataclass(frozen=True)
-class ShardOf:
-    """A shard's place in the catalog it was split from (function/engine/shards.py): the split's
-    id, which all shards of one split share and a re-split changes, its index among `of`
-    shards, and each of its songs' index in the whole catalog, so that its votes name and order
-    songs as that catalog would."""
-
-    split: str
-    index: int
-    of: int
-    positions: list[int]
-
-
-class CatalogError(RuntimeError):
-    """The catalog is missing, corrupt or incompatible; the message says which and where."""
-
-
-@dataclass
-class Song:
-    song_id: str
-    title: str
-    artist: str
-    album: str
-    duration_seconds: float
-    sources: list[str] = field(default_factory=list)
-    hashes: int = 0
-    # Another recording of a song registered earlier (another encoding, master or edit): the
-    # song_id of that song, which a match names; None for a song's first version.
-    version_of: str | None = None
-
-    def public(self) -> dict:
-        d = asdict(self)
-        d.pop("hashes")
-        return d
-
-
-@dataclass(frozen=True)
 class _Mapped:
     """The open postings.npy a segment memory-mapped, with its size and mtime when mapped."""
 
     file: BinaryIO
     size: int
     mtime_ns: int
-
-
-@dataclass
-class Fingerprinted:
-    """A song ready to be added: its metadata and its landmarks."""
-
-    song: Song
-    hashes: np.ndarray
-    frames: np.ndarray
 
 
 class Segment:

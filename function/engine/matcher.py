@@ -37,9 +37,10 @@ from scipy.stats import poisson
 
 from function.engine.config import CONFIG
 from function.engine.fingerprint import FRAME_SECONDS, N_HASHES
+from function.engine.songs import Song
 
 if TYPE_CHECKING:  # catalog.py imports this module: its Catalog is only a type here
-    from function.engine.catalog import Catalog, Song
+    from function.engine.catalog import Catalog
 
 
 @dataclass(frozen=True)

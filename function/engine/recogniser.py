@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from function.engine.decode import AUDIO_SUFFIXES, INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal, undo_speed
-from function.engine.catalog import Catalog, CatalogError, Fingerprinted, Song
+from function.engine.catalog import Catalog
 from function.engine.config import CONFIG
 from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint, with_neighbours
 from function.engine.matcher import Vote, vote
 from function.engine.shards import Shards
 from function.engine.song_tags import read_tags
+from function.engine.songs import CatalogError, Fingerprinted, Song
 from function.logs import log
 
 DEFAULT_THRESHOLD = CONFIG.threshold

@@ -8,11 +8,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Iterator
 
-from function.engine.catalog import Catalog, Fingerprinted
+from function.engine.catalog import Catalog
 from function.engine.config import CONFIG
 from function.engine.fingerprint import FRAME_SECONDS
 from function.engine.matcher import kept
 from function.engine.recogniser import MAX_QUERY_SECONDS, RegisterResult, analyse_file
+from function.engine.songs import Fingerprinted
 from function.progress import Progress
 
 
