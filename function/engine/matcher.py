@@ -42,6 +42,10 @@ from function.engine.songs import Song
 if TYPE_CHECKING:  # catalog.py imports this module: its Catalog is only a type here
     from function.engine.catalog import Catalog
 
+# A song is named from seconds of audio; longer queries (whole recordings given to the CLI)
+# are cut to their first two minutes.
+MAX_QUERY_SECONDS = 120
+
 
 @dataclass(frozen=True)
 class Vote:
