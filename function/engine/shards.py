@@ -175,8 +175,8 @@ def split(catalog: Catalog, prefix: str, shards: int) -> list[Catalog]:
 
     The catalog is read one segment at a time, those holding its earliest songs first, each
     segment's songs going to their shards as new segments, which a compaction then joins (up
-    to catalog.MERGE_POSTINGS a merge): a split holds one segment's postings at once, never the
-    whole index (100,000 songs' would take ~80 GB).
+    to segment_build.MERGE_POSTINGS a merge): a split holds one segment's postings at once,
+    never the whole index (100,000 songs' would take ~80 GB).
     """
     if shards < 1:
         raise ValueError(f"a split needs at least 1 shard, got {shards}")
