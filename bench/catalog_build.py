@@ -17,9 +17,10 @@ import numpy as np
 
 from bench.corpus import Track
 from bench.machine import OtherLoad
-from function.engine.catalog import Catalog, Fingerprinted, Song
+from function.engine.catalog import Catalog
 from function.engine.config import CONFIG
 from function.engine.recogniser import Recogniser
+from function.engine.songs import Fingerprinted, Song
 
 ENGINE_DIR = Path(__file__).resolve().parent.parent / "function" / "engine"
 # What a registered catalog depends on: every module of the engine package (a change to any

@@ -24,9 +24,9 @@ import numpy as np
 
 from bench.machine import OtherLoad
 from function.engine.decode import to_internal
-from function.engine.catalog import N_HASHES, Catalog
+from function.engine.catalog import Catalog
 from function.engine.catalog_location import GcsLocation, LocalLocation
-from function.engine.fingerprint import FRAME_SECONDS, QUERY_DENSITY, fingerprint
+from function.engine.fingerprint import FRAME_SECONDS, N_HASHES, QUERY_DENSITY, fingerprint
 from function.engine.matcher import kept
 from function.engine.recogniser import Recogniser
 

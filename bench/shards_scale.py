@@ -12,7 +12,7 @@ The catalog is bench.coldstart's (bench/catalog_build.scaled_catalog, the same -
 share its cache), or --catalog. Its shards are its segments, grouped in order (synthetic songs
 are added 10,000 to a segment; the real songs, the only ones with versions, are all in the
 first), written beside it as `python -m function catalog --split` would write them: the same
-songs in the catalog's order, the same postings, catalog.ShardOf giving each song's index in the
+songs in the catalog's order, the same postings, songs.ShardOf giving each song's index in the
 whole catalog. The segment files are hard links of the catalog's, not copies, so no posting is
 held in memory to write them. Beside the shards, in the same run: the whole catalog on one
 instance (one instance's postings budget), and the 1,000-song catalog the accuracy target
@@ -49,13 +49,14 @@ from bench import catalog_build, corpus, machine, queries, speed  # noqa: E402
 from bench.coldstart import LATENCY_QUERIES  # noqa: E402
 from bench.harness import running_function  # noqa: E402
 from bench.machine import OtherLoad  # noqa: E402
-from function.engine.catalog import Catalog, CatalogError, ShardOf  # noqa: E402
+from function.engine.catalog import Catalog  # noqa: E402
 from function.engine.config import CONFIG  # noqa: E402
 from function.engine.decode import to_internal  # noqa: E402
 from function.engine.fingerprint import QUERY_DENSITY, fingerprint  # noqa: E402
 from function.engine.matcher import Vote, kept  # noqa: E402
 from function.engine.recogniser import Recogniser  # noqa: E402
 from function.engine.shards import encode_piles, fanout_budget, merge, merge_counts, vote_from_json  # noqa: E402
+from function.engine.songs import CatalogError, ShardOf  # noqa: E402
 from function.progress import Progress  # noqa: E402
 
 # What a round trip to the shards might add on Cloud Run (same region, keep-alive): a range for

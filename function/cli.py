@@ -17,7 +17,7 @@ from pathlib import Path
 
 from function import omi_app, simulate
 from function.engine.decode import DecodeError, decode_query_file
-from function.engine.catalog import CatalogError
+from function.engine.songs import CatalogError
 from function.engine.recogniser import Recogniser
 from function.engine.shards import split
 from function.webhook.naming import NAME_AT

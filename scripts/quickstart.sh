@@ -90,7 +90,8 @@ first_registered_song() {
 import sys
 from pathlib import Path
 
-from function.engine.recogniser import Recogniser, expand_paths
+from function.engine.recogniser import Recogniser
+from function.engine.register_run import expand_paths
 
 music, catalog = sys.argv[1], sys.argv[2]
 registered = {source for song in Recogniser.open(catalog).catalog.songs for source in song.sources}

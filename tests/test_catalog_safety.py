@@ -20,12 +20,13 @@ import pytest
 import soundfile
 
 from function.engine import recogniser as engine
-from function.engine.catalog import Catalog, CatalogError
+from function.engine.catalog import Catalog
 from function.engine.catalog_location import GcsLocation
 from function.engine.decode import decode_file
 from function.engine.memory_limit import instance_memory_bytes, needed_bytes
 from function.engine.recogniser import Recogniser
 from function.engine.song_tags import read_tags
+from function.engine.songs import CatalogError
 from tests.webhook_support import build_client
 
 ROOT = Path(__file__).resolve().parent.parent

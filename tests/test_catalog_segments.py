@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 import soundfile
 
-from function.engine import catalog as catalog_module
-from function.engine.catalog import MAX_PARTS, N_HASHES, PART_FRAMES, Catalog, CatalogError, Fingerprinted, Song
+from function.engine import segment_build
+from function.engine.catalog import Catalog
 from function.engine.decode import INTERNAL_RATE, decode_file, to_internal
-from function.engine.fingerprint import FRAME_SECONDS
+from function.engine.fingerprint import FRAME_SECONDS, N_HASHES
 from function.engine.matcher import vote
 from function.engine.recogniser import Recogniser
+from function.engine.segment import MAX_PARTS, PART_FRAMES
 from function.engine.song_tags import read_tags
+from function.engine.songs import CatalogError, Fingerprinted, Song
 
 ROOT = Path(__file__).resolve().parent.parent
 MUSIC = sorted((Path(__file__).resolve().parent / "data" / "music").glob("*.ogg"))
@@ -177,7 +179,7 @@ def test_adding_one_song_to_a_catalog_of_many_segments_writes_only_a_segment_of_
 def test_a_register_run_merges_the_newest_small_segments_and_never_the_big_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(catalog_module, "MAX_SEGMENTS", 2)
+    monkeypatch.setattr(segment_build, "MAX_SEGMENTS", 2)
     uri = tmp_path / "catalog"
     rec = Recogniser.open(str(uri), create=True)
     rec.register([str(p) for p in MUSIC[:3]], workers=1)
@@ -207,8 +209,8 @@ def test_no_merge_holds_more_than_merge_postings_a_register_run_or_a_compaction(
     sizes = [len(s.postings) for s in catalogs[0].catalog.segments]
     assert len(sizes) == 4
     cap = max(a + b for a, b in zip(sizes, sizes[1:])) + 1
-    monkeypatch.setattr(catalog_module, "MERGE_POSTINGS", cap)
-    monkeypatch.setattr(catalog_module, "MAX_SEGMENTS", 1)
+    monkeypatch.setattr(segment_build, "MERGE_POSTINGS", cap)
+    monkeypatch.setattr(segment_build, "MAX_SEGMENTS", 1)
 
     catalogs[0].register([str(MUSIC[4])], workers=1)  # over MAX_SEGMENTS: the run merges
     assert catalogs[1].compact()

@@ -14,10 +14,11 @@ import soundfile
 from scipy.signal import resample_poly
 
 from function.engine.decode import INTERNAL_RATE, DecodeError, decode_file, decode_query_file, to_internal
-from function.engine.catalog import Catalog, CatalogError
+from function.engine.catalog import Catalog
 from function.engine.fingerprint import CATALOG_DENSITY, HASH_BITS, fingerprint
 from function.engine.recogniser import Recogniser
 from function.engine.song_tags import read_tags
+from function.engine.songs import CatalogError
 
 DATA = Path(__file__).resolve().parent / "data"
 MUSIC = sorted((DATA / "music").glob("*.ogg"))

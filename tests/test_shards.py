@@ -18,13 +18,14 @@ import soundfile
 
 from bench.harness import running_function
 from function.config import ConfigError, Settings
-from function.engine.catalog import Catalog, CatalogError
+from function.engine.catalog import Catalog
 from function.engine.config import CONFIG
 from function.engine.decode import decode_file, to_internal
 from function.engine.fingerprint import QUERY_DENSITY, fingerprint, with_neighbours
 from function.engine.matcher import Vote, vote
 from function.engine.recogniser import Recogniser
 from function.engine.shards import Shards, encode_piles, shard_of, shard_uri, split
+from function.engine.songs import CatalogError
 from function.simulate import load_pcm16
 from tests.conftest import free_port
 from tests.webhook_support import build_client, post_seconds

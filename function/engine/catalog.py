@@ -6,27 +6,13 @@ Layout (a directory, or a gs:// prefix mirrored locally):
     s<N>/table.npz        postings per hash and the segment's part table, compressed
     s<N>/postings.npy     uint32: part << 16 | anchor frame within the part, grouped by hash
 
-Segments: a segment is written once and never changed. `register` writes a new segment holding
-only the songs it adds; `remove` lists a song as a tombstone of its segment in catalog.json
-(the matcher skips its postings); a compaction merges segments into a new one without the
-tombstoned postings (`python -m function catalog --compact` merges them all; a register run
-merges its newest small segments once there are more than MAX_SEGMENTS). The matcher reads a
-hash's postings from every segment. So adding one song to a 10,000-song catalog writes a
-segment of that song and catalog.json, not the index again.
-
-Parts: a posting keeps 4 bytes, 16 bits for a part and 16 for an anchor frame within it. A part
-is one song's frames k * 65,536 .. (k + 1) * 65,536 - 1 (35 minutes from the song frame its
-"base" names), so a song of any length up to 65,536 parts (4 years) is one part per 35 minutes;
-a segment holds up to 65,536 parts and fewer than 2^32 postings (its CSR offsets are uint32), a
-catalog any number of segments: no cap on songs, on a song's length or on postings, where a
-posting used to pack the song itself (65,536 songs, anchors clamped past 35 minutes).
-
-Hashes are dense (HASH_BITS bits), so a CSR offset table replaces storing a hash per posting, and
-a lookup is two array reads instead of a binary search. The table is rebuilt at load from the
-compressed counts (~0.6 MB on disk for a 100-song catalog); a segment with postings for fewer
-than half of all hashes (a register run's few songs) keeps offsets for the hashes it has and
-finds them by binary search, instead of an 8-MB table per small segment. Postings are
-memory-mapped.
+Segments (segment.py): a segment is written once and never changed. `register` writes a new
+segment holding only the songs it adds; `remove` lists a song as a tombstone of its segment in
+catalog.json (the matcher skips its postings); a compaction (segment_build.py) merges segments
+into a new one without the tombstoned postings (`python -m function catalog --compact` merges
+them all; a register run merges its newest small segments once there are more than
+MAX_SEGMENTS). The matcher reads a hash's postings from every segment. So adding one song to a
+10,000-song catalog writes a segment of that song and catalog.json, not the index again.
 
 Catalogs change under running processes, so:
 - each save writes its new segments as new files and then atomically replaces catalog.json; no
@@ -34,51 +20,30 @@ Catalogs change under running processes, so:
 - a segment a save drops (merged, or every song in it removed) is deleted by the next save, not
   by that one: a reader that read the manifest just before it was replaced still finds its
   segments, and a reader overtaken by two saves reads the manifest again (LOAD_ATTEMPTS);
-- postings.npy is mapped only if its size is what its header and catalog.json say, and every
-  lookup first checks (one fstat per segment) that no mapped file was truncated or rewritten
-  since, so a catalog copied over a live one is refused with the reason instead of crashing the
-  process with SIGBUS. That check cannot cover a truncation during the lookup itself: replace a
-  catalog with `register`/`remove` (or by pointing CATALOG_URI at a new one), never by copying
-  over it.
+- a segment's postings are mapped only when whole, and every lookup first checks that no mapped
+  file was truncated or rewritten since (segment.py): replace a catalog with `register`/`remove`
+  (or by pointing CATALOG_URI at a new one), never by copying over it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
-import weakref
 import zipfile
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import BinaryIO, Callable
+from dataclasses import asdict
 
 import numpy as np
 
 from function.engine.catalog_location import GcsLocation, LocalLocation, Version, location_for
 from function.engine.config import CONFIG
-from function.engine.fingerprint import N_HASHES
 from function.engine.matcher import Vote, piles
+from function.engine.segment import Segment, write_new
+from function.engine.segment_build import build, compaction_runs, merge, register_run_merge
+from function.engine.songs import CatalogError, Fingerprinted, ShardOf, Song
 
 # 4: segments of postings that name a part of a song, not the song (3: one index, song << 16 | frame).
 FORMAT = 4
-PART_SHIFT = 16
-PART_FRAMES = 1 << PART_SHIFT  # a part's frames: 35 minutes
-FRAME_MASK = np.uint32(PART_FRAMES - 1)
-MAX_PARTS = 1 << (32 - PART_SHIFT)  # per segment
-MAX_SEGMENT_POSTINGS = (1 << 32) - 1  # uint32 offsets
-# A register run merges its newest segments while more than this many are below half of either
-# cap: each segment costs every lookup one more table read, and a merge rewrites only segments
-# about as big as those newer than them together, so adding songs never rewrites the big ones.
-MAX_SEGMENTS = 8
-# Postings one merge may hold: a merge keeps every posting of the segments it merges in memory
-# at once (about 32 bytes each at its peak: 5.6 GB for the 175 M postings of 10,000 songs), so
-# neither a register run nor `catalog --compact` merges past this, and a segment of at least half
-# of it is never merged by a register run. 2^27 postings (~7,500 songs, ~4.3 GB at the peak)
-# keeps a merge within a laptop's memory; a 100,000-song catalog then stays about 20 segments,
-# each read by every lookup, rather than one merge of 2.5 G postings (~80 GB).
-MERGE_POSTINGS = 1 << 27
 # A reader that finds a segment its manifest names already deleted reads the manifest again, up
 # to this many reads in all: only a reader overtaken by two saves between reading catalog.json
 # and opening the segments gets there, since a save keeps what the previous one dropped. Saves
@@ -86,217 +51,6 @@ MERGE_POSTINGS = 1 << 27
 # machine was overtaken three times in a row (3 attempts failed once in 500 loads while a writer
 # saved 20 times a second); a missing file under an unchanged manifest still fails at once.
 LOAD_ATTEMPTS = 10
-REPLACE_ADVICE = (
-    "replace a catalog with `python -m function register` / `remove` (or point CATALOG_URI at a new one),"
-    " never by copying files over it"
-)
-
-
-@dataclass(frozen=True)
-class ShardOf:
-    """A shard's place in the catalog it was split from (function/engine/shards.py): the split's
-    id, which all shards of one split share and a re-split changes, its index among `of`
-    shards, and each of its songs' index in the whole catalog, so that its votes name and order
-    songs as that catalog would."""
-
-    split: str
-    index: int
-    of: int
-    positions: list[int]
-
-
-class CatalogError(RuntimeError):
-    """The catalog is missing, corrupt or incompatible; the message says which and where."""
-
-
-@dataclass
-class Song:
-    song_id: str
-    title: str
-    artist: str
-    album: str
-    duration_seconds: float
-    sources: list[str] = field(default_factory=list)
-    hashes: int = 0
-    # Another recording of a song registered earlier (another encoding, master or edit): the
-    # song_id of that song, which a match names; None for a song's first version.
-    version_of: str | None = None
-
-    def public(self) -> dict:
-        d = asdict(self)
-        d.pop("hashes")
-        return d
-
-
-@dataclass(frozen=True)
-class _Mapped:
-    """The open postings.npy a segment memory-mapped, with its size and mtime when mapped."""
-
-    file: BinaryIO
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class Fingerprinted:
-    """A song ready to be added: its metadata and its landmarks."""
-
-    song: Song
-    hashes: np.ndarray
-    frames: np.ndarray
-
-
-class Segment:
-    """Some songs' postings, grouped by hash, written once. Which of its songs are alive, and
-    their places in the catalog's song list, are the catalog's to say (`link`)."""
-
-    def __init__(
-        self,
-        name: str,
-        song_ids: list[str],
-        song_postings: np.ndarray,
-        part_song: np.ndarray,
-        part_base: np.ndarray,
-        counts: np.ndarray,
-        postings: np.ndarray,
-        mapped: _Mapped | None = None,
-    ) -> None:
-        self.name = name
-        self.song_ids = song_ids  # its songs, in the order of their parts
-        self.song_postings = song_postings  # postings of each song
-        self.part_song = part_song  # uint32 per part: which of song_ids
-        self.part_base = part_base  # uint32 per part: the song frame its frames count from
-        self.postings = postings
-        self._mapped = mapped
-        self.written = mapped is not None
-        self.dead: set[str] = set()  # tombstones: song ids whose postings here are skipped
-        present = np.flatnonzero(counts)
-        # Offsets for the hashes present when that is smaller than a table of every hash.
-        self.keys = present.astype(np.uint32) if 2 * len(present) < N_HASHES else None
-        kept = counts[present] if self.keys is not None else counts
-        self.offsets = np.zeros(len(kept) + 1, dtype=np.uint32)
-        np.cumsum(kept, dtype=np.uint32, out=self.offsets[1:])
-        self.part_index = np.zeros(len(part_song), np.uint32)
-        self.part_alive: np.ndarray | None = None
-        self.first_song: int | None = None
-        self.alive_postings = 0
-        if mapped is not None:
-            weakref.finalize(self, mapped.file.close)
-
-    @classmethod
-    def open(cls, directory: Path, entry: dict, uri: str) -> "Segment":
-        """A written segment, as catalog.json's entry describes it; FileNotFoundError passes
-        through (a reader overtaken by saves reads the manifest again)."""
-        count = int(entry["postings"])
-        with np.load(directory / "table.npz") as stored:
-            counts, part_song, part_base = stored["counts"], stored["part_song"], stored["part_base"]
-            song_ids, song_postings = stored["song_ids"].tolist(), stored["song_postings"]
-        if counts.shape != (N_HASHES,) or int(counts.sum(dtype=np.int64)) != count or count == 0:
-            raise CatalogError(f"{uri}: catalog is corrupt: {directory.name}: offsets and postings disagree")
-        if len(part_song) != len(part_base) or len(song_postings) != len(song_ids) or int(part_song.max(initial=0)) >= len(song_ids):
-            raise CatalogError(f"{uri}: catalog is corrupt: {directory.name}: its part table names songs it does not list")
-        postings, mapped = _map(directory / "postings.npy", count, uri)
-        segment = cls(directory.name, song_ids, song_postings, part_song, part_base, counts, postings, mapped)
-        segment.dead = set(entry["dead"])
-        return segment
-
-    @property
-    def sealed(self) -> bool:
-        """At least half of a cap: never merged by a register run (it could not shrink the count,
-        or the merge would hold more than MERGE_POSTINGS)."""
-        return 2 * len(self.part_song) >= MAX_PARTS or 2 * len(self.postings) >= min(MAX_SEGMENT_POSTINGS, MERGE_POSTINGS)
-
-    def link(self, index: np.ndarray, alive: np.ndarray) -> None:
-        """Each song's index in the catalog's song list, and whether it is alive (listed there
-        and not tombstoned here)."""
-        self.part_index = np.where(alive, index, 0).astype(np.uint32)[self.part_song]
-        self.part_alive = None if alive.all() else alive[self.part_song]
-        self.alive_postings = int(self.song_postings[alive].sum())
-        # The usual segment: one part per song (none past 35 minutes), alive and in catalog
-        # order. Its part is then its song's index less the first's and its frame the song
-        # frame, which `read` computes with an add instead of two gathers (14 of the 37 ms that
-        # reading a 10-s query's 3.6 M postings from 10,000 songs took).
-        n = len(self.part_index)
-        consecutive = n > 0 and self.part_alive is None and np.array_equal(self.part_index, self.part_index[0] + np.arange(n))
-        self.first_song = int(self.part_index[0]) if consecutive else None
-
-    def check_mapped(self, uri: str) -> None:
-        """See Catalog.check_mapped."""
-        if self._mapped is None:
-            return
-        st = os.fstat(self._mapped.file.fileno())
-        if (st.st_size, st.st_mtime_ns) != (self._mapped.size, self._mapped.mtime_ns):
-            raise CatalogError(
-                f"{uri}: catalog changed under this process: {self._mapped.file.name} was rewritten in place"
-                f" ({self._mapped.size} bytes when loaded, {st.st_size} bytes now); {REPLACE_ADVICE}"
-            )
-
-    def ranges(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(start, length) of each hash's postings here."""
-        if self.keys is None:
-            starts = self.offsets[hashes].astype(np.int64)
-            return starts, self.offsets[hashes + 1].astype(np.int64) - starts
-        slot = np.searchsorted(self.keys, hashes)
-        found = slot < len(self.keys)
-        found[found] = self.keys[slot[found]] == hashes[found]
-        starts = self.offsets[slot].astype(np.int64)
-        return starts, np.where(found, self.offsets[np.minimum(slot + 1, len(self.keys))].astype(np.int64) - starts, 0)
-
-    def read(self, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(index into the query, song index, song frame) of the alive postings in these ranges."""
-        query_index = np.repeat(np.arange(len(starts)), lengths)
-        run_start = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-        postings = self.postings[run_start + np.arange(int(lengths.sum()))]
-        part = postings >> PART_SHIFT
-        if self.first_song is not None:
-            return query_index, part + np.uint32(self.first_song), postings & FRAME_MASK
-        songs, frames = self.part_index[part], self.part_base[part] + (postings & FRAME_MASK)
-        if self.part_alive is None:
-            return query_index, songs, frames
-        alive = self.part_alive[part]
-        return query_index[alive], songs[alive], frames[alive]
-
-    def landmarks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(part, hash, song frame) of every alive posting: what a merge or a benchmark reads."""
-        postings = np.asarray(self.postings)
-        every = np.arange(N_HASHES, dtype=np.uint32) if self.keys is None else self.keys
-        hashes = np.repeat(every, np.diff(self.offsets.astype(np.int64)))
-        part = postings >> PART_SHIFT
-        frames = postings & FRAME_MASK
-        frames += self.part_base[part]
-        if self.part_alive is None:
-            return part, hashes, frames
-        alive = self.part_alive[part]
-        return part[alive], hashes[alive], frames[alive]
-
-    def counts(self) -> np.ndarray:
-        """Postings per hash, for every hash."""
-        counts = np.diff(self.offsets.astype(np.int64))
-        if self.keys is None:
-            return counts
-        every = np.zeros(N_HASHES, dtype=np.int64)
-        every[self.keys] = counts
-        return every
-
-    def write(self, root: Path) -> list[str]:
-        """Write the segment's files into `root`; their paths relative to it."""
-        (root / self.name).mkdir(parents=True, exist_ok=True)
-        counts = self.counts()
-        narrow = np.uint16 if counts.max() <= np.iinfo(np.uint16).max else np.uint32
-        table = {
-            "counts": counts.astype(narrow),
-            "part_song": self.part_song,
-            "part_base": self.part_base,
-            "song_ids": np.array(self.song_ids),
-            "song_postings": self.song_postings,
-        }
-        _write_new(root / self.name / "table.npz", lambda f: np.savez_compressed(f, **table))
-        _write_new(root / self.name / "postings.npy", lambda f: np.save(f, np.asarray(self.postings)))
-        self.written = True
-        return [f"{self.name}/table.npz", f"{self.name}/postings.npy"]
-
-    def files(self, root: Path) -> list[Path]:
-        return [root / self.name / "table.npz", root / self.name / "postings.npy"]
 
 
 class Catalog:
@@ -517,74 +271,16 @@ class Catalog:
         song = np.repeat(np.arange(len(items), dtype=np.uint32), [len(it.hashes) for it in items])
         hashes = np.concatenate([it.hashes.astype(np.uint32) for it in items])
         frames = np.concatenate([it.frames.astype(np.uint32) for it in items])
-        segments = self._build([it.song.song_id for it in items], song, hashes, frames)
+        segments = build([it.song.song_id for it in items], song, hashes, frames, self._name_segment, self.uri)
         self.shard = None
         self.songs.extend(it.song for it in items)
         self.segments.extend(segments)
         self._index_songs()
 
-    def _build(self, song_ids: list[str], song: np.ndarray, hashes: np.ndarray, frames: np.ndarray) -> list[Segment]:
-        """New segments holding these landmarks (`song`: index into `song_ids` of each), songs in
-        order, a song's parts in one segment, a new segment begun where one would pass a cap."""
-        postings_of = np.bincount(song, minlength=len(song_ids))
-        last_part = np.zeros(len(song_ids), dtype=np.int64)
-        np.maximum.at(last_part, song, frames >> PART_SHIFT)
-        parts_of = np.where(postings_of > 0, last_part + 1, 0)
-        first_part = np.concatenate(([0], np.cumsum(parts_of)))
-        first_posting = np.concatenate(([0], np.cumsum(postings_of)))
-        segments, a = [], 0
-        while a < len(song_ids):
-            b = int(min(
-                np.searchsorted(first_part, first_part[a] + MAX_PARTS, "right"),
-                np.searchsorted(first_posting, first_posting[a] + MAX_SEGMENT_POSTINGS, "right"),
-            )) - 1
-            if b == a:  # only a song of more than 2^32 postings: frames are uint32, so parts fit
-                raise CatalogError(f"{self.uri}: {song_ids[a]} has {postings_of[a]} landmarks, more than a segment holds")
-            if first_posting[b] > first_posting[a]:
-                mine = slice(None) if (a, b) == (0, len(song_ids)) else (song >= a) & (song < b)
-                segments.append(
-                    self._segment(song_ids[a:b], song[mine] - a, hashes[mine], frames[mine], parts_of[a:b], postings_of[a:b])
-                )
-            a = b
-        return segments
-
-    def _segment(
-        self,
-        song_ids: list[str],
-        song: np.ndarray,
-        hashes: np.ndarray,
-        frames: np.ndarray,
-        parts_of: np.ndarray,
-        postings_of: np.ndarray,
-    ) -> Segment:
-        """One new segment of these songs (see `_build`); those without landmarks are left out."""
-        counts = np.bincount(hashes, minlength=N_HASHES)
-        first_part = (np.cumsum(parts_of) - parts_of).astype(np.uint32)
-        # In place, here and below: a merge of a whole catalog holds every posting at once.
-        local = first_part[song]
-        local += frames >> PART_SHIFT
-        local <<= PART_SHIFT
-        local |= frames & FRAME_MASK
-        # Sorted by (hash, posting) in one uint64 sort: grouped by hash without an index array.
-        keys = hashes.astype(np.uint64)
-        keys <<= np.uint64(32)
-        keys |= local
-        del local
-        keys.sort()
-        kept = np.flatnonzero(parts_of)
-        part_song = np.repeat(np.arange(len(kept), dtype=np.uint32), parts_of[kept])
-        part_base = (np.arange(len(part_song)) - np.repeat(first_part[kept], parts_of[kept])) << PART_SHIFT
+    def _name_segment(self) -> str:
         name = f"s{self._next_segment:06d}"
         self._next_segment += 1
-        return Segment(
-            name,
-            [song_ids[i] for i in kept],
-            postings_of[kept].astype(np.int64),
-            part_song,
-            part_base.astype(np.uint32),
-            counts,
-            keys.astype(np.uint32),  # the low 32 bits: the postings
-        )
+        return name
 
     def add_source(self, song_id: str, source: str) -> bool:
         """Record another path of a registered song; whether it was new."""
@@ -616,53 +312,26 @@ class Catalog:
 
     def compact(self, everything: bool = False) -> bool:
         """Merge segments, leaving out tombstoned postings; whether anything changed (the caller
-        saves). `everything`: consecutive segments together up to MERGE_POSTINGS postings a
-        merge, and any segment with removed songs' postings (`catalog --compact`); otherwise,
-        while more than MAX_SEGMENTS are unsealed, the newest of them together with each older
-        one no bigger than those newer than it together (a register run), up to MERGE_POSTINGS."""
+        saves). `everything`: what `catalog --compact` merges (segment_build.compaction_runs);
+        otherwise what a register run merges, one merge after another while there are too many
+        segments (segment_build.register_run_merge)."""
         if everything:
-            runs: list[list[Segment]] = []
-            for segment in list(self.segments):
-                if runs and sum(s.alive_postings for s in runs[-1]) + segment.alive_postings <= MERGE_POSTINGS:
-                    runs[-1].append(segment)
-                else:
-                    runs.append([segment])
-            runs = [run for run in runs if len(run) > 1 or run[0].alive_postings < len(run[0].postings)]
+            runs = compaction_runs(self.segments)
             for run in runs:
                 self._merge(run)
             return bool(runs)
         changed = False
-        while True:
-            unsealed = [s for s in self.segments if not s.sealed]
-            if len(unsealed) <= MAX_SEGMENTS:
-                return changed
-            run, size = unsealed[-2:], sum(s.alive_postings for s in unsealed[-2:])
-            for older in reversed(unsealed[:-2]):
-                if older.alive_postings > size or size + older.alive_postings > MERGE_POSTINGS:
-                    break
-                run.insert(0, older)
-                size += older.alive_postings
+        while (run := register_run_merge(self.segments)) is not None:
             before = len(self.segments)
             self._merge(run)
             changed = True
             if len(self.segments) >= before:  # songs too big to pack tighter: nothing to gain
                 return changed
+        return changed
 
     def _merge(self, run: list[Segment]) -> None:
         """Replace these segments with new ones holding their alive postings."""
-        song_ids: list[str] = []
-        columns: list[list[np.ndarray]] = [[], [], []]
-        for segment in run:
-            part, hashes, frames = segment.landmarks()
-            columns[0].append(segment.part_song[part] + np.uint32(len(song_ids)))
-            columns[1].append(hashes)
-            columns[2].append(frames)
-            song_ids += segment.song_ids
-            del part, hashes, frames
-        # One column at a time, each segment's copy let go once joined: a merge of a whole
-        # catalog holds every posting in memory.
-        song, hashes, frames = (_joined(columns.pop(0)) for _ in range(3))
-        merged = self._build(song_ids, song, hashes, frames)
+        merged = merge(run, self._name_segment, self.uri)
         self._drop(run)
         self.segments.extend(merged)
         self._link()
@@ -692,7 +361,7 @@ class Catalog:
             "songs": [asdict(s) for s in self.songs],
             "shard": None if self.shard is None else asdict(self.shard),
         }
-        _write_new(root / "catalog.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
+        write_new(root / "catalog.json", lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         self.location.push([*written, "catalog.json"], deleted=[name + "/" for name in self._retired])
         for name in self._retired:
             shutil.rmtree(root / name, ignore_errors=True)
@@ -719,46 +388,3 @@ class Catalog:
             "segments": len(self.segments),
             "bytes": int(index_bytes),
         }
-
-
-def _joined(arrays: list[np.ndarray]) -> np.ndarray:
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-
-
-def _map(path: Path, count: int, uri: str) -> tuple[np.ndarray, _Mapped]:
-    """Memory-map postings.npy, only if its size is exactly what its header and catalog.json
-    say: reading a mapped page beyond the end of its file kills the process with SIGBUS, which
-    no Python code can catch, so a partly written or truncated file (a copy over the catalog
-    still running) is refused here rather than found out while naming a song."""
-    file = open(path, "rb")
-    try:
-        size = os.fstat(file.fileno()).st_size
-        try:
-            major, _ = np.lib.format.read_magic(file)
-            header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = header(file)
-        except ValueError as exc:
-            raise CatalogError(f"{uri}: catalog is corrupt: {path} ({size} bytes) has no array header: {exc}") from None
-        start = file.tell()
-        if dtype != np.dtype("<u4") or len(shape) != 1 or fortran:
-            raise CatalogError(f"{uri}: catalog is corrupt: {path} holds {dtype} {shape}, not uint32 postings")
-        by_header, by_manifest = start + 4 * shape[0], start + 4 * count
-        if size != by_header or size != by_manifest:
-            raise CatalogError(
-                f"{uri}: catalog is corrupt: {path} is {size} bytes, its header says {by_header} and"
-                f" catalog.json {by_manifest} ({count} postings): a copy still running or cut short? {REPLACE_ADVICE}"
-            )
-        postings = np.memmap(file, dtype=dtype, mode="r", offset=start, shape=shape)
-    except BaseException:
-        file.close()
-        raise
-    return postings, _Mapped(file, size, os.fstat(file.fileno()).st_mtime_ns)
-
-
-def _write_new(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write `path` as a new file renamed over the old one: a process may have the old one
-    memory-mapped, and truncating a mapped file kills that process with SIGBUS."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)

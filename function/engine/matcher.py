@@ -30,16 +30,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 from scipy.stats import poisson
 
 from function.engine.config import CONFIG
 from function.engine.fingerprint import FRAME_SECONDS, N_HASHES
+from function.engine.songs import Song
 
-if TYPE_CHECKING:  # catalog.py imports this module: its Catalog is only a type here
-    from function.engine.catalog import Catalog, Song
+# A song is named from seconds of audio; longer queries (whole recordings given to the CLI)
+# are cut to their first two minutes.
+MAX_QUERY_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,27 @@ class Votes(Protocol):
         ...
 
 
+class Postings(Protocol):
+    """What `piles` reads of one catalog in memory (catalog.Catalog, which imports this module:
+    hence a protocol here rather than an import of it)."""
+
+    songs: list[Song]
+    durations: np.ndarray  # seconds of each song: how many offsets its chance hits spread over
+    group_index: np.ndarray  # the song each song is a version of (itself for a first version)
+
+    def lookup(self, hashes: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(index into `hashes`, song index, song frame) of every alive posting of the hashes `keep` marks."""
+        ...
+
+    def position(self, index: int) -> int:
+        """The song's index in the whole catalog (a shard's song keeps its index there)."""
+        ...
+
+    def head(self, index: int) -> Song:
+        """The song that `index` is a version of (the song itself for a first version)."""
+        ...
+
+
 def postings_cap(postings_count: int) -> int:
     """Longest posting list worth reading: CONFIG.popular_hash_factor times the mean."""
     mean = postings_count / N_HASHES
@@ -113,7 +136,7 @@ def vote(catalog: Votes, hashes: np.ndarray, frames: np.ndarray) -> Vote | None:
 
 
 def piles(
-    catalog: Catalog, hashes: np.ndarray, frames: np.ndarray, keep: np.ndarray, songs_below: int | None = None
+    catalog: Postings, hashes: np.ndarray, frames: np.ndarray, keep: np.ndarray, songs_below: int | None = None
 ) -> Vote | None:
     """The best pile of one catalog's postings for the hashes `keep` marks (see `vote`).
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from function.engine.config import CONFIG
+from function.engine.songs import CatalogError
 
 # What the process needs beside the mirror's files. bench/coldstart.py measured a cold instance
 # (one query at a time) holding 221 MiB beyond the mirror with 10,000 songs in one segment and
@@ -63,9 +64,6 @@ def needed_bytes(file_bytes: int, segments: int, manifest_bytes: int) -> int:
 def check_fits(uri: str, needed: int, limit_bytes: int | None) -> None:
     """CatalogError unless `needed` bytes (`needed_bytes`) fit in `limit_bytes` (None: unknown,
     so not refused)."""
-    # Imported here: catalog.py imports catalog_location, which imports this module.
-    from function.engine.catalog import CatalogError
-
     if limit_bytes is not None and needed > limit_bytes:
         raise CatalogError(
             f"{uri}: the catalog needs {needed / 2**20:,.0f} MiB of memory to load (its files are"

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-from function.engine.decode import AUDIO_SUFFIXES, INTERNAL_RATE, DecodeError, decode_file, pcm16_to_float, to_internal, undo_speed
-from function.engine.catalog import Catalog, CatalogError, Fingerprinted, Song
+from function.engine.decode import INTERNAL_RATE, pcm16_to_float, to_internal, undo_speed
+from function.engine.catalog import Catalog
 from function.engine.config import CONFIG
-from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, QUERY_DENSITY, fingerprint, with_neighbours
-from function.engine.matcher import Vote, vote
+from function.engine.fingerprint import FRAME_SECONDS, QUERY_DENSITY, fingerprint, with_neighbours
+from function.engine.matcher import MAX_QUERY_SECONDS, Vote, vote
+from function.engine.register_run import RegisterResult, expand_paths, register_files
 from function.engine.shards import Shards
-from function.engine.song_tags import read_tags
+from function.engine.songs import CatalogError
 from function.logs import log
 
 DEFAULT_THRESHOLD = CONFIG.threshold
-# A song is named from seconds of audio; longer queries (whole recordings given to the CLI)
-# are cut to their first two minutes.
-MAX_QUERY_SECONDS = 120
 # A process serving recognitions looks for a new catalog generation at most this often: a stat of
 # catalog.json locally, one metadata read of it (a Class B operation) on Cloud Storage, made by the
 # first get_recogniser call after the interval, so an idle instance makes none. Songs registered
@@ -30,7 +26,7 @@ MAX_QUERY_SECONDS = 120
 # almost nothing, and no deployment has needed another value.
 RELOAD_CHECK_SECONDS = 30.0
 
-__all__ = ["Match", "RegisterResult", "Recogniser", "CatalogError", "get_recogniser", "get_sharded_recogniser", "analyse_file"]
+__all__ = ["Match", "RegisterResult", "Recogniser", "CatalogError", "get_recogniser", "get_sharded_recogniser"]
 
 
 @dataclass(frozen=True)
@@ -45,60 +41,6 @@ class Match:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class RegisterResult:
-    file: str
-    status: str  # added | duplicate | error
-    song_id: str | None = None
-    title: str | None = None
-    artist: str | None = None
-    error: str | None = None
-    duration_seconds: float = 0.0
-    version_of: str | None = None  # set when the file is another recording of a registered song
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "duration_seconds"}
-
-
-def content_id(samples: np.ndarray) -> str:
-    """Song identity is its audio: the same recording under two paths or tags is one song."""
-    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
-    return hashlib.sha256(pcm.tobytes()).hexdigest()[:16]
-
-
-def analyse_file(path: str) -> Fingerprinted | RegisterResult:
-    """Decode, fingerprint and tag one file; an error result instead of raising, so one bad
-    file never aborts a registration run (this runs in worker processes)."""
-    try:
-        samples, rate = decode_file(path)
-        internal = to_internal(samples, rate)
-        hashes, frames = fingerprint(internal, CATALOG_DENSITY)
-        tags = read_tags(path)
-    except (DecodeError, OSError, ValueError, MemoryError) as exc:
-        return RegisterResult(file=path, status="error", error=str(exc))
-    song = Song(
-        song_id=content_id(internal),
-        title=tags.title,
-        artist=tags.artist,
-        album=tags.album,
-        duration_seconds=round(len(internal) / INTERNAL_RATE, 2),
-        sources=[str(Path(path).resolve())],
-    )
-    return Fingerprinted(song, hashes, frames)
-
-
-def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given, directories searched recursively for audio files, in a stable order."""
-    out: list[str] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            out.extend(str(f) for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
-        else:
-            out.append(str(path))
-    return out
 
 
 class Recogniser:
@@ -129,8 +71,6 @@ class Recogniser:
         return list(entries.values())
 
     def register(self, paths: list[str], workers: int | None = None, progress: bool = False) -> list[RegisterResult]:
-        from function.engine.register_run import register_files
-
         return register_files(self.catalog, expand_paths(paths), workers=workers, progress=progress)
 
     def remove(self, song_ids: list[str]) -> int:

@@ -3,17 +3,77 @@ group the versions of one song, merge small segments if there are too many, save
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Iterator
 
-from function.engine.catalog import Catalog, Fingerprinted
+import numpy as np
+
+from function.engine.catalog import Catalog
 from function.engine.config import CONFIG
-from function.engine.fingerprint import FRAME_SECONDS
-from function.engine.matcher import kept
-from function.engine.recogniser import MAX_QUERY_SECONDS, RegisterResult, analyse_file
+from function.engine.decode import AUDIO_SUFFIXES, INTERNAL_RATE, DecodeError, decode_file, to_internal
+from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, fingerprint
+from function.engine.matcher import MAX_QUERY_SECONDS, kept
+from function.engine.song_tags import read_tags
+from function.engine.songs import Fingerprinted, Song
 from function.progress import Progress
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    file: str
+    status: str  # added | duplicate | error
+    song_id: str | None = None
+    title: str | None = None
+    artist: str | None = None
+    error: str | None = None
+    duration_seconds: float = 0.0
+    version_of: str | None = None  # set when the file is another recording of a registered song
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "duration_seconds"}
+
+
+def content_id(samples: np.ndarray) -> str:
+    """Song identity is its audio: the same recording under two paths or tags is one song."""
+    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
+    return hashlib.sha256(pcm.tobytes()).hexdigest()[:16]
+
+
+def analyse_file(path: str) -> Fingerprinted | RegisterResult:
+    """Decode, fingerprint and tag one file; an error result instead of raising, so one bad
+    file never aborts a registration run (this runs in worker processes)."""
+    try:
+        samples, rate = decode_file(path)
+        internal = to_internal(samples, rate)
+        hashes, frames = fingerprint(internal, CATALOG_DENSITY)
+        tags = read_tags(path)
+    except (DecodeError, OSError, ValueError, MemoryError) as exc:
+        return RegisterResult(file=path, status="error", error=str(exc))
+    song = Song(
+        song_id=content_id(internal),
+        title=tags.title,
+        artist=tags.artist,
+        album=tags.album,
+        duration_seconds=round(len(internal) / INTERNAL_RATE, 2),
+        sources=[str(Path(path).resolve())],
+    )
+    return Fingerprinted(song, hashes, frames)
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given, directories searched recursively for audio files, in a stable order."""
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out.extend(str(f) for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+        else:
+            out.append(str(path))
+    return out
 
 
 def _analysed(files: list[str], workers: int) -> Iterator[Fingerprinted | RegisterResult]:

@@ -17,7 +17,7 @@ every shard twice (matcher.Votes):
 This holds because songs are split by version group (`shard_of` their first version's id): all
 versions of a song are in one shard, so any pile in another shard is another song's, as "other
 song" means in one catalog. Equal surprises go to the earlier song, as in one catalog: a shard
-keeps the whole catalog's order among its songs, and each song's index in it (catalog.ShardOf),
+keeps the whole catalog's order among its songs, and each song's index in it (songs.ShardOf),
 by which equal best songs of two shards are told apart.
 
 Every answer names the split it comes from (its id, the shard's index, the number of shards): a
@@ -51,9 +51,10 @@ from typing import Callable
 import httpx
 import numpy as np
 
-from function.engine.catalog import Catalog, CatalogError, Fingerprinted, ShardOf, Song
+from function.engine.catalog import Catalog
 from function.engine.config import CONFIG
 from function.engine.matcher import Vote
+from function.engine.songs import CatalogError, Fingerprinted, ShardOf, Song
 
 # One shard request's time limit: a recognition makes up to 4 votes of 2 round trips each, and
 # its claim on the user's buffer lasts RECOGNITION_LEASE_SECONDS (30 s by default).
@@ -174,8 +175,8 @@ def split(catalog: Catalog, prefix: str, shards: int) -> list[Catalog]:
 
     The catalog is read one segment at a time, those holding its earliest songs first, each
     segment's songs going to their shards as new segments, which a compaction then joins (up
-    to catalog.MERGE_POSTINGS a merge): a split holds one segment's postings at once, never the
-    whole index (100,000 songs' would take ~80 GB).
+    to segment_build.MERGE_POSTINGS a merge): a split holds one segment's postings at once,
+    never the whole index (100,000 songs' would take ~80 GB).
     """
     if shards < 1:
         raise ValueError(f"a split needs at least 1 shard, got {shards}")
