@@ -62,6 +62,9 @@ WINDOW_SCENES: dict[str, Scene] = {
     "speed -2 % at +5 dB": Scene(speed=0.98, crowd_snr=5.0),
     "two songs 0 dB": SCENES["two songs 0 dB"],
     "two songs -5 dB": SCENES["two songs -5 dB"],
+    # What a wearer's noise mostly is: people talking. An ambient recording with the babble of
+    # 6-10 voices (bench/wearer.py's crowd), at the SNRs of the grid.
+    **{f"babble+crowd {snr:+g} dB": Scene(crowd_snr=snr) for snr in (5.0, 0.0, -5.0, -10.0)},
     TALK_SCENE: SCENES[TALK_SCENE],
 }
 # Music read past the window, so a faster playback has its music too.

@@ -26,8 +26,9 @@ from bench import corpus, machine
 from bench.versions import VERSIONS, make_versions
 from function.engine.config import CONFIG
 from function.engine.fingerprint import FRAME_SECONDS
-from function.engine.matcher import kept
-from function.engine.recogniser import MAX_QUERY_SECONDS, Recogniser, RegisterResult, analyse_file
+from function.engine.matcher import MAX_QUERY_SECONDS, kept
+from function.engine.recogniser import Recogniser
+from function.engine.register_run import RegisterResult, analyse_file
 from function.progress import Progress
 
 RECORDS = Path(__file__).resolve().parent / "tuning"
