@@ -24,8 +24,9 @@ the same room, talkers and noise, in every scene, so scenes differ by their cond
 Reported per condition and engine: streams, named right, the median seconds until a right name,
 wrong names, and for unknown music and no music the one-sided 95 % upper bound on the
 per-stream rate of wrong notifications (Clopper-Pearson; about 3/n when none of n was wrong).
-The defaults (15 conditions x 24 streams of up to 45 s, two engines) take about 5 minutes on two
-shared cores, plus about 1.5 minutes the first time, to register the catalog with each engine.
+The defaults (22 conditions x 24 streams of up to 45 s, two engines) took 25 minutes on two
+shared cores beside other work (2026-12-07), most of it rendering the diffuse rooms' ray-traced
+responses, plus about 1.5 minutes the first time, to register the catalog with each engine.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate BENCHMARKS.md: every section is written by the command named in it, on the test
 # split (the dev split tunes, the test split reports), beside the baseline revision measured in
-# the same run. About 70 minutes on 2 cores with nothing else running (the first run also builds
+# the same run. About 90 minutes on 2 cores with nothing else running (the first run also builds
 # a 100,000-song catalog for bench.coldstart: ~8 minutes, 7 GB of disk, 6.6 GB more for fake-gcs-server).
 #   bash scripts/benchmarks.sh /tmp/corpus [BASELINE_REV]
 set -euo pipefail
