@@ -3,6 +3,9 @@
 `python -m bench.tune_naming --corpus /tmp/corpus --split dev [--streams-per-condition 12] [--record]`
 `python -m bench.tune_naming --replay [--split dev] [--record]`: the report again from the last
 run's trajectories (bench/out/tune_naming), after a threshold in the code was changed.
+`python -m bench.tune_naming ... --set neighbour_gap_frames=0 --record`: the same streams with
+another value of one of SETTABLE, how a query is voted (the catalog is the same), recorded
+as bench/tuning/naming-<split>-<field>-<value>.md beside the run with the engine's own values.
 
 Every stream of bench/streams.py's conditions is attempted in-process exactly as the webhook's
 cadence does it (function/config.py, from the environment as the webhook reads it, so another
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,7 @@ from bench.streams import CONDITIONS, Stream, plan, render_stream
 from bench.wearer import SCENES
 from function.config import Settings
 from function.engine.config import CONFIG
+from function.engine.catalog import Catalog
 from function.engine.recogniser import Recogniser
 from function.progress import Progress
 from function.webhook.naming import NAME_AT
@@ -44,6 +48,10 @@ THRESHOLDS = (0.5, 0.55, 0.6, 0.63, 0.65, 0.7, 0.75, 0.8)
 RATE = 16000
 TAIL = 12  # per-stream maxima the exponential tail is fitted to
 RECORDS = Path(__file__).resolve().parent / "tuning"
+# The EngineConfig fields --set may change: how a query is voted, not the hash space (a frozen
+# field would need the catalog registered again) nor what reads the vote (the thresholds, which
+# this run sets).
+SETTABLE = {"neighbour_gap_frames": int, "sure_without_neighbours": float, "speed_window_seconds": float}
 
 
 @dataclass(frozen=True)
@@ -145,12 +153,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=int, default=45)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench/out/tune_naming"), help="trajectories JSON and the catalog")
-    p.add_argument("--record", action="store_true", help=f"also write the report to {RECORDS}/naming-<split>.md")
+    p.add_argument("--record", action="store_true", help=f"also write the report to {RECORDS}/naming-<split>[-<field>-<value>].md")
+    p.add_argument("--set", metavar="FIELD=VALUE", help=f"vote with another value of one of {', '.join(SETTABLE)}")
     args = p.parse_args(argv)
     if args.corpus is None and not args.replay:
         p.error("--corpus is required (or --replay)")
+    overrides: dict[str, object] = {}
+    if args.set:
+        field, _, value = args.set.partition("=")
+        if field not in SETTABLE:
+            p.error(f"--set: {field!r} is not one of {', '.join(SETTABLE)}")
+        try:
+            overrides[field] = SETTABLE[field](value)
+        except ValueError:
+            p.error(f"--set: {field} takes a {SETTABLE[field].__name__}, got {value!r}")
+    args.config = replace(CONFIG, **overrides)
+    suffix = "".join(f"-{k}-{v:g}" for k, v in overrides.items())
     args.out.mkdir(parents=True, exist_ok=True)
-    saved = args.out / f"trajectories-{args.split}.json"
+    saved = args.out / f"trajectories-{args.split}{suffix}.json"
     if args.replay:
         run = json.loads(saved.read_text())
         described, command, results = run["corpus"], run["command"], [
@@ -184,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             f" {settings.max_buffer_seconds:g} s). Seconds to a right name count from"
             " the start of the song (a scene whose song starts after talk counts from then).",
             "Engine: EngineConfig.rival_floor"
-            f" {CONFIG.rival_floor:g}, gap_at_half {CONFIG.gap_at_half:g}; threshold {CONFIG.threshold:g}, NAME_AT {NAME_AT:g}.",
+            f" {CONFIG.rival_floor:g}, gap_at_half {CONFIG.gap_at_half:g}; threshold {CONFIG.threshold:g}, NAME_AT {NAME_AT:g};"
+            f" neighbour_gap_frames {args.config.neighbour_gap_frames:g}"
+            + "".join(f"; {k} set to {v:g} for this run (the engine's: {getattr(CONFIG, k):g})" for k, v in overrides.items())
+            + ".",
             "",
             *negatives(results),
             "",
@@ -195,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.record:
         RECORDS.mkdir(exist_ok=True)
-        (RECORDS / f"naming-{args.split}.md").write_text(text)
+        (RECORDS / f"naming-{args.split}{suffix}.md").write_text(text)
     return 0
 
 
@@ -204,7 +227,7 @@ def run_streams(args: argparse.Namespace) -> tuple[str, str, list[tuple[Stream, 
     the command, and (stream, the right song's id, attempts) for every stream."""
     material = corpus.load(args.corpus, args.seed, quick=False, split=args.split)
     index, truth_of, _ = catalog_build.real_catalog(material.catalog, args.out)
-    recogniser = Recogniser.open(str(index))
+    recogniser = Recogniser(Catalog(str(index)), config=args.config)
     catalog = recogniser.catalog
     settings = Settings.from_env()
     streams = plan(material, args.streams_per_condition, args.seed)
@@ -221,6 +244,7 @@ def run_streams(args: argparse.Namespace) -> tuple[str, str, list[tuple[Stream, 
     command = (
         f"python -m bench.tune_naming --corpus CORPUS --split {args.split} --streams-per-condition"
         f" {args.streams_per_condition} --seconds {args.seconds} --seed {args.seed}"
+        + (f" --set {args.set}" if args.set else "")
     )
     return f"{material.describe()}; {args.seconds} s per stream", command, results
 

@@ -22,10 +22,10 @@ NAMING_RECORD = "bench/tuning/naming-dev.md"
 VERSIONS_RUN = "python -m bench.tune_versions --corpus /tmp/corpus --split dev --record"
 
 
-def tuned(split: str, command: str, record: str | None, frozen: bool = False) -> dict:
+def tuned(split: str, command: str, record: str | tuple[str, ...] | None, frozen: bool = False) -> dict:
     """Field metadata of a value read off a tuning run: the split, the command, and the run's
-    output under bench/tuning/ (None: a run from before records were kept, listed in
-    tests/test_config_provenance.py until it is run again)."""
+    output under bench/tuning/ (several files: one run per value tried; None: a run from before
+    records were kept, listed in tests/test_config_provenance.py until it is run again)."""
     return {"tuned": {"split": split, "command": command, "record": record}, "frozen": frozen}
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from function.engine.decode import INTERNAL_RATE, pcm16_to_float, to_internal, undo_speed
 from function.engine.catalog import Catalog
-from function.engine.config import CONFIG
+from function.engine.config import CONFIG, EngineConfig
 from function.engine.fingerprint import FRAME_SECONDS, QUERY_DENSITY, fingerprint, with_neighbours
 from function.engine.matcher import MAX_QUERY_SECONDS, Vote, vote
 from function.engine.register_run import RegisterResult, expand_paths, register_files
@@ -47,9 +47,12 @@ class Recogniser:
     """Names songs from one catalog in memory, or from the shards of one (which only recognise:
     songs are registered into the full catalog, then split again)."""
 
-    def __init__(self, catalog: Catalog | Shards, threshold: float = DEFAULT_THRESHOLD) -> None:
+    def __init__(self, catalog: Catalog | Shards, threshold: float = DEFAULT_THRESHOLD, config: EngineConfig = CONFIG) -> None:
         self.catalog = catalog
         self.threshold = threshold
+        # How a query is voted (neighbours, the speed retry): the engine's own unless a tuning
+        # run tries other values (bench.tune_naming --set), which never touch the hash space.
+        self.config = config
 
     @classmethod
     def open(cls, catalog_uri: str, create: bool = False, threshold: float = DEFAULT_THRESHOLD) -> "Recogniser":
@@ -99,22 +102,22 @@ class Recogniser:
         """The vote `best_guess` answers from, and the song seconds between the query's start
         and the start of what was voted (the speed retry votes only the newest seconds).
 
-        A plain vote that is sure (CONFIG.sure_without_neighbours) is the answer; otherwise the
+        A plain vote that is sure (config.sure_without_neighbours) is the answer; otherwise the
         vote is taken again with every landmark's time-gap neighbours. When that is no match
         either, the query's newest seconds are voted again as if played at each of
-        CONFIG.speed_variants, and the surest vote wins. A catalog without songs is a CatalogError.
+        config.speed_variants, and the surest vote wins. A catalog without songs is a CatalogError.
         """
         self.catalog.require_songs()
         internal = to_internal(samples[: int(MAX_QUERY_SECONDS * sample_rate)], sample_rate)
         hashes, frames = fingerprint(internal, QUERY_DENSITY)
         best = vote(self.catalog, hashes, frames)
-        if best is None or best.confidence < CONFIG.sure_without_neighbours:
+        if best is None or best.confidence < self.config.sure_without_neighbours:
             best = self._vote_with_neighbours(hashes, frames)
         shift = 0.0
         if best is None or best.confidence < self.threshold:
-            newest = internal[-int(CONFIG.speed_window_seconds * INTERNAL_RATE) :]
+            newest = internal[-int(self.config.speed_window_seconds * INTERNAL_RATE) :]
             skipped = (len(internal) - len(newest)) / INTERNAL_RATE
-            for speed in CONFIG.speed_variants:
+            for speed in self.config.speed_variants:
                 v = self._vote_with_neighbours(*fingerprint(undo_speed(newest, speed), QUERY_DENSITY))
                 if v is not None and (best is None or v.confidence > best.confidence):
                     # The vote places the newest seconds; the song ran `speed` times as fast
@@ -123,7 +126,7 @@ class Recogniser:
         return best, shift
 
     def _vote_with_neighbours(self, hashes: np.ndarray, frames: np.ndarray) -> Vote | None:
-        return vote(self.catalog, *with_neighbours(hashes, frames, CONFIG.neighbour_gap_frames))
+        return vote(self.catalog, *with_neighbours(hashes, frames, self.config.neighbour_gap_frames))
 
     def _match(self, v: Vote, shift_seconds: float = 0.0) -> Match:
         """The song a vote names (a version's song, its first version, carries the name), with
@@ -216,7 +219,7 @@ class _Held:
 
     def _replace(self) -> None:
         held = self.recogniser
-        self.recogniser = Recogniser(held.catalog.reopened(), held.threshold)
+        self.recogniser = Recogniser(held.catalog.reopened(), held.threshold, held.config)
         self.checked_at = time.monotonic()
 
 
