@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -32,9 +32,18 @@ EMULATOR_START_SECONDS = 60.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports. Held open together while they are chosen: two ports
+    chosen one after the other can be the same one (the first was already released), and then
+    the slower server to start (the Firestore emulator's JVM) finds its port taken."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 # --- the function -----------------------------------------------------------------------------
@@ -160,7 +169,7 @@ class Emulators:
 @contextmanager
 def running_emulators(logs: Path) -> Iterator[Emulators]:
     """A Firestore emulator and a fake-gcs-server on free ports, answering, until the end."""
-    firestore_port, gcs_port = free_port(), free_port()
+    firestore_port, gcs_port = free_ports(2)
     gcs_url = f"http://127.0.0.1:{gcs_port}"
     started: list[tuple[subprocess.Popen, str, Path]] = []
     try:
