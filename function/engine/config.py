@@ -79,10 +79,18 @@ class EngineConfig:
     )
     # A query landmark is also looked up with its time gap +-this many frames: reverberation and
     # speed changes move a peak by a frame, and the gap sits in the hash's low bits, so the
-    # variants cost one more lookup each and no extra index. Set on dev (the same 232 windows):
-    # 0 -> 1 raised recall from 78 % to 92 %, and with smooth_frames 3 from 88 % to 95 %; +-1
-    # frequency bin as well added nothing; +-2 frames was not measured.
-    neighbour_gap_frames: int = field(default=1, metadata=tuned("dev", "python -m bench --split dev (232 windows)", None))
+    # variants cost one more lookup each and no extra index. Set on dev streams (bench/tuning/
+    # naming-dev*.md, the same 264 streams with 0, 1 and 2): 0 named the reverberant room at a
+    # median 10 s and the party at 11 s, 1 at 5 and 7 s; 2 named the party at 5 s but one
+    # unknown song wrongly (a negative stream's gap reached 22.5, over NAME_AT's 21).
+    neighbour_gap_frames: int = field(
+        default=1,
+        metadata=tuned(
+            "dev",
+            NAMING_RUN + " [--set neighbour_gap_frames=0|2]",
+            (NAMING_RECORD, "bench/tuning/naming-dev-neighbour_gap_frames-0.md", "bench/tuning/naming-dev-neighbour_gap_frames-2.md"),
+        ),
+    )
     # A query whose plain vote (no neighbours) is already this sure is answered from it: the
     # neighbour lookups triple the postings a vote sorts (a 10-s query against 1,000 songs went
     # from 23 to 42 ms) and add nothing to a match this clear. Above both thresholds (0.63 here,
