@@ -6,7 +6,9 @@ bodies they cannot read."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import signal
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
@@ -255,3 +257,29 @@ def test_shard_settings_are_validated(env: dict[str, str], error: str) -> None:
         "https://a.run.app",
         "https://b.run.app",
     )
+
+
+def test_shards_asked_before_a_fork_answer_in_the_forked_worker(shard_urls: tuple[str, ...]) -> None:
+    """gunicorn loads main.py (which asks the shards for their info) in its master, then forks
+    its workers: a worker must not wait on threads and connections that stayed in the master."""
+    shards = Shards(shard_urls, TOKEN)
+    assert shards.info()  # the pool's threads and the connections now exist in this process
+    shards._info = None  # the worker's first check asks the shards again
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: answer through the pipe, whatever happens
+        try:
+            os.write(write, b"ok" if shards.info() else b"empty")
+        finally:
+            os._exit(0)
+    os.close(write)
+    ready: list[int] = []
+    try:
+        ready = select.select([read], [], [], 20)[0]
+        assert ready, "the forked process got no answer from the shards within 20 s"
+        assert os.read(read, 16) == b"ok"
+    finally:
+        if not ready:
+            os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(read)

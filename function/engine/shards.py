@@ -42,6 +42,7 @@ Wire format (POST, `Authorization: Bearer SHARD_TOKEN`, function/webhook/edge.py
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -231,17 +232,28 @@ class Shards:
         self.urls = urls
         self.uri = ",".join(urls)  # what logs and errors call this catalog
         self.budget = fanout_budget(len(urls))  # matcher.Votes.budget
-        # Keep-alive connections to every shard, and threads to have a request to each under
-        # way at once for a few recognitions at a time (the webhook runs one per core).
-        self._client = httpx.Client(
-            timeout=timeout,
-            headers={"Authorization": f"Bearer {token}"},
-            limits=httpx.Limits(max_keepalive_connections=4 * len(urls), max_connections=16 * len(urls)),
-        )
-        self._pool = ThreadPoolExecutor(max_workers=4 * len(urls), thread_name_prefix="shard")
+        self._token = token
+        self._timeout = timeout
         self._info: list[dict] | None = None
         self._info_at = 0.0
         self._lock = threading.Lock()
+        self._owning = threading.Lock()  # one thread of a new process makes its pool and client
+        self._own()
+
+    def _own(self) -> None:
+        """Keep-alive connections to every shard, and threads to have a request to each under
+        way at once for a few recognitions at a time (the webhook runs one per core), made by
+        and for this process. gunicorn imports main.py, which asks the shards, in its master and
+        then forks the workers: a fork copies the pool's queue but not its threads, and the
+        master's sockets, so a worker that used them would wait forever on a queue nothing
+        serves. So each process makes its own on first use (`_each`)."""
+        self._pid = os.getpid()
+        self._client = httpx.Client(
+            timeout=self._timeout,
+            headers={"Authorization": f"Bearer {self._token}"},
+            limits=httpx.Limits(max_keepalive_connections=4 * len(self.urls), max_connections=16 * len(self.urls)),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=4 * len(self.urls), thread_name_prefix="shard")
 
     def _each(self, ask: Callable[[str], httpx.Response]) -> list[httpx.Response]:
         """Every shard's answer, asked at once; CatalogError naming the first that failed."""
@@ -255,6 +267,10 @@ class Shards:
                 raise CatalogError(f"catalog shard {url} answered {response.status_code}: {response.text[:200]}")
             return response
 
+        if self._pid != os.getpid():
+            with self._owning:
+                if self._pid != os.getpid():
+                    self._own()
         try:
             return list(self._pool.map(one, self.urls))
         except CatalogError:
