@@ -25,10 +25,8 @@ import numpy as np
 from bench import corpus, machine
 from bench.versions import VERSIONS, make_versions
 from function.engine.config import CONFIG
-from function.engine.fingerprint import FRAME_SECONDS
-from function.engine.matcher import MAX_QUERY_SECONDS, kept
 from function.engine.recogniser import Recogniser
-from function.engine.register_run import RegisterResult, analyse_file
+from function.engine.register_run import RegisterResult, analyse_file, version_vote
 from function.progress import Progress
 
 RECORDS = Path(__file__).resolve().parent / "tuning"
@@ -36,17 +34,14 @@ RECORDS = Path(__file__).resolve().parent / "tuning"
 
 def evidence(recogniser: Recogniser, path: Path) -> tuple[str | None, float, float]:
     """(song named, confidence, share of the landmarks on its pile) of one recording's vote, as
-    group_versions takes it."""
+    group_versions takes it (register_run.version_vote)."""
     item = analyse_file(str(path))
     if isinstance(item, RegisterResult):
         raise SystemExit(f"{path}: {item.error}")
-    head = item.frames < int(MAX_QUERY_SECONDS / FRAME_SECONDS)
-    catalog = recogniser.catalog
-    hashes = item.hashes[head]
-    v = catalog.piles(hashes, item.frames[head], kept(*catalog.posting_counts(hashes), catalog.budget))
+    v, landmarks = version_vote(recogniser.catalog, item)
     if v is None:
         return None, 0.0, 0.0
-    return v.head.song_id, v.confidence, v.score / max(1, int(head.sum()))
+    return v.head.song_id, v.confidence, v.score / landmarks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     material = corpus.load(args.corpus, args.seed, quick=False, split=args.split)
     rng = np.random.default_rng(args.seed)
-    chosen = sorted(rng.permutation(len(material.known))[: args.songs])
-    songs = [material.known[i] for i in chosen]
-    others = [t for i, t in enumerate(material.known) if i not in set(chosen)] + material.held_out
+    chosen = set(rng.permutation(len(material.known))[: args.songs].tolist())
+    songs = [material.known[i] for i in sorted(chosen)]
+    others = [t for i, t in enumerate(material.known) if i not in chosen] + material.held_out
     catalog_dir = args.out / f"catalog-{args.split}-{args.seed}-{args.songs}"
     recogniser = Recogniser.open(str(catalog_dir), create=True)
     if not recogniser.catalog.songs:

@@ -16,7 +16,7 @@ from function.engine.catalog import Catalog
 from function.engine.config import CONFIG
 from function.engine.decode import AUDIO_SUFFIXES, INTERNAL_RATE, DecodeError, decode_file, to_internal
 from function.engine.fingerprint import CATALOG_DENSITY, FRAME_SECONDS, fingerprint
-from function.engine.matcher import MAX_QUERY_SECONDS, kept
+from function.engine.matcher import MAX_QUERY_SECONDS, Vote, kept
 from function.engine.song_tags import read_tags
 from function.engine.songs import Fingerprinted, Song
 from function.progress import Progress
@@ -142,19 +142,28 @@ def group_versions(catalog: Catalog, added: list[Fingerprinted]) -> dict[str, st
     is grouped once, under the first; its landmarks are its own catalog landmarks, whose vote
     for another recording of it piles a large share of them on one offset.
     """
-    limit = int(MAX_QUERY_SECONDS / FRAME_SECONDS)
     found: dict[str, str] = {}
     for item in sorted(added, key=lambda it: catalog.index_of(it.song.song_id)):
         index = catalog.index_of(item.song.song_id)
-        head = item.frames < limit
-        if index == 0 or not head.any():
+        if index == 0:
             continue
-        hashes = item.hashes[head]
-        v = catalog.piles(hashes, item.frames[head], kept(*catalog.posting_counts(hashes), catalog.budget), songs_below=index)
+        v, landmarks = version_vote(catalog, item, songs_below=index)
         if v is None or v.confidence < CONFIG.version_min_confidence:
             continue
-        if v.score < CONFIG.version_min_share * int(head.sum()):
+        if v.score < CONFIG.version_min_share * landmarks:
             continue
         catalog.set_version(item.song.song_id, catalog.song(v.song_index).song_id)
         found[item.song.song_id] = catalog.song(index).version_of
     return found
+
+
+def version_vote(catalog: Catalog, item: Fingerprinted, songs_below: int | None = None) -> tuple[Vote | None, int]:
+    """The vote of a recording's first two minutes of catalog landmarks (MAX_QUERY_SECONDS)
+    against the songs indexed before `songs_below` (None: all), and how many landmarks voted:
+    what group_versions weighs against the version thresholds."""
+    head = item.frames < int(MAX_QUERY_SECONDS / FRAME_SECONDS)
+    if not head.any():
+        return None, 0
+    hashes = item.hashes[head]
+    keep = kept(*catalog.posting_counts(hashes), catalog.budget)
+    return catalog.piles(hashes, item.frames[head], keep, songs_below=songs_below), int(head.sum())
