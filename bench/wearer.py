@@ -426,9 +426,10 @@ def _talk(material: Corpus, room: SimulatedRoom | None, voices: tuple[int, int],
     standing in groups at the room's MAX_TALKERS places (voice k at place k mod MAX_TALKERS;
     dry without a room). A place's voices share its response, so it is applied once per place."""
     lead = int(LEAD_SECONDS * WORK_RATE)
-    places = np.zeros((MAX_TALKERS, lead + n), np.float32)
-    for k in range(rng.integers(voices[0], voices[1] + 1)):
-        places[k % MAX_TALKERS] += at_level(_one_voice(material, rng, lead + n), 10 ** (rng.uniform(-3, 3) / 20))
+    count = int(rng.integers(voices[0], voices[1] + 1))
+    places = np.zeros((min(count, MAX_TALKERS), lead + n), np.float32)
+    for k in range(count):
+        places[k % len(places)] += at_level(_one_voice(material, rng, lead + n), 10 ** (rng.uniform(-3, 3) / 20))
     if room is not None:
         places = np.stack([fftconvolve(p, room.impulse_response(1 + k))[: lead + n] for k, p in enumerate(places)])
     return places[:, lead:].sum(axis=0)
@@ -472,8 +473,8 @@ def render(music: np.ndarray, scene: Scene, seed: int, material: Corpus, second:
     preceded the excerpt, so the room is not silent at t=0; the result is the excerpt only,
     (len(music) / WORK_RATE - LEAD_SECONDS) / scene.speed seconds long. A scene without music
     uses only the length of `music`; one with `music_after` plays the excerpt from then on (the
-    stream's song offset is then where the music starts). `material` is the split (bench/corpus.py) whose speech and
-    noise are used; its `split` also keys every random draw, with `seed`.
+    stream's song offset is then where the music starts). `material` is the split
+    (bench/corpus.py) whose speech and noise are used; its `split` also keys every random draw, with `seed`.
     """
     split = material.split
     lead = int(LEAD_SECONDS * WORK_RATE)
