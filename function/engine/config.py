@@ -95,7 +95,7 @@ class EngineConfig:
     # neighbour lookups triple the postings a vote sorts (a 10-s query against 1,000 songs went
     # from 23 to 42 ms) and add nothing to a match this clear. Above both thresholds (0.63 here,
     # 0.7 in the webhook; 0.8 is a gap of 36), so it never decides whether a song is named, only
-    # how fast: no negative attempt of the dev streams got past a gap of 15 (bench/tuning/).
+    # how fast: no negative attempt of the dev streams got past a gap of 15.6 (bench/tuning/).
     sure_without_neighbours: float = field(default=0.8, metadata=chosen("a speed shortcut above both thresholds"))
     # Playback speeds tried when the query at speed 1 is not a match: a vote tolerates about
     # +-1 % (a peak's bin moves by one at 1 kHz), so +-2 % covers the 1-3 % that vinyl, DJ sets

@@ -11,12 +11,12 @@ without the history read-back the earlier two-threshold confirmation needed.
 NAME_AT is the vote's confidence (function/engine/matcher.py: the gap, in orders of magnitude,
 between how improbable the best song's pile is by chance and how improbable its rival's is) at a
 gap of 21. Set on the dev split's streams (bench/tuning/naming-dev.md, 12 streams of 45 s per
-condition, harsh rooms, babble and a party among them): no attempt of 84 negative streams
-(unknown music, talk, crowd and party without music) got past a gap of 14.5, and an exponential
-fitted to the highest of them puts a negative stream's chance of ever reaching 21 at about 0.1 %;
-from 15 to 21 the catalogued songs were named just as early (5 s in the reverberant rooms, 7 s at
-the party, against 7 and 9 s with the pile-ratio rule it replaced). Two catalogued songs at once
-are the exception: see BENCHMARKS.md.
+condition, harsh rooms, babble and a party among them): no attempt of its 96 negative streams
+(unknown music, talk, crowd and party without music) got past a gap of 15.6, and an exponential
+fitted to the highest of them puts a negative stream's chance of ever reaching 21 at about
+0.06 %; the catalogued songs were named at a median 5 s in the reverberant rooms and 7 s at the
+party (7 and 9 s with the pile-ratio rule it replaced, in the design run). Two catalogued songs
+at once are the exception: see BENCHMARKS.md.
 """
 
 from __future__ import annotations
