@@ -47,16 +47,10 @@ def to_internal(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     samples = np.asarray(samples, dtype=np.float32)
     if sample_rate == INTERNAL_RATE:
         return samples
-    return _resample(samples, INTERNAL_RATE, int(sample_rate))
+    return resample(samples, INTERNAL_RATE, int(sample_rate))
 
 
-def undo_speed(samples: np.ndarray, speed: float) -> np.ndarray:
-    """Internal-rate audio that was played `speed` times too fast, brought back to speed 1
-    (pitch and tempo together, as a turntable or a radio running fast changes both)."""
-    return _resample(samples, int(round(speed * 100)), 100)
-
-
-def _resample(samples: np.ndarray, up: int, down: int) -> np.ndarray:
+def resample(samples: np.ndarray, up: int, down: int) -> np.ndarray:
     """`samples` resampled by up/down (reduced by their gcd), with the engine's anti-alias filter."""
     g = gcd(up, down)
     up, down = up // g, down // g

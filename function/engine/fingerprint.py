@@ -12,7 +12,7 @@ fan-out only change how many landmarks are taken and may differ between catalog 
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import maximum_filter, uniform_filter1d
+from scipy.ndimage import maximum_filter
 
 from function.engine.config import CONFIG, Density
 
@@ -24,6 +24,8 @@ MAX_DF = (1 << (CONFIG.df_bits - 1)) - 1  # +-63 bins, ~1 kHz
 SILENCE_LOG_POWER = float(np.log(1e-4))  # about -80 dBFS per bin
 CATALOG_DENSITY = CONFIG.catalog_density
 QUERY_DENSITY = CONFIG.query_density
+N_BINS = CONFIG.max_bin - CONFIG.min_bin
+BLOCK_FRAMES = max(1, int(round(1.0 / FRAME_SECONDS)))  # the "second" peaks are shared out in
 
 _WINDOW = np.hanning(CONFIG.n_fft + 2)[1:-1].astype(np.float32)
 
@@ -32,13 +34,36 @@ def spectrogram(samples: np.ndarray) -> np.ndarray:
     """Log-magnitude STFT (frames x bins) of internal-rate audio, limited to the shared band,
     its power averaged over `CONFIG.smooth_frames` frames."""
     if len(samples) < CONFIG.n_fft:
-        return np.zeros((0, CONFIG.max_bin - CONFIG.min_bin), dtype=np.float32)
+        return np.zeros((0, N_BINS), dtype=np.float32)
     frames = np.lib.stride_tricks.sliding_window_view(samples, CONFIG.n_fft)[:: CONFIG.hop]
-    spectrum = np.fft.rfft(frames * _WINDOW, axis=1)[:, CONFIG.min_bin : CONFIG.max_bin]
-    power = spectrum.real**2 + spectrum.imag**2
-    if CONFIG.smooth_frames > 1:
-        # Centred, so a smoothed peak stays at its frame (see EngineConfig.smooth_frames).
-        power = uniform_filter1d(power, CONFIG.smooth_frames, axis=0, mode="nearest")
+    return log_smoothed(frame_power(frames))
+
+
+def frame_spectrum(frames: np.ndarray) -> np.ndarray:
+    """Complex spectra (frames x bins, the shared band) of internal-rate frames of n_fft samples."""
+    return np.fft.rfft(frames * _WINDOW, axis=1)[:, CONFIG.min_bin : CONFIG.max_bin]
+
+
+def frame_power(frames: np.ndarray) -> np.ndarray:
+    spectrum = frame_spectrum(frames)
+    return spectrum.real**2 + spectrum.imag**2
+
+
+def log_smoothed(power: np.ndarray) -> np.ndarray:
+    """Power averaged over `CONFIG.smooth_frames` frames, as log magnitude. Centred, so a
+    smoothed peak stays at its frame (see EngineConfig.smooth_frames); the ends repeat the
+    first and last frame."""
+    k = CONFIG.smooth_frames
+    if k > 1 and len(power):
+        # Summed slice by slice rather than with a running sum, so a frame's value depends on its
+        # neighbours only, not on where the array starts: the stream (function/engine/stream.py)
+        # smooths a few frames at a time and must get the very numbers a whole file gets.
+        half = k // 2
+        padded = np.concatenate([power[:1].repeat(half, axis=0), power, power[-1:].repeat(k - 1 - half, axis=0)])
+        total = padded[: len(power)].copy()
+        for shift in range(1, k):
+            total += padded[shift : shift + len(power)]
+        power = total / np.float32(k)
     return (0.5 * np.log(power + 1e-10)).astype(np.float32)
 
 
@@ -52,24 +77,33 @@ def find_peaks(log_spec: np.ndarray, density: Density) -> tuple[np.ndarray, np.n
     between bands stops the bass from taking every peak, which made a few low-frequency hashes
     so common that reading their postings dominated query time in a large catalog.
     """
-    n_frames = log_spec.shape[0]
-    if n_frames == 0:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    t, f = local_maxima(log_spec, density)
+    return strongest(t, f, log_spec[t, f], density)
+
+
+def local_maxima(log_spec: np.ndarray, density: Density) -> tuple[np.ndarray, np.ndarray]:
+    """(frame, bin) of every local maximum over the density's neighbourhood, by frame then bin;
+    the neighbourhood stops at the spectrogram's first and last frame."""
+    if log_spec.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     local_max = maximum_filter(
         log_spec, size=(density.neighbourhood_frames, density.neighbourhood_bins), mode="constant", cval=-np.inf
     )
     # Silence and digital zeros have no real peaks: require real energy above the floor.
-    t, f = np.nonzero((log_spec == local_max) & (log_spec > SILENCE_LOG_POWER))
+    return np.nonzero((log_spec == local_max) & (log_spec > SILENCE_LOG_POWER))
+
+
+def strongest(t: np.ndarray, f: np.ndarray, strength: np.ndarray, density: Density) -> tuple[np.ndarray, np.ndarray]:
+    """Of local maxima sorted by frame then bin, the strongest of each second (BLOCK_FRAMES) and
+    band, sorted the same way. Seconds are counted from frame 0, so a block of maxima can be
+    ranked as soon as it is complete (function/engine/stream.py)."""
     if len(t) == 0:
         return t.astype(np.int32), f.astype(np.int32)
-    strength = log_spec[t, f]
-    block_frames = max(1, int(round(1.0 / FRAME_SECONDS)))
-    band_bins = -(-log_spec.shape[1] // density.bands)
-    block = (t // block_frames) * density.bands + f // band_bins
+    block = (t // BLOCK_FRAMES) * density.bands + f // -(-N_BINS // density.bands)
     order = np.lexsort((-strength, block))
     t, f, block = t[order], f[order], block[order]
     rank = np.arange(len(block)) - np.searchsorted(block, block, side="left")
-    keep = rank < density.peaks_per_second * block_frames * FRAME_SECONDS / density.bands
+    keep = rank < density.peaks_per_second * BLOCK_FRAMES * FRAME_SECONDS / density.bands
     t, f = t[keep], f[keep]
     order = np.lexsort((f, t))
     return t[order].astype(np.int32), f[order].astype(np.int32)

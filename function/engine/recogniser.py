@@ -8,14 +8,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from function.engine.decode import INTERNAL_RATE, pcm16_to_float, to_internal, undo_speed
+from function.engine.decode import INTERNAL_RATE, pcm16_to_float
 from function.engine.catalog import Catalog
 from function.engine.config import CONFIG, EngineConfig
-from function.engine.fingerprint import FRAME_SECONDS, QUERY_DENSITY, fingerprint, with_neighbours
+from function.engine.fingerprint import FRAME_SECONDS, QUERY_DENSITY, with_neighbours
 from function.engine.matcher import MAX_QUERY_SECONDS, Vote, vote
 from function.engine.register_run import RegisterResult, expand_paths, register_files
 from function.engine.shards import Shards
 from function.engine.songs import CatalogError
+from function.engine.stream import complete_frames, landmarks_of, peaks_of
 from function.logs import log
 
 DEFAULT_THRESHOLD = CONFIG.threshold
@@ -100,29 +101,39 @@ class Recogniser:
 
     def best_vote(self, samples: np.ndarray, sample_rate: int) -> tuple[Vote | None, float]:
         """The vote `best_guess` answers from, and the song seconds between the query's start
-        and the start of what was voted (the speed retry votes only the newest seconds).
+        and the start of what was voted (the speed retry votes only the newest seconds): the
+        recording's peaks (its first MAX_QUERY_SECONDS) voted by `best_vote_peaks`."""
+        samples = samples[: int(MAX_QUERY_SECONDS * sample_rate)]
+        frames = complete_frames(len(samples) * INTERNAL_RATE // sample_rate)
+        return self.best_vote_peaks(peaks_of(samples, sample_rate), frames)
+
+    def best_vote_peaks(self, peaks: np.ndarray, frames: int) -> tuple[Vote | None, float]:
+        """`best_vote` for a query's peaks (stream.PEAK records, frames counted from the query's
+        start) over `frames` frames: how the webhook votes over a user's buffer, which keeps
+        peaks and no audio.
 
         A plain vote that is sure (config.sure_without_neighbours) is the answer; otherwise the
         vote is taken again with every landmark's time-gap neighbours. When that is no match
-        either, the query's newest seconds are voted again as if played at each of
+        either, the peaks of the query's newest seconds are voted again as if played at each of
         config.speed_variants, and the surest vote wins. A catalog without songs is a CatalogError.
         """
         self.catalog.require_songs()
-        internal = to_internal(samples[: int(MAX_QUERY_SECONDS * sample_rate)], sample_rate)
-        hashes, frames = fingerprint(internal, QUERY_DENSITY)
-        best = vote(self.catalog, hashes, frames)
+        fan_out = QUERY_DENSITY.fan_out
+        hashes, anchors = landmarks_of(peaks, fan_out)
+        best = vote(self.catalog, hashes, anchors)
         if best is None or best.confidence < self.config.sure_without_neighbours:
-            best = self._vote_with_neighbours(hashes, frames)
+            best = self._vote_with_neighbours(hashes, anchors)
         shift = 0.0
         if best is None or best.confidence < self.threshold:
-            newest = internal[-int(self.config.speed_window_seconds * INTERNAL_RATE) :]
-            skipped = (len(internal) - len(newest)) / INTERNAL_RATE
+            start = max(0, frames - int(round(self.config.speed_window_seconds / FRAME_SECONDS)))
+            newest = peaks[peaks["t"] >= start].copy()
+            newest["t"] -= start
             for speed in self.config.speed_variants:
-                v = self._vote_with_neighbours(*fingerprint(undo_speed(newest, speed), QUERY_DENSITY))
+                v = self._vote_with_neighbours(*landmarks_of(newest, fan_out, speed))
                 if v is not None and (best is None or v.confidence > best.confidence):
                     # The vote places the newest seconds; the song ran `speed` times as fast
                     # through the part of the query before them.
-                    best, shift = v, skipped * speed
+                    best, shift = v, start * FRAME_SECONDS * speed
         return best, shift
 
     def _vote_with_neighbours(self, hashes: np.ndarray, frames: np.ndarray) -> Vote | None:
