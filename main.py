@@ -2,7 +2,7 @@
 
     request -> function/webhook/edge (routes, validation, status codes)
             -> function/webhook/ingest (store chunk, claim, recognise, notify, record)
-            -> Store (function/storage: local files + SQLite, or Firestore)
+            -> Store (function/storage: SQLite, or Firestore; peaks kept, never audio)
                Recogniser (function/engine/recogniser: the catalog, loaded at boot, retried on use)
                Notifier (function/webhook/omi_client: Omi's notification API)
 

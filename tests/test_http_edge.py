@@ -7,7 +7,7 @@ drops the rest of a batch on a 4xx and would otherwise keep half-stored garbage.
 from __future__ import annotations
 
 import json
-import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -301,13 +301,11 @@ def test_a_storage_outage_is_503_and_the_retried_chunk_is_then_stored(monkeypatc
     monkeypatch.setenv("CATALOG_URI", catalog_uri)
     client = build_client()
     assert client.get("/health").status_code == 200
-    chunks = tmp_path / "data" / "chunks"
-    shutil.rmtree(chunks)
-    chunks.write_bytes(b"")  # the chunk directory is gone: every write fails
+    locker = sqlite3.connect(tmp_path / "data" / "state.sqlite3", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another process holds the database past the busy timeout
 
     outage = post_chunk(client, "alice", ONE_SECOND, key="retry-me")
-    chunks.unlink()
-    chunks.mkdir()
+    locker.execute("ROLLBACK")
     retry = post_chunk(client, "alice", ONE_SECOND, key="retry-me")
 
     assert outage.status_code == 503

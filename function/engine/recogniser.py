@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from function.engine.matcher import MAX_QUERY_SECONDS, Vote, vote
 from function.engine.register_run import RegisterResult, expand_paths, register_files
 from function.engine.shards import Shards
 from function.engine.songs import CatalogError
-from function.engine.stream import complete_frames, landmarks_of, peaks_of
+from function.engine.stream import buffered_peaks, complete_frames, landmarks_of, peaks_of
 from function.logs import log
 
 DEFAULT_THRESHOLD = CONFIG.threshold
@@ -167,9 +168,14 @@ class Recogniser:
     def recognise_pcm(self, pcm: bytes, sample_rate: int) -> Match | None:
         return self.recognise(_pcm_samples(pcm), sample_rate)
 
-    def best_guess_pcm(self, pcm: bytes, sample_rate: int) -> tuple[Match | None, float]:
-        """`best_guess` on raw PCM16: the webhook weighs the confidence itself (function/webhook/naming.py)."""
-        return self.best_guess(_pcm_samples(pcm), sample_rate)
+    def best_guess_buffer(self, chunks: Sequence[bytes], stream: bytes | None) -> tuple[Match | None, float]:
+        """`best_guess` on a webhook buffer, which holds peaks (function/engine/stream.py `step`)
+        rather than audio: the webhook weighs the confidence itself (function/webhook/naming.py)."""
+        peaks, frames = buffered_peaks(chunks, stream, MAX_QUERY_SECONDS)
+        best, shift = self.best_vote_peaks(peaks, frames)
+        if best is None:
+            return None, 0.0
+        return self._match(best, shift), best.confidence
 
 
 def _pcm_samples(pcm: bytes) -> np.ndarray:

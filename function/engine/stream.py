@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from function.engine.config import CONFIG, Density
 from function.engine.decode import INTERNAL_RATE, pcm16_to_float, resample
 from function.engine.fingerprint import (
     BLOCK_FRAMES,
+    FRAME_SECONDS,
     N_BINS,
     QUERY_DENSITY,
     frame_spectrum,
@@ -250,3 +252,32 @@ def landmarks_of(peaks: np.ndarray, fan_out: int, speed: float = 1.0) -> tuple[n
         fresh = np.concatenate(([True], (t[1:] != t[:-1]) | (f[1:] != f[:-1])))
         t, f = t[fresh], f[fresh]
     return landmarks(t, f, fan_out)
+
+
+def step(state: bytes | None, sample_rate: int, pcm: bytes) -> tuple[bytes, bytes]:
+    """What a Store keeps of one delivery (function/storage/base.py `Fingerprint`): its settled
+    peaks and the stream's state after it, as bytes, from the state before it (None: the
+    first chunk of a buffer, or one at another rate)."""
+    before = StreamState.from_bytes(state) if state else None
+    if before is None or before.rate != sample_rate:
+        before = StreamState.start(sample_rate)
+    peaks, after = advance(before, pcm)
+    return peaks.tobytes(), after.to_bytes()
+
+
+def buffered_peaks(chunks: Sequence[bytes], state: bytes | None, max_seconds: float) -> tuple[np.ndarray, int]:
+    """A buffer's peaks for a vote, from its chunks' settled peaks (oldest first) and the state
+    after the newest: the peaks a recording of the buffered audio would have, at most the newest
+    `max_seconds`, with frames counted from the buffer's first second, and the frames it spans."""
+    parts = [np.frombuffer(c, PEAK) for c in chunks]
+    stream = StreamState.from_bytes(state) if state else None
+    if stream is not None:
+        parts.append(pending_peaks(stream))
+    peaks = np.concatenate(parts) if parts else np.zeros(0, PEAK)
+    end = stream.complete if stream is not None else (int(peaks["t"].max()) + 1 if len(peaks) else 0)
+    if len(peaks) == 0:
+        return peaks, 0
+    start = max(int(peaks["t"].min()) // BLOCK_FRAMES * BLOCK_FRAMES, end - int(max_seconds / FRAME_SECONDS))
+    peaks = peaks[peaks["t"] >= start].copy()
+    peaks["t"] -= start
+    return peaks, max(end - start, 0)

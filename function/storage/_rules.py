@@ -21,8 +21,6 @@ from function.storage.base import PendingNotification, Recognition, StoreUnavail
 # covers every retry, also after the chunk itself was consumed by a recognition.
 KEY_MEMORY_SECONDS = 3600.0
 
-SAMPLE_BYTES = 2  # PCM16 mono
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -87,16 +85,14 @@ def may_claim(state: BufferState, min_bytes: int, stride_bytes: int, now: float)
     return not state.attempted or state.new_bytes >= stride_bytes
 
 
-def read_window(sizes: Sequence[int], max_bytes: int) -> tuple[int, int]:
-    """For chunks oldest first: (index of the oldest chunk in the newest `max_bytes`, bytes to skip
-    at its head). Chunks before that index lie wholly outside the window."""
-    limit = max(max_bytes - max_bytes % SAMPLE_BYTES, 0)
-    excess = sum(sizes) - limit
-    first = 0
-    while first < len(sizes) and excess > 0 and sizes[first] <= excess:
-        excess -= sizes[first]
-        first += 1
-    return first, max(excess, 0)
+def read_window(sizes: Sequence[int], max_bytes: int) -> int:
+    """For chunks oldest first: the index of the oldest chunk of the newest ones that together
+    stood for at most `max_bytes` (the newest chunk is always kept, whatever its size)."""
+    total, first = 0, len(sizes)
+    while first > 0 and (total + sizes[first - 1] <= max_bytes or first == len(sizes)):
+        first -= 1
+        total += sizes[first]
+    return first
 
 
 def keep_newest(sizes: Sequence[int], keep_bytes: int) -> int:

@@ -1,8 +1,13 @@
 """The one narrow interface between the webhook's core and where its state lives.
 
-Two backends implement it: `local` (files + SQLite, the embedded default) and `gcp` (Firestore
-documents, the audio chunks included). The core (`function/webhook/ingest.py`) only ever talks
-to a `Store`, so the same behavioural test suite runs against both.
+Two backends implement it: `local` (SQLite, the embedded default) and `gcp` (Firestore
+documents). The core (`function/webhook/ingest.py`) only ever talks to a `Store`, so the same
+behavioural test suite runs against both.
+
+No audio is kept: a store is given a `Fingerprint` when it is opened and keeps, of each chunk,
+only what that returns, inside the same transaction that takes the chunk (so a user's stream
+state advances once per chunk, in arrival order). Sizes and the buffer's bounds are still
+counted in the audio bytes each chunk stood for: that is what the recognition cadence is set in.
 
 Invariants every backend keeps:
 - `append` is atomic and idempotent per (uid, key): a chunk is either stored once and counted
@@ -18,7 +23,12 @@ Invariants every backend keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
+
+# (the stream's state before a chunk, None for a new buffer; the chunk's sample rate; its PCM16)
+# -> (what the buffer keeps of it, the stream's state after it). The webhook passes the engine's
+# (function/engine/stream.py `step`: the chunk's spectral peaks); the store never sees audio again.
+Fingerprint = Callable[[bytes | None, int, bytes], tuple[bytes, bytes]]
 
 
 class StoreUnavailable(RuntimeError):
@@ -65,13 +75,15 @@ class BufferInfo:
 
 @dataclass(frozen=True)
 class Lease:
-    """A claim on one uid's buffer for one recognition, with the audio it read."""
+    """A claim on one uid's buffer for one recognition, with what it read of the buffer."""
 
     uid: str
     token: str
     sample_rate: int
     expires_at: float
-    audio: bytes = b""  # the buffer as read by the claim
+    chunks: tuple[bytes, ...] = ()  # what the Fingerprint kept of each buffered chunk, oldest first
+    stream: bytes | None = None  # the stream's state after the newest chunk
+    buffered_bytes: int = 0  # the audio those chunks stood for
 
 
 @dataclass(frozen=True)
@@ -101,7 +113,8 @@ class Store(Protocol):
     def append(
         self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, max_gap_seconds: float = float("inf")
     ) -> Appended:
-        """Store one chunk in arrival order (see the invariants above)."""
+        """Keep what the store's Fingerprint makes of one chunk, in arrival order (see the
+        invariants above); the PCM itself is not kept."""
 
     def claim(
         self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float, max_bytes: int
@@ -111,9 +124,9 @@ class Store(Protocol):
 
         Granted only when at least `min_bytes` are buffered, no unexpired lease is held, and,
         if an earlier attempt on this buffer missed, at least `stride_bytes` arrived since it
-        was claimed. The lease's `audio` is the newest `max_bytes` (at most) of the buffer, in
-        arrival order, whole samples; chunks older than that window are dropped: the buffer
-        never grows past it.
+        was claimed. The lease's `chunks` are the buffer's newest chunks that together stood for
+        at most `max_bytes` of audio (the newest one whatever its size), oldest first; older
+        chunks are dropped: the buffer never grows past it.
         """
 
     def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:
@@ -123,7 +136,7 @@ class Store(Protocol):
         release after the lease expired and was taken by someone else changes nothing."""
 
     def clear(self, uid: str) -> bool:
-        """Drop the uid's buffered audio and buffer state. True if any audio was buffered."""
+        """Drop the uid's buffer and stream state at once. True if anything was buffered."""
 
     def buffer_info(self, uid: str) -> BufferInfo: ...
 

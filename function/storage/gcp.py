@@ -1,32 +1,31 @@
-"""The Google Cloud backend: all state in Firestore, the audio included.
+"""The Google Cloud backend: all state in Firestore, and no audio in it.
 
 Layout
-- `users/<uid>`: the buffer's counters, sample rate, cursor, lease and notification state.
-- `users/<uid>/chunks/<keyhash>`: one document per chunk holding its audio (`audio`, bytes), its
-  arrival `seq` (time_ns) and size, created create-only, so it is also the delivery id's
-  receipt. A body larger than PART_BYTES is split into parts `<keyhash>`, `<keyhash>-1`, ...
-  (a Firestore document holds at most 1 MiB), created in the same batch. The buffer is the
-  chunks with `seq > after_seq`: a recognition that used chunks, or audio dropped out of
-  MAX_BUFFER_SECONDS, only moves the cursor, so the documents stay receipts for Omi's retries
-  (up to about 3 minutes) and are deleted by the Firestore TTL policy on `chunks.expires_at`
-  (KEY_MEMORY_SECONDS after arrival; Firestore acts on it typically within a day). Clearing a
-  buffer (the user or the operator asked) deletes its documents at once.
+- `users/<uid>`: the buffer's counters, sample rate, cursor, lease, notification state, and the
+  user's stream state (`stream`, about 9 kB: the spectrum magnitude of the newest frames and the
+  spectral peaks not yet settled, function/engine/stream.py; never samples).
+- `users/<uid>/chunks/<keyhash>`: one document per delivery holding what the buffer keeps of it,
+  its spectral peaks (`peaks`, 6 bytes a peak, about 240 bytes a second), its arrival `seq` and
+  the audio bytes it stood for, created create-only, so it is also the delivery id's receipt.
+  The buffer is the chunks with `seq > after_seq`: a recognition that used chunks, or chunks
+  dropped out of MAX_BUFFER_SECONDS, only moves the cursor, so the documents stay receipts for
+  Omi's retries (up to about 3 minutes) and are deleted by the Firestore TTL policy on
+  `chunks.expires_at` (KEY_MEMORY_SECONDS after arrival; Firestore acts on it typically within a
+  day). Clearing a buffer (the user or the operator asked) deletes its documents at once.
 - `users/<uid>/recognitions/<id>`: the uid's songs (matches only), with `expires_at` for the TTL
   policy on the `recognitions` collection group. `metrics_hours/<hour>`: one UTC hour's counters
-  (function/metrics.py), written by merges of increments. `active_days/<YYYY-MM-DD>` holds the
-  uids seen that day, each added once a day. Every query runs on Firestore's automatic
-  single-field indexes: no composite index to deploy.
+  (function/metrics.py), written by merges of increments. `active_days/<YYYY-MM-DD>-<shard>`:
+  counters of the users seen that day, each counted once a day (the user document remembers
+  the day). Every query runs on Firestore's automatic single-field indexes: no composite index
+  to deploy.
 
-Why no Cloud Storage object per chunk: a Class A operation per 1-s chunk alone costs $0.018 per
-user-hour, more than every Firestore operation of the chunk together (see the README's cost
-table); a Firestore document write costs a third of it, and the audio it carries is free.
+Hot path: `append` reads the user document, fingerprints the chunk with the stream state it
+holds, then commits ONE batch (create the chunk document, update the user document on the
+condition that nobody wrote it since the read): the batch is the commit point, nothing is
+written outside it, and a concurrent chunk of the same user makes it read and fingerprint again
+(after CAS_ATTEMPTS, under a transaction), so the stream advances one chunk at a time.
 
-Hot path: `append` reads the user document, then commits ONE batch (create the chunk document
-with its audio, increment the user's counters): the batch is the commit point, nothing is
-written outside it. A document takes about one sustained write per second, and Omi sends one
-chunk per second per uid, so nothing else writes the user document per chunk.
-
-Claims (which read the audio), releases, clears and notification reservations change the user
+Claims (which read the peaks), releases, clears and notification reservations change the user
 document with a compare-and-set (read, then update with an update_time precondition, retried
 with a jittered back-off on conflict) rather than a client transaction: the library's
 transactions begin and commit with fixed 60-second retry deadlines, while every call here
@@ -49,7 +48,7 @@ from google.api_core import exceptions as api
 from google.api_core.retry import Retry, if_exception_type
 from google.auth import exceptions as auth
 from google.cloud import firestore
-from google.cloud.firestore_v1 import DELETE_FIELD, ArrayUnion, FieldFilter, Increment, Maximum
+from google.cloud.firestore_v1 import DELETE_FIELD, FieldFilter, Increment, Maximum
 
 from function.storage._rules import (
     KEY_MEMORY_SECONDS,
@@ -69,7 +68,7 @@ from function.storage._rules import (
     unavailable_on,
     utc_day,
 )
-from function.storage.base import Appended, BufferInfo, Lease, PendingNotification, Recognition, StoreUnavailable
+from function.storage.base import Appended, BufferInfo, Fingerprint, Lease, PendingNotification, Recognition, StoreUnavailable
 
 DEADLINE_SECONDS = 5.0  # one call, retries included
 PING_DEADLINE_SECONDS = 2.0
@@ -78,8 +77,8 @@ PING_DEADLINE_SECONDS = 2.0
 # back, and an immediate retry would collide with the next one just the same.
 CAS_ATTEMPTS = 4
 CAS_BACKOFF_SECONDS = 0.01
-# Audio per chunk document: under Firestore's 1 MiB per document, with room for the other fields.
-PART_BYTES = 960_000
+# Counter documents per day of active users (see `_count_active`).
+ACTIVE_SHARDS = 16
 
 _FIRESTORE_RETRY = Retry(
     initial=0.1,
@@ -113,7 +112,22 @@ T = TypeVar("T")
 class _Chunk:
     seq: int
     nbytes: int
-    audio: bytes = b""
+    peaks: bytes = b""
+
+
+# A buffer's fields when it starts again (a clear, another sample rate, a long silence).
+_RESET: dict[str, Any] = {
+    "sample_rate": DELETE_FIELD,
+    "buffered_bytes": 0,
+    "chunk_count": 0,
+    "new_bytes": 0,
+    "attempted": False,
+    "lease_token": DELETE_FIELD,
+    "lease_expires": DELETE_FIELD,
+    "read_upto": DELETE_FIELD,
+    "stream": DELETE_FIELD,
+}
+_EMPTY_BUFFER = {k: v for k, v in _RESET.items() if v is not DELETE_FIELD}
 
 
 def _state(data: dict) -> BufferState:
@@ -157,15 +171,11 @@ def _consume(dropped: list[_Chunk]) -> dict:
     }
 
 
-def _parts(pcm: bytes) -> list[bytes]:
-    """The body in pieces that each fit a document, whole samples each."""
-    return [pcm[i : i + PART_BYTES] for i in range(0, len(pcm), PART_BYTES)] or [b""]
-
-
 class GcpStore:
-    def __init__(self, project: str, database: str, history_retention_seconds: float = 0.0) -> None:
+    def __init__(self, project: str, database: str, fingerprint: Fingerprint, history_retention_seconds: float = 0.0) -> None:
         """`history_retention_seconds` > 0 stamps each recognition with `expires_at`, which a
         Firestore TTL policy on the `recognitions` collection group (infra/) acts on."""
+        self._fingerprint = fingerprint
         self._retention = history_retention_seconds
         self._db = firestore.Client(project=project or None, database=database)
 
@@ -222,43 +232,26 @@ class GcpStore:
         except ValueError as exc:  # the library's "failed after N attempts"
             raise StoreUnavailable(f"{ref.path} kept changing, even under a transaction") from exc
 
-    def _chunks(self, uid: str, after: int, upto: int | None = None, audio: bool = False) -> list[_Chunk]:
-        """The buffer's chunks after the cursor, oldest first; their audio only when asked (a
+    def _chunks(self, uid: str, after: int, upto: int | None = None, peaks: bool = False) -> list[_Chunk]:
+        """The buffer's chunks after the cursor, oldest first; their peaks only when asked (a
         document read costs the same either way, the bytes do not travel otherwise)."""
         query = self._user(uid).collection("chunks").where(filter=FieldFilter("seq", ">", after))
         if upto is not None:
             query = query.where(filter=FieldFilter("seq", "<=", upto))
-        if not audio:
+        if not peaks:
             query = query.select(["seq", "nbytes"])
         return [
-            _Chunk(d.get("seq"), d.get("nbytes"), d.get("audio") if audio else b"")
+            _Chunk(d.get("seq"), d.get("nbytes"), d.get("peaks") if peaks else b"")
             for d in query.order_by("seq").stream(**_FS)
         ]
 
-    def _drop_buffer(self, uid: str, sample_rate: int | None, now: float = 0.0, max_gap: float = float("inf")) -> int:
-        """Forget the uid's buffer: a clear (`sample_rate` None), or before a chunk at
-        `sample_rate` that must start a new buffer (checked again on fresh data); chunks dropped.
-        Their documents stay receipts until the TTL deletes them."""
+    def _drop_buffer(self, uid: str) -> int:
+        """Forget the uid's buffer and stream state (a clear); chunks dropped."""
 
         def plan(data: dict | None) -> tuple[int | None, dict | None]:
             if data is None:
                 return None, None
-            if sample_rate is not None and not starts_new_buffer(
-                data.get("sample_rate"), data.get("last_audio_at"), sample_rate, now, max_gap
-            ):
-                return None, None
-            changes = {
-                "sample_rate": sample_rate if sample_rate is not None else DELETE_FIELD,
-                "buffered_bytes": 0,
-                "chunk_count": 0,
-                "new_bytes": 0,
-                "attempted": False,
-                "lease_token": DELETE_FIELD,
-                "lease_expires": DELETE_FIELD,
-                "read_upto": DELETE_FIELD,
-                "after_seq": data.get("last_seq", 0),
-            }
-            return data.get("chunk_count", 0), changes
+            return data.get("chunk_count", 0), {**_RESET, "after_seq": data.get("last_seq", 0)}
 
         dropped = self._mutate(self._user(uid), plan)
         return 0 if dropped is None else dropped
@@ -269,53 +262,108 @@ class GcpStore:
         self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, max_gap_seconds: float = float("inf")
     ) -> Appended:
         check_uid(uid)
-        digest = key_hash(key)
         user_ref = self._user(uid)
-        user = self._get(user_ref) or {}
-        retry = retry_at(user.get("notify"))
-        fresh = not starts_new_buffer(user.get("sample_rate"), user.get("last_audio_at"), sample_rate, now, max_gap_seconds)
-        if not fresh:
-            self._drop_buffer(uid, sample_rate, now, max_gap_seconds)
-        seq = time.time_ns()
-        chunk_ref = user_ref.collection("chunks").document(digest)
+        chunk_ref = user_ref.collection("chunks").document(key_hash(key))
         expires = datetime.now(timezone.utc) + timedelta(seconds=KEY_MEMORY_SECONDS)
-        parts = _parts(pcm)
-        batch = self._db.batch()
-        for index, part in enumerate(parts):
-            ref = chunk_ref if index == 0 else user_ref.collection("chunks").document(f"{digest}-{index}")
-            fields = {"seq": seq + index, "nbytes": len(part), "audio": part, "sample_rate": sample_rate, "expires_at": expires}
-            batch.create(ref, fields)
-        # buffered_bytes is the first field transform both in this order and in field-path order
-        # (the order the client sends them in), so it is transform result 0 of the user's write,
-        # which follows the chunk's parts.
-        changes: dict[str, Any] = {
-            "buffered_bytes": Increment(len(pcm)),
-            "chunk_count": Increment(len(parts)),
-            "last_audio_at": Maximum(now),
-            "last_seq": Maximum(seq + len(parts) - 1),
-            "new_bytes": Increment(len(pcm)),
-            "sample_rate": sample_rate,
-        }
-        day = utc_day(now)
-        first_today = user.get("active_day") != day
-        if first_today:
-            changes["active_day"] = day
-        batch.set(user_ref, changes, merge=True)
-        if first_today:
-            day_ref = self._db.collection("active_days").document(day)
-            batch.set(day_ref, {"day": day, "uids": ArrayUnion([uid])}, merge=True)
+
+        def plan(data: dict | None) -> tuple[Appended, dict, dict]:
+            """The answer, the user document's new fields and the chunk document, from the user
+            document as read: the chunk is fingerprinted with the stream state it holds."""
+            user = data or {}
+            retry = retry_at(user.get("notify"))
+            new_buffer = starts_new_buffer(user.get("sample_rate"), user.get("last_audio_at"), sample_rate, now, max_gap_seconds)
+            if new_buffer:
+                user = {**_EMPTY_BUFFER, "after_seq": user.get("last_seq", 0), "notify": user.get("notify")}
+            peaks, stream = self._fingerprint(user.get("stream"), sample_rate, pcm)
+            seq = max(time.time_ns(), user.get("last_seq", 0) + 1)
+            buffered = user.get("buffered_bytes", 0) + len(pcm)
+            new_bytes = user.get("new_bytes", 0) + len(pcm)
+            changes: dict[str, Any] = {
+                **(_RESET if new_buffer else {}),
+                "after_seq": user.get("after_seq", 0),
+                "buffered_bytes": buffered,
+                "chunk_count": user.get("chunk_count", 0) + 1,
+                "last_audio_at": max(now, user.get("last_audio_at") or now),
+                "last_seq": seq,
+                "new_bytes": new_bytes,
+                "sample_rate": sample_rate,
+                "stream": stream,
+            }
+            day = utc_day(now)
+            if (data or {}).get("active_day") != day:
+                changes["active_day"] = day
+            chunk = {"seq": seq, "nbytes": len(pcm), "peaks": peaks, "sample_rate": sample_rate, "expires_at": expires}
+            attempted = bool(user.get("attempted", False))
+            return Appended(False, buffered, sample_rate, retry, new_bytes, attempted), changes, chunk
+
+        for attempt in range(CAS_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0.5, 1.0) * min(0.2, CAS_BACKOFF_SECONDS * 2**attempt))
+            snapshot = user_ref.get(**_FS)
+            data = snapshot.to_dict()
+            appended, changes, chunk = plan(data)
+            batch = self._db.batch()
+            batch.create(chunk_ref, chunk)
+            if snapshot.exists:
+                batch.update(user_ref, changes, option=self._db.write_option(last_update_time=snapshot.update_time))
+            else:
+                batch.create(user_ref, changes)
+            if changes.get("active_day"):
+                self._count_active(batch, uid, changes["active_day"])
+            try:
+                batch.commit(**_FS)
+                return appended
+            except (api.FailedPrecondition, api.NotFound):
+                continue
+            except api.AlreadyExists:
+                theirs = self._get(chunk_ref)
+                if theirs is None:
+                    continue  # the user document was created meanwhile: try again on it
+                current = self._get(user_ref) or {}
+                rate = current.get("sample_rate") or sample_rate
+                retry = retry_at(current.get("notify"))
+                # Our own batch, retried by the library after its first answer was lost, or a
+                # delivery seen before.
+                return Appended(theirs.get("seq") != chunk["seq"], current.get("buffered_bytes", 0), rate, retry)
+        return self._append_locked(user_ref, chunk_ref, plan)
+
+    def _append_locked(
+        self,
+        user_ref: firestore.DocumentReference,
+        chunk_ref: firestore.DocumentReference,
+        plan: Callable[[dict | None], tuple[Appended, dict, dict]],
+    ) -> Appended:
+        """`append` under a transaction, when concurrent appends kept beating its compare-and-set
+        (see `_mutate`)."""
+
+        @firestore.transactional
+        def run(transaction: firestore.Transaction) -> Appended:
+            if chunk_ref.get(transaction=transaction, **_FS).exists:
+                current = user_ref.get(transaction=transaction, **_FS).to_dict() or {}
+                return Appended(True, current.get("buffered_bytes", 0), current.get("sample_rate") or 0, retry_at(current.get("notify")))
+            snapshot = user_ref.get(transaction=transaction, **_FS)
+            appended, changes, chunk = plan(snapshot.to_dict())
+            transaction.create(chunk_ref, chunk)
+            if snapshot.exists:
+                transaction.update(user_ref, changes)
+            else:
+                transaction.create(user_ref, changes)
+            if changes.get("active_day"):
+                self._count_active(transaction, user_ref.id, changes["active_day"])
+            return appended
+
         try:
-            results = batch.commit(**_FS)
-        except api.AlreadyExists:
-            current = self._get(user_ref) or {}
-            if (self._get(chunk_ref) or {}).get("seq") == seq:
-                # Our own batch, retried by the library after its first answer was lost.
-                return Appended(False, current.get("buffered_bytes", 0), sample_rate, retry)
-            return Appended(True, current.get("buffered_bytes", 0), current.get("sample_rate") or sample_rate, retry)
-        new_bytes = (user.get("new_bytes", 0) if fresh else 0) + len(pcm)
-        attempted = bool(user.get("attempted", False)) and fresh
-        buffered = results[len(parts)].transform_results[0].integer_value
-        return Appended(False, buffered, sample_rate, retry, new_bytes, attempted)
+            return run(self._db.transaction(max_attempts=CAS_ATTEMPTS))
+        except ValueError as exc:  # the library's "failed after N attempts"
+            raise StoreUnavailable(f"{user_ref.path} kept changing, even under a transaction") from exc
+
+    def _count_active(self, writes: Any, uid: str, day: str) -> None:
+        """Count the uid once for `day`, in a batch or transaction: one of ACTIVE_SHARDS counter
+        documents per day, so no document grows with the users and none takes more than a few
+        writes a second however many users start their day at once."""
+        shard = int(key_hash(uid)[:8], 16) % ACTIVE_SHARDS
+        ref = self._db.collection("active_days").document(f"{day}-{shard:02d}")
+        writes.set(ref, {"day": day, "users": Increment(1)}, merge=True)
 
     @_transient
     def claim(
@@ -326,11 +374,18 @@ class GcpStore:
                 return None, None
             if not may_claim(_state(data), min_bytes, stride_bytes, now):
                 return None, None
-            chunks = self._chunks(uid, data.get("after_seq", 0), audio=True)
-            first, skip = read_window([c.nbytes for c in chunks], max_bytes)
+            chunks = self._chunks(uid, data.get("after_seq", 0), peaks=True)
+            first = read_window([c.nbytes for c in chunks], max_bytes)
             window = chunks[first:]
-            audio = b"".join(c.audio for c in window)[skip:]
-            lease = Lease(uid, uuid.uuid4().hex, data["sample_rate"], now + lease_seconds, audio=audio)
+            lease = Lease(
+                uid,
+                uuid.uuid4().hex,
+                data["sample_rate"],
+                now + lease_seconds,
+                chunks=tuple(c.peaks for c in window),
+                stream=data.get("stream"),
+                buffered_bytes=sum(c.nbytes for c in window),
+            )
             # Counters from what is really there (the update lands only if nothing was appended
             # since the snapshot, so the listing is exact): documents the TTL deleted drop out.
             return lease, {
@@ -339,7 +394,7 @@ class GcpStore:
                 "new_bytes": 0,
                 "read_upto": window[-1].seq if window else DELETE_FIELD,
                 "after_seq": chunks[first - 1].seq if first else data.get("after_seq", 0),
-                "buffered_bytes": sum(c.nbytes for c in window),
+                "buffered_bytes": lease.buffered_bytes,
                 "chunk_count": len(window),
             }
 
@@ -371,7 +426,7 @@ class GcpStore:
     @_transient
     def clear(self, uid: str) -> bool:
         """The documents go at once, receipts included: someone asked for the audio to go."""
-        dropped = self._drop_buffer(uid, None)
+        dropped = self._drop_buffer(uid)
         chunks = [d.reference for d in self._user(uid).collection("chunks").select([]).stream(**_FS)]
         for start in range(0, len(chunks), 500):
             batch = self._db.batch()
@@ -490,7 +545,12 @@ class GcpStore:
     @_transient
     def daily_active_users(self, since: float) -> dict[str, int]:
         query = self._db.collection("active_days").where(filter=FieldFilter("day", ">=", utc_day(since)))
-        return {d.get("day"): len(d.get("uids")) for d in query.order_by("day").stream(**_FS)}
+        days: dict[str, int] = {}
+        for doc in query.stream(**_FS):
+            data = doc.to_dict()
+            # Counter shards; a day written by an earlier version is one document listing its uids.
+            days[data["day"]] = days.get(data["day"], 0) + int(data.get("users") or len(data.get("uids") or []))
+        return dict(sorted(days.items()))
 
     @_transient
     def ping(self) -> None:

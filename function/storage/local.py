@@ -1,17 +1,19 @@
-"""The embedded backend: each chunk a file under DATA_DIR, all state in one SQLite database.
+"""The embedded backend: all state in one SQLite database under DATA_DIR.
 
 Several gunicorn workers (processes) with several threads each share DATA_DIR, so every change is
 one `BEGIN IMMEDIATE` transaction (one writer at a time, readers never blocked thanks to WAL) on
-a per-thread connection. A chunk file is written under a temporary name and renamed into place
-before its row is committed: the row is the commit point, so a crash leaves at worst an unlisted
-file, never a listed file that is missing or half written. Files whose rows are deleted are
-unlinked only after the deleting transaction committed.
+a per-thread connection. A chunk is fingerprinted inside the transaction that stores it, with the
+user's stream state read and written in the same transaction, so concurrent chunks of one user
+advance the stream one at a time. What a row keeps of a chunk is its peaks (a few hundred bytes);
+the audio is never written anywhere. Versions before this one kept audio files under
+DATA_DIR/chunks: opening the store deletes them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -19,7 +21,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from function.storage._rules import (
     KEY_MEMORY_SECONDS,
@@ -40,15 +42,16 @@ from function.storage._rules import (
     unavailable_on,
     utc_day,
 )
-from function.storage.base import Appended, BufferInfo, Lease, PendingNotification, Recognition
+from function.storage.base import Appended, BufferInfo, Fingerprint, Lease, PendingNotification, Recognition
 
 # A writer waits this long for another to finish before the request is answered 503.
 BUSY_TIMEOUT_SECONDS = 5.0
 # Idle buffers and the total bound are checked at most this often per process, riding on an
 # append: the bound can be overshot by what arrives meanwhile.
 SWEEP_SECONDS = 10.0
-# All users' buffered audio together, at most (32 users' full 60-s buffers at 16 kHz and more):
-# past it the longest-idle buffers go first.
+# All users' buffers together stand for at most this much audio (32 users' full 60-s buffers at
+# 16 kHz and more; what is kept of it is about 1/100 of that): past it the longest-idle buffers go
+# first, so a client rotating uids cannot fill the disk.
 MAX_TOTAL_BUFFERED_BYTES = 256 * 1024 * 1024
 
 _SCHEMA = (
@@ -60,19 +63,22 @@ _SCHEMA = (
         lease_token TEXT,
         lease_expires REAL,
         read_upto INTEGER,
+        stream BLOB,
         last_audio_at REAL,
         deferred_until REAL NOT NULL DEFAULT 0,
         notify TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS users_by_audio ON users (last_audio_at)",
+    # What is kept of each buffered chunk: its peaks, and the audio bytes it stood for.
     # AUTOINCREMENT: ids are never reused, so `read_upto` cannot come to cover a later chunk.
-    """CREATE TABLE IF NOT EXISTS chunks (
+    "DROP TABLE IF EXISTS chunks",  # audio files of versions before peaks were kept instead
+    """CREATE TABLE IF NOT EXISTS buffer (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         uid TEXT NOT NULL,
         nbytes INTEGER NOT NULL,
-        name TEXT NOT NULL
+        peaks BLOB NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS chunks_by_uid ON chunks (uid, id, nbytes)",
+    "CREATE INDEX IF NOT EXISTS buffer_by_uid ON buffer (uid, id, nbytes)",
     # Idempotency keys outlive their chunks: a retry may arrive after a recognition consumed it.
     """CREATE TABLE IF NOT EXISTS receipts (
         uid TEXT NOT NULL, key TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (uid, key)
@@ -94,18 +100,22 @@ _transient = unavailable_on(sqlite3.OperationalError, OSError)
 
 
 class LocalStore:
-    def __init__(self, data_dir: str, history_retention_seconds: float = float("inf")) -> None:
+    def __init__(self, data_dir: str, fingerprint: Fingerprint, history_retention_seconds: float = float("inf")) -> None:
+        self._fingerprint = fingerprint
         self._retention = history_retention_seconds
         self._swept_at = 0.0
         self._root = Path(data_dir)
-        self._chunks = self._root / "chunks"
-        self._chunks.mkdir(parents=True, exist_ok=True)
+        self._root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self._root / "chunks", ignore_errors=True)
         self._db_path = str(self._root / "state.sqlite3")
         self._local = threading.local()
         self._use_wal()
-        with self._transaction() as (db, _):
+        with self._transaction() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(users)")}
+            if "stream" not in columns:
+                db.execute("ALTER TABLE users ADD COLUMN stream BLOB")
 
     # --- plumbing -----------------------------------------------------------------------------
     def _use_wal(self) -> None:
@@ -135,20 +145,16 @@ class LocalStore:
         return local.conn
 
     @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[tuple[sqlite3.Connection, list[str]]]:
-        """Yields the connection and a list of chunk names to unlink once the commit succeeded."""
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         db = self._connection()
-        doomed: list[str] = []
         db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            yield db, doomed
+            yield db
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        for name in doomed:
-            (self._chunks / name).unlink(missing_ok=True)
 
     @staticmethod
     def _user(db: sqlite3.Connection, uid: str) -> sqlite3.Row | None:
@@ -157,24 +163,23 @@ class LocalStore:
     @staticmethod
     def _buffered(db: sqlite3.Connection, uid: str) -> tuple[int, int]:
         total, count = db.execute(
-            "SELECT COALESCE(SUM(nbytes), 0), COUNT(*) FROM chunks WHERE uid = ?", (uid,)
+            "SELECT COALESCE(SUM(nbytes), 0), COUNT(*) FROM buffer WHERE uid = ?", (uid,)
         ).fetchone()
         return total, count
 
     @staticmethod
-    def _drop(db: sqlite3.Connection, doomed: list[str], chunks: Sequence[sqlite3.Row]) -> None:
-        db.executemany("DELETE FROM chunks WHERE id = ?", [(c["id"],) for c in chunks])
-        doomed.extend(c["name"] for c in chunks)
+    def _drop_upto(db: sqlite3.Connection, uid: str, last_id: int) -> None:
+        db.execute("DELETE FROM buffer WHERE uid = ? AND id <= ?", (uid, last_id))
 
-    def _drop_buffer(self, db: sqlite3.Connection, doomed: list[str], uid: str) -> int:
-        chunks = db.execute("SELECT id, name FROM chunks WHERE uid = ?", (uid,)).fetchall()
-        self._drop(db, doomed, chunks)
+    @staticmethod
+    def _drop_buffer(db: sqlite3.Connection, uid: str) -> int:
+        dropped = db.execute("DELETE FROM buffer WHERE uid = ?", (uid,)).rowcount
         db.execute(
             "UPDATE users SET sample_rate = NULL, new_bytes = 0, attempted = 0, lease_token = NULL,"
-            " lease_expires = NULL, read_upto = NULL WHERE uid = ?",
+            " lease_expires = NULL, read_upto = NULL, stream = NULL WHERE uid = ?",
             (uid,),
         )
-        return len(chunks)
+        return dropped
 
     @staticmethod
     def _notify_state(user: sqlite3.Row | None) -> dict | None:
@@ -192,70 +197,47 @@ class LocalStore:
         user = LocalStore._user(db, lease.uid)
         return user if user is not None and user["lease_token"] == lease.token else None
 
-    def _write_file(self, name: str, data: bytes) -> Path:
-        path = self._chunks / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        return path
-
     # --- audio buffer -------------------------------------------------------------------------
     @_transient
     def append(
         self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, max_gap_seconds: float = float("inf")
     ) -> Appended:
         check_uid(uid)
-        digest = key_hash(key)
-        name = f"{uid}/{time.time_ns():020d}-{digest}.pcm"
-        path = self._write_file(name, pcm)
-        try:
-            appended = self._commit_chunk(uid, digest, name, sample_rate, len(pcm), now, max_gap_seconds)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        if appended.duplicate:
-            path.unlink(missing_ok=True)
-        elif now - self._swept_at >= SWEEP_SECONDS:
+        appended = self._commit_chunk(uid, key_hash(key), sample_rate, pcm, now, max_gap_seconds)
+        if not appended.duplicate and now - self._swept_at >= SWEEP_SECONDS:
             self._swept_at = now
             self._sweep(uid, now, max_gap_seconds)
         return appended
 
     def _sweep(self, current: str, now: float, max_gap: float) -> None:
         """Delete the buffers nobody will read: idle longer than `max_gap` (their next chunk would
-        start a new buffer anyway) or a day, then the longest-idle ones while all buffered audio
-        together is over MAX_TOTAL_BUFFERED_BYTES (a client rotating uids cannot fill the
-        disk). `current`'s buffer, just appended to, is never swept."""
+        start a new buffer anyway) or a day, then the longest-idle ones while all buffers
+        together stand for more than MAX_TOTAL_BUFFERED_BYTES. `current`'s buffer, just
+        appended to, is never swept."""
         idle_since = now - min(max_gap, 86400.0)
-        with self._transaction() as (db, doomed):
+        with self._transaction() as db:
             idle = db.execute(
                 "SELECT uid FROM users WHERE last_audio_at < ? AND sample_rate IS NOT NULL AND uid != ?",
                 (idle_since, current),
             ).fetchall()
             for row in idle:
-                self._drop_buffer(db, doomed, row["uid"])
-            total = db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM chunks").fetchone()[0]
+                self._drop_buffer(db, row["uid"])
+            total = db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM buffer").fetchone()[0]
             if total <= MAX_TOTAL_BUFFERED_BYTES:
                 return
             oldest = db.execute(
-                "SELECT u.uid, SUM(c.nbytes) AS held FROM users u JOIN chunks c ON c.uid = u.uid"
+                "SELECT u.uid, SUM(c.nbytes) AS held FROM users u JOIN buffer c ON c.uid = u.uid"
                 " WHERE u.uid != ? GROUP BY u.uid ORDER BY u.last_audio_at",
                 (current,),
             ).fetchall()
             for row in oldest:
                 if total <= MAX_TOTAL_BUFFERED_BYTES:
                     break
-                self._drop_buffer(db, doomed, row["uid"])
+                self._drop_buffer(db, row["uid"])
                 total -= row["held"]
 
-    def _commit_chunk(
-        self, uid: str, digest: str, name: str, sample_rate: int, nbytes: int, now: float, max_gap: float
-    ) -> Appended:
-        with self._transaction() as (db, doomed):
+    def _commit_chunk(self, uid: str, digest: str, sample_rate: int, pcm: bytes, now: float, max_gap: float) -> Appended:
+        with self._transaction() as db:
             db.execute("DELETE FROM receipts WHERE at < ?", (now - KEY_MEMORY_SECONDS,))
             fresh = db.execute(
                 "INSERT OR IGNORE INTO receipts (uid, key, at) VALUES (?, ?, ?)", (uid, digest, now)
@@ -265,16 +247,19 @@ class LocalStore:
             if not fresh:
                 rate = user["sample_rate"] if user is not None and user["sample_rate"] else sample_rate
                 return Appended(True, self._buffered(db, uid)[0], rate, retry)
+            stream = user["stream"] if user is not None else None
             if user is not None and starts_new_buffer(user["sample_rate"], user["last_audio_at"], sample_rate, now, max_gap):
-                self._drop_buffer(db, doomed, uid)
-            db.execute("INSERT INTO chunks (uid, nbytes, name) VALUES (?, ?, ?)", (uid, nbytes, name))
+                self._drop_buffer(db, uid)
+                stream = None
+            peaks, stream = self._fingerprint(stream, sample_rate, pcm)
+            db.execute("INSERT INTO buffer (uid, nbytes, peaks) VALUES (?, ?, ?)", (uid, len(pcm), peaks))
             db.execute(
-                "INSERT INTO users (uid, sample_rate, new_bytes, last_audio_at) VALUES (?, ?, ?, ?)"
+                "INSERT INTO users (uid, sample_rate, new_bytes, stream, last_audio_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (uid) DO UPDATE SET sample_rate = excluded.sample_rate,"
-                " new_bytes = new_bytes + excluded.new_bytes,"
+                " new_bytes = new_bytes + excluded.new_bytes, stream = excluded.stream,"
                 " last_audio_at = MAX(COALESCE(last_audio_at, excluded.last_audio_at),"
                 " excluded.last_audio_at)",
-                (uid, sample_rate, nbytes, now),
+                (uid, sample_rate, len(pcm), stream, now),
             )
             db.execute("INSERT OR IGNORE INTO active_days (day, uid) VALUES (?, ?)", (utc_day(now), uid))
             after = self._user(db, uid)
@@ -286,7 +271,7 @@ class LocalStore:
     def claim(
         self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float, max_bytes: int
     ) -> Lease | None:
-        with self._transaction() as (db, doomed):
+        with self._transaction() as db:
             user = self._user(db, uid)
             if user is None or user["sample_rate"] is None:
                 return None
@@ -299,36 +284,40 @@ class LocalStore:
             )
             if not may_claim(state, min_bytes, stride_bytes, now):
                 return None
-            chunks = db.execute("SELECT id, nbytes, name FROM chunks WHERE uid = ? ORDER BY id", (uid,)).fetchall()
-            first, skip = read_window([c["nbytes"] for c in chunks], max_bytes)
-            self._drop(db, doomed, chunks[:first])
+            chunks = db.execute("SELECT id, nbytes, peaks FROM buffer WHERE uid = ? ORDER BY id", (uid,)).fetchall()
+            first = read_window([c["nbytes"] for c in chunks], max_bytes)
+            if first:
+                self._drop_upto(db, uid, chunks[first - 1]["id"])
             window = chunks[first:]
             token = uuid.uuid4().hex
             db.execute(
                 "UPDATE users SET lease_token = ?, lease_expires = ?, read_upto = ?, new_bytes = 0 WHERE uid = ?",
                 (token, now + lease_seconds, window[-1]["id"] if window else None, uid),
             )
-            # Read while still holding the write lock: a concurrent clear cannot unlink them first.
-            parts = []
-            for index, chunk in enumerate(window):
-                with open(self._chunks / chunk["name"], "rb") as f:
-                    f.seek(skip if index == 0 else 0)
-                    parts.append(f.read())
-            return Lease(uid, token, user["sample_rate"], now + lease_seconds, audio=b"".join(parts))
+            return Lease(
+                uid,
+                token,
+                user["sample_rate"],
+                now + lease_seconds,
+                chunks=tuple(bytes(c["peaks"]) for c in window),
+                stream=user["stream"],
+                buffered_bytes=sum(c["nbytes"] for c in window),
+            )
 
     @_transient
     def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:
-        with self._transaction() as (db, doomed):
+        with self._transaction() as db:
             user = self._holder(db, lease)
             if user is None:
                 return
             if user["read_upto"] is not None:
                 read = db.execute(
-                    "SELECT id, nbytes, name FROM chunks WHERE uid = ? AND id <= ? ORDER BY id",
+                    "SELECT id, nbytes FROM buffer WHERE uid = ? AND id <= ? ORDER BY id",
                     (lease.uid, user["read_upto"]),
                 ).fetchall()
                 first = len(read) if matched else keep_newest([c["nbytes"] for c in read], keep_bytes)
-                self._drop(db, doomed, read[:first])
+                if first:
+                    self._drop_upto(db, lease.uid, read[first - 1]["id"])
             db.execute(
                 "UPDATE users SET lease_token = NULL, lease_expires = NULL, read_upto = NULL,"
                 " attempted = ? WHERE uid = ?",
@@ -337,12 +326,12 @@ class LocalStore:
 
     @_transient
     def clear(self, uid: str) -> bool:
-        with self._transaction() as (db, doomed):
-            return self._user(db, uid) is not None and self._drop_buffer(db, doomed, uid) > 0
+        with self._transaction() as db:
+            return self._user(db, uid) is not None and self._drop_buffer(db, uid) > 0
 
     @_transient
     def buffer_info(self, uid: str) -> BufferInfo:
-        with self._transaction(write=False) as (db, _):
+        with self._transaction(write=False) as db:
             user = self._user(db, uid)
             buffered, count = self._buffered(db, uid)
         return BufferInfo(
@@ -358,7 +347,7 @@ class LocalStore:
     def reserve_notification(
         self, uid: str, song_id: str, now: float, cooldown_seconds: float, hourly_limit: int
     ) -> str:
-        with self._transaction() as (db, _):
+        with self._transaction() as db:
             user = self._user(db, uid)
             verdict, state = decide_notification(
                 self._notify_state(user),
@@ -374,13 +363,13 @@ class LocalStore:
 
     @_transient
     def release_notification(self, uid: str, pending: PendingNotification, now: float) -> None:
-        with self._transaction() as (db, _):
+        with self._transaction() as db:
             state = release_reservation(self._notify_state(self._user(db, uid)), pending, now)
             self._set_notify_state(db, uid, state)
 
     @_transient
     def take_notification(self, uid: str, now: float, hourly_limit: int) -> tuple[str, PendingNotification | None]:
-        with self._transaction() as (db, _):
+        with self._transaction() as db:
             user = self._user(db, uid)
             deferred_until = user["deferred_until"] if user is not None else 0.0
             verdict, pending, state = take_pending(self._notify_state(user), now, hourly_limit, deferred_until)
@@ -390,7 +379,7 @@ class LocalStore:
 
     @_transient
     def set_notification(self, uid: str, recognised_at: float, notification: str, error: str | None) -> None:
-        with self._transaction() as (db, _):
+        with self._transaction() as db:
             rows = db.execute("SELECT id, body FROM recognitions WHERE uid = ? AND at = ?", (uid, recognised_at)).fetchall()
             for row in rows:
                 body = {**json.loads(row["body"]), "notification": notification, "notification_error": error}
@@ -398,7 +387,7 @@ class LocalStore:
 
     @_transient
     def defer_notifications(self, uid: str, until: float) -> None:
-        with self._transaction() as (db, _):
+        with self._transaction() as db:
             db.execute(
                 "INSERT INTO users (uid, deferred_until) VALUES (?, ?)"
                 " ON CONFLICT (uid) DO UPDATE SET"
@@ -414,7 +403,7 @@ class LocalStore:
     # --- history and metrics ------------------------------------------------------------------
     @_transient
     def record(self, recognition: Recognition) -> None:
-        with self._transaction() as (db, _):
+        with self._transaction() as db:
             # The sweep rides on the write: the index on `at` makes it a range delete, and a
             # deployment that records nothing has nothing new to expire either.
             db.execute("DELETE FROM recognitions WHERE at < ?", (recognition.at - self._retention,))
@@ -425,7 +414,7 @@ class LocalStore:
 
     @_transient
     def delete_history(self, uid: str) -> int:
-        with self._transaction() as (db, _):
+        with self._transaction() as db:
             return db.execute("DELETE FROM recognitions WHERE uid = ?", (uid,)).rowcount
 
     @_transient
@@ -437,7 +426,7 @@ class LocalStore:
 
     @_transient
     def add_counts(self, hour: int, counts: dict) -> None:
-        with self._transaction() as (db, _):
+        with self._transaction() as db:
             row = db.execute("SELECT body FROM hourly_counts WHERE hour = ?", (hour,)).fetchone()
             merged = merge_counts(json.loads(row["body"]) if row else None, counts)
             db.execute(

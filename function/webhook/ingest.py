@@ -1,4 +1,5 @@
-"""What happens to one chunk of a user's audio: store it, maybe recognise, maybe notify, record.
+"""What happens to one chunk of a user's audio: fingerprint and keep its peaks, maybe recognise,
+maybe notify, record. The audio itself is kept nowhere (function/engine/stream.py).
 
 No HTTP and no cloud SDK here: the edge (`function/webhook/edge.py`) turns requests into calls,
 the `Store` keeps every piece of state, so any number of instances can run this at once.
@@ -23,7 +24,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from function.config import Settings
 from function.logs import log
@@ -42,7 +43,7 @@ MAX_RETRY_INTERVAL_SECONDS = 60.0
 
 
 class Recognises(Protocol):
-    def best_guess_pcm(self, pcm: bytes, sample_rate: int) -> tuple[Match | None, float]: ...
+    def best_guess_buffer(self, chunks: Sequence[bytes], stream: bytes | None) -> tuple[Match | None, float]: ...
 
     def catalog_state(self) -> dict: ...
 
@@ -164,7 +165,7 @@ def _maybe_recognise(service: Service, uid: str, rate: int, now: float, base_url
 
 def _attempt(service: Service, lease: Lease, now: float, slot: _Slot) -> Recognition:
     """Recognise what the claim read, and always release the lease, whatever happens."""
-    s, store, uid, rate, pcm = service.settings, service.store, lease.uid, lease.sample_rate, lease.audio
+    s, store, uid, rate = service.settings, service.store, lease.uid, lease.sample_rate
     max_bytes = audio_bytes(s.max_buffer_seconds, rate)
     match: Match | None = None
     guess: Match | None = None
@@ -172,7 +173,7 @@ def _attempt(service: Service, lease: Lease, now: float, slot: _Slot) -> Recogni
     try:
         started = time.perf_counter()
         try:
-            guess, confidence = service.recogniser().best_guess_pcm(pcm, rate)
+            guess, confidence = service.recogniser().best_guess_buffer(lease.chunks, lease.stream)
         except CatalogError as exc:
             # No catalog (or a shard of it did not answer): the audio is kept (the claim trimmed
             # it to the cap) for when it is back; the miss this release records means the next
@@ -180,14 +181,14 @@ def _attempt(service: Service, lease: Lease, now: float, slot: _Slot) -> Recogni
             log("ERROR", "recognition skipped: catalog unavailable", uid=uid, reason=str(exc))
             raise _Skipped("unavailable", "the song catalog is not available") from exc
         except Exception as exc:  # the chunk is stored: a failed attempt must not make Omi resend it
-            log("ERROR", "recognition failed", exc=exc, uid=uid, bytes=len(pcm))
+            log("ERROR", "recognition failed", exc=exc, uid=uid, chunks=len(lease.chunks))
             raise _Skipped("error", "recognition failed") from exc
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         match = named(guess, confidence)
     finally:
         slot.give_back()
         store.release(lease, matched=match is not None, keep_bytes=max_bytes, now=now)
-    seconds = round(len(pcm) / (2 * rate), 3)
+    seconds = round(lease.buffered_bytes / (2 * rate), 3)
     if match is None:
         log("INFO", "no match", uid=uid, seconds=seconds, latency_ms=latency_ms, confidence=round(confidence, 4))
         return Recognition(uid=uid, at=now, latency_ms=latency_ms, audio_seconds=seconds, matched=False)
