@@ -141,6 +141,9 @@ class LocalStore:
             conn.row_factory = sqlite3.Row
             # WAL survives a process crash; NORMAL only risks the last commits on power loss.
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Deleted rows and replaced stream states are overwritten with zeros, not left in
+            # free pages; the journal's old page images go at each `_scrub`.
+            conn.execute("PRAGMA secure_delete=ON")
             local.conn, local.pid = conn, os.getpid()
         return local.conn
 
@@ -207,7 +210,15 @@ class LocalStore:
         if not appended.duplicate and now - self._swept_at >= SWEEP_SECONDS:
             self._swept_at = now
             self._sweep(uid, now, max_gap_seconds)
+            self._scrub()
         return appended
+
+    def _scrub(self) -> None:
+        """Empty the write-ahead log into the database and truncate it: the log keeps an image of
+        every page each transaction wrote (every stream state the users' chunks replaced) until
+        a checkpoint, so without this it would hold minutes of them. Best effort: a checkpoint
+        that readers hold up is done by a later one."""
+        self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _sweep(self, current: str, now: float, max_gap: float) -> None:
         """Delete the buffers nobody will read: idle longer than `max_gap` (their next chunk would
@@ -327,7 +338,9 @@ class LocalStore:
     @_transient
     def clear(self, uid: str) -> bool:
         with self._transaction() as db:
-            return self._user(db, uid) is not None and self._drop_buffer(db, uid) > 0
+            cleared = self._user(db, uid) is not None and self._drop_buffer(db, uid) > 0
+        self._scrub()
+        return cleared
 
     @_transient
     def buffer_info(self, uid: str) -> BufferInfo:
