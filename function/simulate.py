@@ -1,7 +1,8 @@
 """`python -m function simulate`: replay an audio file as the Omi backend streams it.
 
-The webhook's hard cases come from how Omi delivers audio (../shared/omi/CONTRACT.md, section 1),
-not from the audio itself. Two delivery paths are reproduced:
+The webhook's hard cases come from how Omi delivers audio (Omi's public backend, BasedHardware/omi:
+`backend/routers/pusher.py` and `backend/utils/webhooks.py`), not from the audio itself. Two
+delivery paths are reproduced:
 
 - `--mode developer` (the "Realtime audio bytes" developer setting, the default): Omi's buffer
   takes frames of about a second and sends a batch once it holds strictly more than X seconds
@@ -55,7 +56,7 @@ MODES = (DEVELOPER, APP)
 DEFAULT_BATCH_SECONDS = {DEVELOPER: 5, APP: 4}
 # Omi's transcription side forwards the device audio to its batcher about once a second. Frames a
 # little under a second make X frames hold at most X s, so the batch closes on frame X+1 (about
-# X+1 s, as CONTRACT.md describes) and never on a whole second: with X=5, 6 frames of 0.95 s make
+# X+1 s, as Omi's backend sends it) and never on a whole second: with X=5, 6 frames of 0.95 s make
 # a 5.7-s batch, posted as 1, 1, 1, 1, 1 and 0.7 s.
 OMI_FRAME_SECONDS = 0.95
 OMI_RETRY_DELAYS = (1.0, 5.0, 30.0)

@@ -1167,6 +1167,41 @@ def test_the_readme_publishes_through_cloud_run_and_adds_the_app_after_the_first
     assert "secrets_version" in publish and "secrets_version" in readme_section("Deploy")
 
 
+def test_the_readme_cites_only_what_a_reader_of_the_repository_has() -> None:
+    # The notes on Omi's side of the contract are not in the repository: the README names Omi's
+    # public sources instead, and every relative link points at a file of this checkout.
+    text = readme()
+    links = [target for target in re.findall(r"\]\(([^)#]+)[^)]*\)", text) if "://" not in target]
+
+    assert "CONTRACT" not in text
+    assert links and [target for target in links if not (ROOT / target).exists()] == []
+
+
+EMULATORS = ROOT / "scripts" / "emulators.sh"
+
+
+def test_the_emulator_stack_reads_its_catalog_from_the_bucket_it_creates() -> None:
+    script = EMULATORS.read_text()
+    exports = dict(re.findall(r"^export ([A-Z_]+)=(\S+)$", script, flags=re.MULTILINE))
+
+    assert exports["CATALOG_URI"] == "gs://$BUCKET/catalog"
+    assert exports["GCS_BUCKET"] == "$BUCKET" and exports["STORAGE_BACKEND"] == "gcp"
+    assert '"$PYTHON" - "http://127.0.0.1:$GCS_PORT" "$PROJECT" "$BUCKET"' in script, "the bucket is no longer created"
+
+
+def test_the_readme_documents_every_emulator_override_and_export() -> None:
+    script = EMULATORS.read_text()
+    overrides = dict(re.findall(r'^[A-Z_]+="\$\{([A-Z_]+):-([^}]*)\}"$', script, flags=re.MULTILINE))
+    exports = re.findall(r"^export ([A-Z_]+)=", script, flags=re.MULTILINE)
+    section = readme_section("The cloud path, locally, against the emulators")
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \|", section, flags=re.MULTILINE))
+
+    assert {"FIRESTORE_EMULATOR_PORT", "GCS_EMULATOR_PORT", "GCS_BUCKET", "EMULATORS_DIR"} <= set(overrides)
+    assert rows == overrides
+    assert [name for name in exports if f"`{name}" not in section] == []
+    assert "python -m function register" in section, "the emulator's bucket starts empty"
+
+
 def test_the_readme_submits_cloud_build_with_its_own_ignore_file() -> None:
     text = readme()
 
