@@ -155,8 +155,14 @@ class Settings:
                 "STORAGE_BACKEND=gcp needs WEBHOOK_TOKEN or OMI_SIGNING_SECRET (or ALLOW_UNAUTHENTICATED=true on purpose):"
                 " a deployed webhook must not take anyone's audio"
             )
+        # Neither is a valid state (no Omi app yet: notifications are only logged); one alone is
+        # a half-finished configuration, named by the one that is missing.
         if bool(settings.omi_app_id) != bool(settings.omi_app_secret):
-            raise ConfigError("OMI_APP_ID and OMI_APP_SECRET must be set together")
+            missing, given = ("OMI_APP_SECRET", "OMI_APP_ID") if settings.omi_app_id else ("OMI_APP_ID", "OMI_APP_SECRET")
+            raise ConfigError(
+                f"{missing} is not set but {given} is: set both (notifications through your Omi app)"
+                " or neither (notifications are only logged)"
+            )
         if settings.omi_memories and not settings.notifications_enabled:
             raise ConfigError("OMI_MEMORIES=true needs OMI_APP_ID and OMI_APP_SECRET")
         if settings.public_url and not settings.public_url.startswith(("http://", "https://")):

@@ -1,7 +1,8 @@
 """`python -m function simulate`: replay an audio file as the Omi backend streams it.
 
-The webhook's hard cases come from how Omi delivers audio (../shared/omi/CONTRACT.md, section 1),
-not from the audio itself. Two delivery paths are reproduced:
+The webhook's hard cases come from how Omi delivers audio (Omi's public backend, BasedHardware/omi:
+`backend/routers/pusher.py` and `backend/utils/webhooks.py`), not from the audio itself. Two
+delivery paths are reproduced:
 
 - `--mode developer` (the "Realtime audio bytes" developer setting, the default): Omi's buffer
   takes frames of about a second and sends a batch once it holds strictly more than X seconds
@@ -18,11 +19,15 @@ With `--signing-secret`, every POST is signed as Omi signs (section 3): `X-Omi-S
 (signed again, with a fresh t, on every retry), `X-Omi-Event: audio_bytes` and `X-Omi-Delivery`,
 the chunk's Idempotency-Key in developer mode and a fresh uuid per POST in app mode.
 
-Where a file differs from a live stream: audio left in the buffer when the file ends (X seconds
-or less) is sent as a last, shorter batch, as it would be once the next frame arrived; Omi's
-circuit breaker and queue overflow are not reproduced. One thing is not Omi's at all: if the
-very first request of a run cannot connect, the run stops at once (a wrong --url should not take
-minutes of retries to report).
+The end of a file is the end of a recording session, and Omi never sends the audio left in its
+buffer then (X seconds or less: the batch that never filled up), so neither does this by
+default; `--send-partial` sends it as a last, shorter batch, to replay a whole file. Omi's circuit
+breaker and queue overflow are not reproduced. Older Omi backends, still run by people who
+self-host Omi, send the developer setting's whole batch in one POST without an Idempotency-Key
+and without retries: `--mode app --batch-seconds X` delivers it that way (their URL form,
+`?sample_rate=` appended even after a query, is not reproduced). One thing is not Omi's at all:
+if the very first request of a run cannot connect, the run stops at once (a wrong --url should
+not take minutes of retries to report).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ MODES = (DEVELOPER, APP)
 DEFAULT_BATCH_SECONDS = {DEVELOPER: 5, APP: 4}
 # Omi's transcription side forwards the device audio to its batcher about once a second. Frames a
 # little under a second make X frames hold at most X s, so the batch closes on frame X+1 (about
-# X+1 s, as CONTRACT.md describes) and never on a whole second: with X=5, 6 frames of 0.95 s make
+# X+1 s, as Omi's backend sends it) and never on a whole second: with X=5, 6 frames of 0.95 s make
 # a 5.7-s batch, posted as 1, 1, 1, 1, 1 and 0.7 s.
 OMI_FRAME_SECONDS = 0.95
 OMI_RETRY_DELAYS = (1.0, 5.0, 30.0)
@@ -143,12 +148,17 @@ def omi_url(url: str, sample_rate: int, uid: str, token: str | None = None) -> s
 
 
 def omi_batches(
-    pcm: bytes, sample_rate: int, batch_seconds: float, frame_seconds: float = OMI_FRAME_SECONDS
+    pcm: bytes,
+    sample_rate: int,
+    batch_seconds: float,
+    frame_seconds: float = OMI_FRAME_SECONDS,
+    send_partial: bool = False,
 ) -> list[bytes]:
     """The batches Omi sends for `pcm`: frames of `frame_seconds` are buffered until the buffer
     holds strictly more than `batch_seconds`, then the buffer goes out whole and starts empty.
 
-    What is left at the end of the file (never more than `batch_seconds`) is a last batch.
+    What is left at the end of the file (never more than `batch_seconds`) Omi never sends: the
+    session ends before it fills up. `send_partial` makes it a last, shorter batch.
     """
     frame_bytes = max(1, int(round(frame_seconds * sample_rate))) * 2
     threshold = batch_seconds * sample_rate * 2
@@ -158,19 +168,23 @@ def omi_batches(
         if end - start > threshold:
             out.append(pcm[start:end])
             start = end
-    if start < len(pcm):
+    if send_partial and start < len(pcm):
         out.append(pcm[start:])
     return out
 
 
 def batches(
-    pcm: bytes, sample_rate: int, batch_seconds: float, frame_seconds: float = OMI_FRAME_SECONDS
+    pcm: bytes,
+    sample_rate: int,
+    batch_seconds: float,
+    frame_seconds: float = OMI_FRAME_SECONDS,
+    send_partial: bool = False,
 ) -> list[list[bytes]]:
     """Omi's developer-mode batches, each as the 1-s chunks it posts one by one (the last one short)."""
     chunk_bytes = sample_rate * 2
     return [
         [batch[c : c + chunk_bytes] for c in range(0, len(batch), chunk_bytes)]
-        for batch in omi_batches(pcm, sample_rate, batch_seconds, frame_seconds)
+        for batch in omi_batches(pcm, sample_rate, batch_seconds, frame_seconds, send_partial)
     ]
 
 
@@ -188,8 +202,10 @@ def stream(
     mode: str = DEVELOPER,
     signing_secret: str | None = None,
     frame_seconds: float = OMI_FRAME_SECONDS,
+    send_partial: bool = False,
 ) -> Iterator[ChunkResult]:
-    """Post `pcm` as Omi does in `mode`, yielding every attempt as it completes.
+    """Post `pcm` as Omi does in `mode`, yielding every attempt as it completes; the end of `pcm`
+    that never fills a batch is left out, as Omi leaves it, unless `send_partial`.
 
     Developer mode: a chunk that still fails after the last retry, or gets a non-retryable
     answer, abandons the rest of its batch (Omi never sends a batch with a hole in it); the next
@@ -206,7 +222,7 @@ def stream(
     sent_bytes = 0
     first_request = True
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-        for b, batch in enumerate(omi_batches(pcm, sample_rate, batch_seconds, frame_seconds), start=1):
+        for b, batch in enumerate(omi_batches(pcm, sample_rate, batch_seconds, frame_seconds, send_partial), start=1):
             if realtime:
                 # Omi sends a batch only once its audio has been recorded.
                 ready_at = started + (sent_bytes + len(batch)) / (2 * sample_rate)
@@ -375,6 +391,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 5; 4 in app mode, which Omi fixes)",
     )
     parser.add_argument("--realtime", action="store_true", help="send each batch when its audio would be recorded")
+    parser.add_argument(
+        "--send-partial",
+        action="store_true",
+        help="also send the end of the file that never fills a batch (X s or less) as a last, shorter one; "
+        "Omi never sends it",
+    )
     parser.add_argument("--noise", help="audio file mixed in (looped or cropped to length)")
     parser.add_argument("--snr", type=float, default=10.0, help="signal-to-noise ratio in dB for --noise (default 10)")
     parser.add_argument("--token", help="webhook token, sent as token=T in the query")
@@ -409,8 +431,17 @@ def run(args: argparse.Namespace, retry_delays: Sequence[float] = OMI_RETRY_DELA
     except (DecodeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    send_partial = getattr(args, "send_partial", False)
     total_seconds = len(pcm) / 2 / args.sample_rate
-    batch_list = batches(pcm, args.sample_rate, batch_seconds)
+    batch_list = batches(pcm, args.sample_rate, batch_seconds, send_partial=send_partial)
+    if not batch_list:
+        print(
+            f"error: {args.file} ({total_seconds:.1f} s) never fills a batch: Omi sends one only once more than"
+            f" {batch_seconds} s are buffered, and never the rest of a recording; --send-partial sends it anyway",
+            file=sys.stderr,
+        )
+        return 2
+    sent_bytes = sum(len(chunk) for batch in batch_list for chunk in batch)
     expected = sum(len(b) for b in batch_list) if mode == DEVELOPER else len(batch_list)
     delivered = delivered_bytes = 0
     try:
@@ -426,6 +457,7 @@ def run(args: argparse.Namespace, retry_delays: Sequence[float] = OMI_RETRY_DELA
             timeout_seconds=args.timeout,
             mode=mode,
             signing_secret=signing_secret,
+            send_partial=send_partial,
         ):
             delivered += result.delivered
             delivered_bytes += result.bytes if result.delivered else 0
@@ -439,7 +471,10 @@ def run(args: argparse.Namespace, retry_delays: Sequence[float] = OMI_RETRY_DELA
         f"{delivered}/{expected} {what} delivered "
         f"({total_seconds:.1f} s of audio at {args.sample_rate} Hz, {how}"
     )
-    if delivered_bytes < len(pcm):
-        summary += f"; {(len(pcm) - delivered_bytes) / 2 / args.sample_rate:.1f} s of it lost"
+    if delivered_bytes < sent_bytes:
+        summary += f"; {(sent_bytes - delivered_bytes) / 2 / args.sample_rate:.1f} s of it lost"
+    if sent_bytes < len(pcm):
+        unsent = (len(pcm) - sent_bytes) / 2 / args.sample_rate
+        summary += f"; the last {unsent:.1f} s not sent, as Omi never sends a batch that did not fill up: --send-partial sends it"
     print(summary + ")", file=sys.stderr)
     return 0 if delivered == expected else 1

@@ -1,7 +1,7 @@
 locals {
-  # Every setting function/config.py reads, except DATA_DIR (local backend only), PUBLIC_URL
-  # (below) and the secrets (secret_environment_variables); tests/test_deploy_files.py fails when
-  # a new setting is missing here. cloudbuild.yaml merges into these, never replaces them.
+  # Every setting function/config.py reads, except DATA_DIR (local backend only), PUBLIC_URL and
+  # OMI_APP_ID (below) and the secrets (secret_environment_variables); tests/test_deploy_files.py
+  # fails when a new setting is missing here. cloudbuild.yaml merges into these, never replaces them.
   function_environment = {
     STORAGE_BACKEND                     = "gcp"
     CATALOG_URI                         = "gs://${google_storage_bucket.songs.name}/catalog"
@@ -14,7 +14,6 @@ locals {
     RECOGNITION_STRIDE_SECONDS          = tostring(var.recognition_stride_seconds)
     RECOGNITION_LEASE_SECONDS           = tostring(var.recognition_lease_seconds)
     MAX_CHUNK_BYTES                     = tostring(var.max_chunk_bytes)
-    OMI_APP_ID                          = var.omi_app_id
     OMI_API_URL                         = var.omi_api_url
     NOTIFY_TIMEOUT_SECONDS              = tostring(var.notify_timeout_seconds)
     NOTIFY_COOLDOWN_SECONDS             = tostring(var.notify_cooldown_seconds)
@@ -30,6 +29,9 @@ locals {
   # which it trusts because the audio is authenticated (webhook_token is required). Its default
   # cannot be the function's own URL: the function would refer to itself.
   public_url_environment = var.public_url != "" ? { PUBLIC_URL = var.public_url } : {}
+  # OMI_APP_ID only with an Omi app, like its secret OMI_APP_SECRET (security.tf): the first
+  # deploy comes before the app exists, and the function then only logs notifications.
+  omi_app_environment = var.omi_app_id != "" ? { OMI_APP_ID = var.omi_app_id } : {}
 }
 
 resource "google_cloudfunctions2_function" "webhook" {
@@ -59,14 +61,7 @@ resource "google_cloudfunctions2_function" "webhook" {
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.function.email
 
-    environment_variables = merge(local.function_environment, local.public_url_environment)
-
-    secret_environment_variables {
-      key        = "OMI_APP_SECRET"
-      project_id = var.project_id
-      secret     = google_secret_manager_secret.omi_app_secret.secret_id
-      version    = "latest"
-    }
+    environment_variables = merge(local.function_environment, local.public_url_environment, local.omi_app_environment)
 
     secret_environment_variables {
       key        = "WEBHOOK_TOKEN"
@@ -87,6 +82,18 @@ resource "google_cloudfunctions2_function" "webhook" {
       project_id = var.project_id
       secret     = google_secret_manager_secret.user_link_secret.secret_id
       version    = "latest"
+    }
+
+    # Only while var.omi_app_secret is set (see security.tf), as OMI_APP_ID is only with
+    # var.omi_app_id: notifications through the Omi app.
+    dynamic "secret_environment_variables" {
+      for_each = google_secret_manager_secret.omi_app_secret
+      content {
+        key        = "OMI_APP_SECRET"
+        project_id = var.project_id
+        secret     = secret_environment_variables.value.secret_id
+        version    = "latest"
+      }
     }
 
     # Only while var.omi_signing_secret is set (see security.tf): then every POST /audio must be

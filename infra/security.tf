@@ -33,7 +33,14 @@ resource "google_storage_bucket_iam_member" "function_objects" {
   member = google_service_account.function.member
 }
 
+# The Omi app's API key is optional, like the signing secret below: the app is created after the
+# first deploy (README, Publish as an Omi app), and a Secret Manager version cannot be empty. So
+# this secret, its grant and the function's OMI_APP_SECRET exist only while var.omi_app_secret is
+# set (count 0 otherwise; the count reveals only whether it is set), and cloudbuild.yaml never
+# names it: its --update-secrets keeps the binding.
 resource "google_secret_manager_secret" "omi_app_secret" {
+  count = var.omi_app_secret != "" ? 1 : 0
+
   secret_id = "${var.function_name}-omi-app-secret"
 
   replication {
@@ -44,7 +51,9 @@ resource "google_secret_manager_secret" "omi_app_secret" {
 }
 
 resource "google_secret_manager_secret_version" "omi_app_secret" {
-  secret                 = google_secret_manager_secret.omi_app_secret.id
+  count = length(google_secret_manager_secret.omi_app_secret)
+
+  secret                 = google_secret_manager_secret.omi_app_secret[count.index].id
   secret_data_wo         = var.omi_app_secret
   secret_data_wo_version = var.secrets_version
 }
@@ -66,7 +75,9 @@ resource "google_secret_manager_secret_version" "webhook_token" {
 }
 
 resource "google_secret_manager_secret_iam_member" "function_omi_app_secret" {
-  secret_id = google_secret_manager_secret.omi_app_secret.id
+  count = length(google_secret_manager_secret.omi_app_secret)
+
+  secret_id = google_secret_manager_secret.omi_app_secret[count.index].id
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.function.member
 }

@@ -45,24 +45,23 @@ variable "firestore_location" {
 }
 
 variable "omi_app_id" {
-  description = "Omi app id (the app the user enables), used in the notification API path."
+  description = "Your Omi app's id (OMI_APP_ID), used in the notification API path. Empty until the app exists (README, Publish as an Omi app: it is created after the first deploy): the function then starts without it and only logs notifications. Set together with omi_app_secret."
   type        = string
+  default     = ""
 
+  # Here rather than on omi_app_secret: a failed validation prints the values of its own
+  # variable, and the secret's must never reach a terminal or a CI log.
   validation {
-    condition     = length(var.omi_app_id) > 0
-    error_message = "omi_app_id is required: Omi only delivers notifications through an app the user has enabled."
+    condition     = (var.omi_app_id == "") == (var.omi_app_secret == "")
+    error_message = "omi_app_id and omi_app_secret go together: set both (notifications through your Omi app) or neither (no app yet: notifications are only logged)."
   }
 }
 
 variable "omi_app_secret" {
-  description = "Omi app secret (Bearer key for the integration API). Stored in Secret Manager, never in the function's plain environment."
+  description = "Your Omi app's API key (OMI_APP_SECRET, the Bearer key of the integration API), stored in Secret Manager, never in the function's plain environment. Empty until the app exists: then no secret is created (Secret Manager cannot store an empty one) and OMI_APP_SECRET is not set. Write-only: after changing a value already applied, bump secrets_version."
   type        = string
   sensitive   = true
-
-  validation {
-    condition     = length(var.omi_app_secret) > 0
-    error_message = "omi_app_secret is required."
-  }
+  default     = ""
 }
 
 variable "webhook_token" {
@@ -186,6 +185,11 @@ variable "omi_memories" {
   description = "Also save each notified song as an Omi memory (the app needs the create_facts action)."
   type        = bool
   default     = false
+
+  validation {
+    condition     = !var.omi_memories || var.omi_app_id != ""
+    error_message = "omi_memories = true needs omi_app_id and omi_app_secret: memories are written through your Omi app (the function would refuse to start)."
+  }
 }
 
 variable "history_retention_days" {
@@ -264,7 +268,7 @@ variable "timeout_seconds" {
 }
 
 variable "secrets_version" {
-  description = "Bump to write new secret values: they are write-only (secret_data_wo), kept out of the Terraform state, so Terraform cannot see that a variable changed."
+  description = "Bump (2, 3, ...) whenever you change a secret variable's value after it was applied (a new omi_app_secret, a rotated omi_signing_secret or webhook_token): they are write-only (secret_data_wo), kept out of the Terraform state, so Terraform cannot see that a variable changed. A secret set for the first time (omi_app_secret after a deploy without it) is written without a bump."
   type        = number
   default     = 1
 }

@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # Start or stop the Firestore emulator and fake-gcs-server, so the local server can run the
-# production storage path (STORAGE_BACKEND=gcp) with no cloud account.
+# production storage path (STORAGE_BACKEND=gcp) with no cloud account: the buffers and history in
+# the Firestore emulator, the catalog in a bucket on fake-gcs-server (CATALOG_URI, as a deployment
+# reads its catalog from Cloud Storage).
 #
 #   eval "$(scripts/emulators.sh start)"   # starts both (or finds them running), sets the env
 #   scripts/emulators.sh stop              # stops both
+#
+# Overrides (environment; defaults in brackets): FIRESTORE_EMULATOR_PORT [8681],
+# GCS_EMULATOR_PORT [4443], GCS_BUCKET [omi-songs-local], GOOGLE_CLOUD_PROJECT [omi-local],
+# EMULATORS_DIR [./data/emulators: pids, logs, the bucket's files], FIRESTORE_EMULATOR_BIN [the
+# Debian package's path], PYTHON [python3, which finds fake-gcs-server's binary]. Both listen on
+# 127.0.0.1 only. `start` prints the exports: FIRESTORE_EMULATOR_HOST, STORAGE_EMULATOR_HOST,
+# GCS_BUCKET, GOOGLE_CLOUD_PROJECT, STORAGE_BACKEND=gcp, ALLOW_UNAUTHENTICATED=true and
+# CATALOG_URI=gs://<GCS_BUCKET>/catalog.
 #
 # Each emulator runs in its own process group (setsid), so `stop` ends the JVM and anything it
 # spawned, and Ctrl-C in the terminal that started them does not. Status goes to stderr; stdout
@@ -106,6 +116,7 @@ export GCS_BUCKET=$BUCKET
 export GOOGLE_CLOUD_PROJECT=$PROJECT
 export STORAGE_BACKEND=gcp
 export ALLOW_UNAUTHENTICATED=true
+export CATALOG_URI=gs://$BUCKET/catalog
 EOF
     cat "$STATE_DIR/env"
 }

@@ -24,6 +24,29 @@ def test_the_cloud_backend_starts_with_audio_protected_or_open_on_purpose(extra:
     assert Settings.from_env({**GCP, **extra}).storage_backend == "gcp"
 
 
+def test_a_deployment_without_an_omi_app_yet_starts_and_only_logs_notifications() -> None:
+    # The first deploy of README's "Publish as an Omi app": the app (and so its id and API key)
+    # is created after the function exists.
+    settings = Settings.from_env({**GCP, "WEBHOOK_TOKEN": "t", "ADMIN_TOKEN": "a", "USER_LINK_SECRET": "l"})
+
+    assert (settings.omi_app_id, settings.omi_app_secret, settings.notifications_enabled) == ("", "", False)
+    assert Settings.from_env({**GCP, "WEBHOOK_TOKEN": "t", "OMI_APP_ID": "a", "OMI_APP_SECRET": "s"}).notifications_enabled
+
+
+@pytest.mark.parametrize(
+    "given,missing",
+    [({"OMI_APP_ID": "app_id_value"}, "OMI_APP_SECRET"), ({"OMI_APP_SECRET": "sk_value"}, "OMI_APP_ID")],
+    ids=["id-alone", "secret-alone"],
+)
+def test_half_an_omi_app_is_refused_naming_the_missing_half(given: dict[str, str], missing: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({**GCP, "WEBHOOK_TOKEN": "t", **given})
+
+    message = str(refused.value)
+    assert message.startswith(f"{missing} is not set")
+    assert "\n" not in message and "_value" not in message
+
+
 def test_the_embedded_default_needs_no_credential() -> None:
     settings = Settings.from_env({})
 

@@ -34,17 +34,17 @@ CLOUDBUILD = ROOT / "cloudbuild.yaml"
 # never sets them (ALLOW_UNAUTHENTICATED would open a deployed webhook's audio to anyone).
 LOCAL_ONLY_SETTINGS = {"DATA_DIR", "ALLOW_UNAUTHENTICATED"}
 SECRET_SETTINGS = {"OMI_APP_SECRET", "WEBHOOK_TOKEN", "OMI_SIGNING_SECRET", "ADMIN_TOKEN", "USER_LINK_SECRET", "SHARD_TOKEN"}
-# Bound only while their variable is set (a Secret Manager version cannot be empty; the shard
-# token exists only with catalog shards); every other secret always exists, so cloudbuild.yaml
-# can name it.
-OPTIONAL_SECRET_SETTINGS = {"OMI_SIGNING_SECRET", "SHARD_TOKEN"}
-# What the gcp backend cannot start without; cloudbuild.yaml must set these.
+# Bound only while their variable is set (a Secret Manager version cannot be empty; the Omi app's
+# key exists only once the app does, which is after the first deploy; the shard token only with
+# catalog shards); every other secret always exists, so cloudbuild.yaml can name it.
+OPTIONAL_SECRET_SETTINGS = {"OMI_APP_SECRET", "OMI_SIGNING_SECRET", "SHARD_TOKEN"}
+# What the gcp backend cannot start without; cloudbuild.yaml must set these. Not OMI_APP_ID: a
+# deployment without an Omi app yet starts and only logs notifications.
 GCP_REQUIRED_SETTINGS = {
     "STORAGE_BACKEND",
     "CATALOG_URI",
     "GOOGLE_CLOUD_PROJECT",
     "FIRESTORE_DATABASE",
-    "OMI_APP_ID",
 }
 # All cloudbuild.yaml may set: where the stack is. It merges into Terraform's configuration, so
 # a tuning knob it passed (with its substitution's default) would overwrite Terraform's value.
@@ -101,15 +101,21 @@ def the_function() -> dict:
     return functions["webhook"]
 
 
+OPTIONAL_ENVIRONMENT = {"public_url_environment": "PUBLIC_URL", "omi_app_environment": "OMI_APP_ID"}
+
+
 def function_environment() -> dict[str, str]:
-    """The function's plain environment: `merge(local.function_environment,
-    local.public_url_environment)`, the second being `cond ? { PUBLIC_URL = ... } : {}`."""
+    """The function's plain environment: `merge(local.function_environment, local.<x>_environment,
+    ...)`, each of the others being `var.<x> != "" ? { NAME = var.<x> } : {}` (set only when given)."""
     service = the_function()["service_config"][0]
-    assert service["environment_variables"] == "${merge(local.function_environment, local.public_url_environment)}"
+    merged = ", ".join(f"local.{name}" for name in ["function_environment", *OPTIONAL_ENVIRONMENT])
+    assert service["environment_variables"] == f"${{merge({merged})}}"
     env = dict(terraform_locals()["function_environment"])
-    optional = terraform_locals()["public_url_environment"]
-    assert optional == '${var.public_url != "" ? {PUBLIC_URL = var.public_url} : {}}', optional
-    env["PUBLIC_URL"] = "${var.public_url}"
+    for local, name in OPTIONAL_ENVIRONMENT.items():
+        variable = name.lower()
+        optional = terraform_locals()[local]
+        assert optional == f'${{var.{variable} != "" ? {{{name} = var.{variable}}} : {{}}}}', optional
+        env[name] = f"${{var.{variable}}}"
     return env
 
 
@@ -290,16 +296,24 @@ def test_cloudbuild_secret_names_are_the_ones_terraform_creates() -> None:
     assert defaults["_FUNCTION_NAME"] == function_name
 
 
-def test_cloudbuild_refuses_an_empty_omi_app_id_before_testing() -> None:
-    # --update-env-vars would replace Terraform's OMI_APP_ID with an empty one, and the function
-    # would refuse to start.
+def test_cloudbuild_deploys_before_and_after_the_omi_app_exists() -> None:
+    # The Omi app is created after the first deploy (README, Publish as an Omi app): the build
+    # neither needs its id nor names its secret, and --update-* keeps whatever Terraform set.
+    env, secrets = cloudbuild_env_and_secrets(deploy_flags(cloudbuild_deploy_words()))
+    text = CLOUDBUILD.read_text()
+
+    assert "OMI_APP_ID" not in env and "OMI_APP_SECRET" not in secrets
+    assert "_OMI_APP" not in text and "omi-app-secret" not in text
+    assert not any("_OMI_APP" in name for name in cloudbuild()["substitutions"])
+
+
+def test_cloudbuild_refuses_an_upload_without_the_tests_before_testing() -> None:
     steps = cloudbuild()["steps"]
     ids = [step.get("id") for step in steps]
-    check = steps[ids.index("check-substitutions")]
+    check = steps[ids.index("check-upload")]
 
-    assert ids.index("check-substitutions") < ids.index("test") < ids.index("deploy")
-    assert '-z "${_OMI_APP_ID}"' in check["args"][-1] and "exit 1" in check["args"][-1]
-    assert cloudbuild()["substitutions"]["_OMI_APP_ID"] == ""
+    assert ids.index("check-upload") < ids.index("test") < ids.index("deploy")
+    assert "[[ ! -f .ci/run ]]" in check["args"][-1] and "exit 1" in check["args"][-1]
 
 
 # --- Terraform -----------------------------------------------------------------------------------
@@ -409,7 +423,7 @@ def test_service_account_has_least_privilege() -> None:
     assert bucket_roles == [("${google_storage_bucket.songs.name}", "roles/storage.objectViewer")]
     accessor = "roles/secretmanager.secretAccessor"
     assert secret_grants == {
-        ("${google_secret_manager_secret.omi_app_secret.id}", accessor),
+        ("${google_secret_manager_secret.omi_app_secret[count.index].id}", accessor),
         ("${google_secret_manager_secret.webhook_token.id}", accessor),
         ("${google_secret_manager_secret.admin_token.id}", accessor),
         ("${google_secret_manager_secret.user_link_secret.id}", accessor),
@@ -472,6 +486,24 @@ def test_admin_token_and_link_secret_are_generated_when_not_given() -> None:
         assert terraform_locals()[name] == f'${{var.{name} != "" ? var.{name} : random_password.{name}.result}}'
         assert generated[name]["length"] >= 32
         assert "count" not in resources("google_secret_manager_secret")[name]
+
+
+def test_the_omi_app_exists_only_when_given() -> None:
+    # The first deploy comes before the app: OMI_APP_ID and the app's key (secret, version,
+    # grant, binding) follow their variables, and nothing else (cloudbuild.yaml included) names
+    # the secret.
+    secret = resources("google_secret_manager_secret")["omi_app_secret"]
+    version = resources("google_secret_manager_secret_version")["omi_app_secret"]
+    grant = resources("google_secret_manager_secret_iam_member")["function_omi_app_secret"]
+    follows = "${length(google_secret_manager_secret.omi_app_secret)}"
+
+    assert variables()["omi_app_id"]["default"] == variables()["omi_app_secret"]["default"] == ""
+    assert secret["count"] == '${var.omi_app_secret != "" ? 1 : 0}'
+    assert version["count"] == grant["count"] == follows
+    assert version["secret"] == "${google_secret_manager_secret.omi_app_secret[count.index].id}"
+    assert function_secrets()["OMI_APP_SECRET"] == "omi_app_secret"
+    assert "OMI_APP_ID" not in terraform_locals()["function_environment"]
+    assert function_environment()["OMI_APP_ID"] == "${var.omi_app_id}"
 
 
 def test_the_signing_secret_exists_only_when_given() -> None:
@@ -611,9 +643,11 @@ def test_variables_are_documented_and_the_example_sets_the_required_ones() -> No
     mentioned_in_example = set(re.findall(r"^#?\s*([a-z_]+)\s*=", example, flags=re.MULTILINE))
 
     assert all(body.get("description") for body in declared.values())
-    assert required == {"project_id", "omi_app_id", "omi_app_secret", "webhook_token"}
+    # Not the Omi app's id and key: the app is created after the first deploy.
+    assert required == {"project_id", "webhook_token"}
     assert required <= set_in_example <= set(declared)
-    assert {"omi_signing_secret", "admin_token", "user_link_secret", "public_url"} <= mentioned_in_example
+    assert {"omi_app_id", "omi_app_secret", "omi_signing_secret", "admin_token", "user_link_secret", "public_url"} <= mentioned_in_example
+    assert "secrets_version" in mentioned_in_example
 
 
 # `terraform fmt` needs the binary, which neither PyPI nor Debian provides; this image has one at
@@ -634,6 +668,37 @@ if shutil.which("terraform"):
         result = subprocess.run(command, capture_output=True, text=True, check=False)
 
         assert result.returncode == 3
+
+    def plan_variables(tmp_path: Path, **values: str) -> subprocess.CompletedProcess:
+        """`terraform plan` over infra/variables.tf alone: it evaluates every variable's
+        validation and needs neither `terraform init` nor a provider (so no network)."""
+        shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
+        given = {"project_id": "my-project", "webhook_token": "a-token-of-sixteen-or-more", **values}
+        command = ["terraform", f"-chdir={tmp_path}", "plan", "-input=false", "-no-color", "-lock=false"]
+        command += [f"-var={name}={value}" for name, value in given.items()]
+        return subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "TF_IN_AUTOMATION": "1"})
+
+    @pytest.mark.parametrize(
+        "values",
+        [{}, {"omi_app_id": "01JAPP", "omi_app_secret": "sk_app_key"}, {"omi_app_id": "01JAPP", "omi_app_secret": "sk_app_key", "omi_memories": "true"}],
+        ids=["no-app-yet", "app", "app-with-memories"],
+    )
+    def test_terraform_takes_a_first_deploy_without_the_omi_app_and_one_with_it(tmp_path: Path, values: dict[str, str]) -> None:
+        result = plan_variables(tmp_path, **values)
+
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    @pytest.mark.parametrize(
+        "values",
+        [{"omi_app_id": "01JAPP"}, {"omi_app_secret": "sk_app_key"}, {"omi_memories": "true"}],
+        ids=["id-alone", "key-alone", "memories-without-app"],
+    )
+    def test_terraform_refuses_an_incomplete_omi_app_without_printing_its_key(tmp_path: Path, values: dict[str, str]) -> None:
+        result = plan_variables(tmp_path, **values)
+
+        assert result.returncode == 1
+        assert "omi_app_id and omi_app_secret" in " ".join(result.stderr.split())
+        assert "sk_app_key" not in result.stdout + result.stderr
 
 
 # --- what each path uploads (.gcloudignore, .gcloudignore.cloudbuild) ----------------------------
@@ -1068,6 +1133,73 @@ def test_the_readme_setup_comes_before_the_deploy_and_the_catalog_upload_says_ho
 
     assert setup < deploy < upload
     assert "gcloud auth application-default login" in text[deploy:upload]
+
+
+def readme_section(title: str) -> str:
+    text = readme()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else len(text)]
+
+
+def test_the_readme_logs_in_before_terraform_runs() -> None:
+    deploy = readme_section("Deploy")
+
+    assert deploy.index("gcloud auth application-default login") < deploy.index("terraform init")
+
+
+def test_the_readme_publishes_through_cloud_run_and_adds_the_app_after_the_first_deploy() -> None:
+    publish = readme_section("Publish as an Omi app")
+    gcloud = readme_commands(publish, "gcloud ")
+    [describe] = readme_commands(publish, "gcloud run services describe")
+    [update] = readme_commands(publish, "gcloud run services update")
+    env, secrets = cloudbuild_env_and_secrets(deploy_flags(update))
+    function_name = variables()["function_name"]["default"]
+    created = resources("google_secret_manager_secret")
+
+    assert not [words for words in gcloud if words[1] == "functions"]
+    assert describe[4] == update[4] == function_name
+    assert deploy_flags(describe)["format"] == "value(status.url)"
+    assert set(env) == {"OMI_APP_ID"} and set(secrets) == {"OMI_APP_SECRET", "OMI_SIGNING_SECRET"}
+    for key, ref in secrets.items():
+        assert ref == created[function_secrets()[key]]["secret_id"].replace("${var.function_name}", function_name) + ":latest"
+    # Write-only secrets: a changed value is written only with a higher secrets_version.
+    assert "secrets_version" in publish and "secrets_version" in readme_section("Deploy")
+
+
+def test_the_readme_cites_only_what_a_reader_of_the_repository_has() -> None:
+    # The notes on Omi's side of the contract are not in the repository: the README names Omi's
+    # public sources instead, and every relative link points at a file of this checkout.
+    text = readme()
+    links = [target for target in re.findall(r"\]\(([^)#]+)[^)]*\)", text) if "://" not in target]
+
+    assert "CONTRACT" not in text
+    assert links and [target for target in links if not (ROOT / target).exists()] == []
+
+
+EMULATORS = ROOT / "scripts" / "emulators.sh"
+
+
+def test_the_emulator_stack_reads_its_catalog_from_the_bucket_it_creates() -> None:
+    script = EMULATORS.read_text()
+    exports = dict(re.findall(r"^export ([A-Z_]+)=(\S+)$", script, flags=re.MULTILINE))
+
+    assert exports["CATALOG_URI"] == "gs://$BUCKET/catalog"
+    assert exports["GCS_BUCKET"] == "$BUCKET" and exports["STORAGE_BACKEND"] == "gcp"
+    assert '"$PYTHON" - "http://127.0.0.1:$GCS_PORT" "$PROJECT" "$BUCKET"' in script, "the bucket is no longer created"
+
+
+def test_the_readme_documents_every_emulator_override_and_export() -> None:
+    script = EMULATORS.read_text()
+    overrides = dict(re.findall(r'^[A-Z_]+="\$\{([A-Z_]+):-([^}]*)\}"$', script, flags=re.MULTILINE))
+    exports = re.findall(r"^export ([A-Z_]+)=", script, flags=re.MULTILINE)
+    section = readme_section("The cloud path, locally, against the emulators")
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \|", section, flags=re.MULTILINE))
+
+    assert {"FIRESTORE_EMULATOR_PORT", "GCS_EMULATOR_PORT", "GCS_BUCKET", "EMULATORS_DIR"} <= set(overrides)
+    assert rows == overrides
+    assert [name for name in exports if f"`{name}" not in section] == []
+    assert "python -m function register" in section, "the emulator's bucket starts empty"
 
 
 def test_the_readme_submits_cloud_build_with_its_own_ignore_file() -> None:

@@ -140,21 +140,57 @@ def test_stream_is_one_second_chunks_with_omi_query_and_headers(tmp_path: Path, 
     code = simulate.run(parse([str(song), "--url", f"{url}/audio", "--uid", "user_1"]), FAST_RETRIES)
 
     assert code == 0
-    # 12.5 s: two batches of 5.7 s (five 1-s chunks and a 0.7-s one), then the last 1.1 s.
-    assert [len(r.body) for r in rec.requests] == BATCH_5 + BATCH_5 + [SECOND, 3200]
+    # 12.5 s: two batches of 5.7 s (five 1-s chunks and a 0.7-s one); the last 1.1 s never fills one.
+    assert [len(r.body) for r in rec.requests] == BATCH_5 + BATCH_5
     assert {r.path for r in rec.requests} == {"/audio"}
     assert {r.query for r in rec.requests} == {"sample_rate=16000&uid=user_1"}
     assert {r.headers["Content-Type"] for r in rec.requests} == {"application/octet-stream"}
     keys = [r.headers["Idempotency-Key"] for r in rec.requests]
-    assert len(set(keys)) == 14
+    assert len(set(keys)) == 12
     assert all(uuid.UUID(k).version == 4 for k in keys)
+
+
+@pytest.mark.parametrize("mode", ["developer", "app"])
+def test_the_end_that_never_fills_a_batch_is_sent_only_when_asked(tmp_path: Path, server, capsys, mode: str) -> None:
+    # Omi never sends the last X seconds or less of a recording: the batch never fills up.
+    url, rec = server
+    song = write_tone(tmp_path / "song.wav", 12.5)
+    clean = simulate.load_pcm16(song, 16000)
+    argv = [str(song), "--url", url, "--uid", "u", "--mode", mode, "--batch-seconds", "5"]
+
+    assert simulate.run(parse(argv), FAST_RETRIES) == 0
+    as_omi = b"".join(rec.delivered_bodies())
+    err = capsys.readouterr().err
+    rec.requests.clear()
+    assert simulate.run(parse([*argv, "--send-partial"]), FAST_RETRIES) == 0
+
+    assert as_omi == clean[: 2 * sum(BATCH_5)]
+    assert "the last 1.1 s not sent" in err and "--send-partial" in err
+    assert b"".join(rec.delivered_bodies()) == clean
+    # The 1.1 s left: one short POST in app mode, a 1-s chunk and a 0.1-s one in developer mode.
+    assert [len(r.body) for r in rec.requests[-2:]] == ([sum(BATCH_5), 35200] if mode == "app" else [SECOND, 3200])
+    assert "not sent" not in capsys.readouterr().err
+
+
+def test_a_file_that_never_fills_a_batch_is_a_usage_error_unless_sent_partial(tmp_path: Path, server, capsys) -> None:
+    url, rec = server
+    song = write_tone(tmp_path / "short.wav", 3.0)
+
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u"]), FAST_RETRIES)
+
+    assert code == 2
+    assert rec.requests == []
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: ") and "short.wav (3.0 s) never fills a batch" in line and "--send-partial" in line
+    assert simulate.run(parse([str(song), "--url", url, "--uid", "u", "--send-partial"]), FAST_RETRIES) == 0
+    assert [len(r.body) for r in rec.requests] == [SECOND] * 3
 
 
 def test_audio_is_resampled_mono_pcm16(tmp_path: Path, server) -> None:
     url, rec = server
     song = write_tone(tmp_path / "song.flac", 3.0, rate=44100, channels=2, freq=1000.0)
 
-    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--sample-rate", "8000"]), FAST_RETRIES)
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--sample-rate", "8000", "--send-partial"]), FAST_RETRIES)
 
     assert code == 0
     assert [len(r.body) for r in rec.requests] == [16000] * 3
@@ -177,7 +213,8 @@ def test_token_reaches_the_server_in_the_query(tmp_path: Path, server) -> None:
     url, rec = server
     song = write_tone(tmp_path / "song.wav", 1.0)
 
-    code = simulate.run(parse([str(song), "--url", f"{url}/audio", "--uid", "u", "--token", "tok"]), FAST_RETRIES)
+    argv = [str(song), "--url", f"{url}/audio", "--uid", "u", "--token", "tok", "--send-partial"]
+    code = simulate.run(parse(argv), FAST_RETRIES)
 
     assert code == 0
     assert [r.query for r in rec.requests] == ["token=tok&sample_rate=16000&uid=u"]
@@ -190,7 +227,7 @@ def test_a_retryable_failure_is_retried_with_the_same_key_and_body(tmp_path: Pat
     rec.stall_seconds = 2.5
     song = write_tone(tmp_path / "song.wav", 3.0)
 
-    args = parse([str(song), "--url", url, "--uid", "u", "--timeout", "1"])
+    args = parse([str(song), "--url", url, "--uid", "u", "--timeout", "1", "--send-partial"])
     code = simulate.run(args, FAST_RETRIES)
 
     assert code == 0
@@ -207,7 +244,7 @@ def test_retries_follow_the_given_delays_then_give_up(tmp_path: Path, server, ca
     song = write_tone(tmp_path / "song.wav", 7.0)  # a 5.7-s batch (6 chunks), then 1.3 s (2 chunks)
 
     started = time.monotonic()
-    code = simulate.run(parse([str(song), "--url", url, "--uid", "u"]), (0.1, 0.2, 0.3))
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--send-partial"]), (0.1, 0.2, 0.3))
     elapsed = time.monotonic() - started
 
     assert code == 1
@@ -227,7 +264,7 @@ def test_a_client_error_is_not_retried_and_drops_the_rest_of_its_batch(tmp_path:
     song = write_tone(tmp_path / "song.wav", 8.0)
     clean = simulate.load_pcm16(song, 16000)
 
-    code = simulate.run(parse([str(song), "--url", url, "--uid", "u"]), FAST_RETRIES)
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--send-partial"]), FAST_RETRIES)
 
     assert code == 1
     assert [r.status for r in rec.requests] == [200, 400, 200, 200, 200]
@@ -246,7 +283,7 @@ def test_noise_is_mixed_at_the_requested_snr(tmp_path: Path, server, snr_db: flo
     soundfile.write(str(tmp_path / "noise.wav"), 0.2 * rng.standard_normal(int(1.3 * 22050)), 22050)
     clean = np.frombuffer(simulate.load_pcm16(song, 16000), dtype="<i2").astype(np.float64)
 
-    argv = [str(song), "--url", url, "--uid", "u", "--noise", str(tmp_path / "noise.wav"), "--snr", str(snr_db)]
+    argv = [str(song), "--url", url, "--uid", "u", "--noise", str(tmp_path / "noise.wav"), "--snr", str(snr_db), "--send-partial"]
     code = simulate.run(parse(argv), FAST_RETRIES)
 
     assert code == 0
@@ -264,7 +301,7 @@ def test_prints_status_buffer_and_recognition_per_request(tmp_path: Path, server
     }
     song = write_tone(tmp_path / "song.wav", 3.0)
 
-    code = simulate.run(parse([str(song), "--url", url, "--uid", "u"]), FAST_RETRIES)
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--send-partial"]), FAST_RETRIES)
 
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
@@ -282,7 +319,7 @@ def test_json_output_is_one_object_per_request(tmp_path: Path, server, capsys) -
     rec.recognition_at = {2: {"status": "unavailable", "reason": "the song catalog is not available"}}
     song = write_tone(tmp_path / "song.wav", 2.0)
 
-    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--json"]), FAST_RETRIES)
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--json", "--send-partial"]), FAST_RETRIES)
 
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0
@@ -298,7 +335,7 @@ def test_realtime_sends_each_batch_once_its_audio_is_recorded(tmp_path: Path, se
     song = write_tone(tmp_path / "song.wav", 4.0)
 
     started = time.monotonic()
-    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--batch-seconds", "1", "--realtime"]))
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--batch-seconds", "1", "--realtime", "--send-partial"]))
 
     assert code == 0
     # X=1: batches of 2 frames (1.9 s) are ready at 1.9 s and 3.8 s; the last 0.2 s at 4.0 s.
@@ -323,7 +360,7 @@ def test_unreadable_file_is_a_usage_error(tmp_path: Path, server, capsys) -> Non
 def test_a_developer_batch_is_about_x_plus_one_seconds_with_a_short_last_chunk(x: int) -> None:
     pcm = bytes(2 * 16000 * 60)
 
-    full = simulate.batches(pcm, 16000, x)[:-1]  # the last one is what the file had left
+    full = simulate.batches(pcm, 16000, x)  # what the file has left after them is not sent
 
     assert full
     for batch in full:
@@ -333,13 +370,15 @@ def test_a_developer_batch_is_about_x_plus_one_seconds_with_a_short_last_chunk(x
         assert 0 < len(batch[-1]) < SECOND
 
 
-def test_batches_close_on_the_frame_that_passes_x_and_the_file_end_is_a_last_batch() -> None:
+def test_batches_close_on_the_frame_that_passes_x_and_the_file_end_is_a_last_batch_only_when_asked() -> None:
     pcm = bytes(2 * 16000 * 6)
 
     sizes = [[len(c) for c in batch] for batch in simulate.batches(pcm, 16000, 2)]
+    with_partial = [[len(c) for c in batch] for batch in simulate.batches(pcm, 16000, 2, send_partial=True)]
 
     # Frames of 0.95 s: 2 frames hold 1.9 s (not more than 2), the third makes 2.85 s.
-    assert sizes == [[SECOND, SECOND, 27200], [SECOND, SECOND, 27200], [9600]]
+    assert sizes == [[SECOND, SECOND, 27200], [SECOND, SECOND, 27200]]
+    assert with_partial == [*sizes, [9600]]
     assert simulate.omi_batches(pcm, 16000, 2, frame_seconds=1.0) == [pcm[: 3 * SECOND], pcm[3 * SECOND :]]
 
 
@@ -358,15 +397,15 @@ def test_app_mode_posts_each_batch_once_without_a_key(tmp_path: Path, server, ca
     code = simulate.run(parse([str(song), "--url", f"{url}/audio", "--uid", "u", "--mode", "app"]), FAST_RETRIES)
 
     assert code == 0
-    # Omi's app trigger: X=4, so 5 frames = 4.75 s per POST; the last 2.5 s of the file at the end.
-    assert [len(r.body) for r in rec.requests] == [152000, 152000, 80000]
-    assert b"".join(r.body for r in rec.requests) == clean
+    # Omi's app trigger: X=4, so 5 frames = 4.75 s per POST; the last 2.5 s never fill a batch.
+    assert [len(r.body) for r in rec.requests] == [152000, 152000]
+    assert b"".join(r.body for r in rec.requests) == clean[:304000]
     assert {r.query for r in rec.requests} == {"sample_rate=16000&uid=u"}
     assert {r.headers["Content-Type"] for r in rec.requests} == {"application/octet-stream"}
     assert not any("Idempotency-Key" in r.headers or "X-Omi-Delivery" in r.headers for r in rec.requests)
     out = capsys.readouterr()
-    assert [line.split()[:2] for line in out.out.splitlines()] == [["batch", "1"], ["batch", "2"], ["batch", "3"]]
-    assert "3/3 batches delivered" in out.err
+    assert [line.split()[:2] for line in out.out.splitlines()] == [["batch", "1"], ["batch", "2"]]
+    assert "2/2 batches delivered" in out.err and "the last 2.5 s not sent" in out.err
 
 
 def test_app_mode_takes_the_batch_interval_too(tmp_path: Path, server) -> None:
@@ -377,7 +416,7 @@ def test_app_mode_takes_the_batch_interval_too(tmp_path: Path, server) -> None:
     code = simulate.run(parse(argv), FAST_RETRIES)
 
     assert code == 0
-    assert [len(r.body) for r in rec.requests] == [sum(BATCH_5), sum(BATCH_5), 19200]
+    assert [len(r.body) for r in rec.requests] == [sum(BATCH_5), sum(BATCH_5)]
 
 
 @pytest.mark.parametrize("status", [503, 429, 0, 400])
@@ -391,10 +430,10 @@ def test_app_mode_never_retries_and_a_failed_batch_is_lost(tmp_path: Path, serve
     code = simulate.run(parse([str(song), "--url", url, "--uid", "u", "--mode", "app", "--timeout", "1"]), FAST_RETRIES)
 
     assert code == 1
-    assert len(rec.requests) == 3
-    assert [r.status for r in rec.requests] == [status, 200, 200]
-    assert b"".join(rec.delivered_bodies()) == clean[152000:]
-    assert "2/3 batches delivered" in capsys.readouterr().err
+    assert len(rec.requests) == 2
+    assert [r.status for r in rec.requests] == [status, 200]
+    assert b"".join(rec.delivered_bodies()) == clean[152000:304000]
+    assert "1/2 batches delivered" in capsys.readouterr().err
 
 
 def _verified(received: Received, secret: str) -> None:
@@ -406,7 +445,7 @@ def test_signed_developer_posts_verify_and_name_the_chunk_as_delivery(tmp_path: 
     url, rec = server
     song = write_tone(tmp_path / "song.wav", 7.0)
 
-    argv = [str(song), "--url", url, "--uid", "user_7", "--signing-secret", "whsec_1", "--token", "t"]
+    argv = [str(song), "--url", url, "--uid", "user_7", "--signing-secret", "whsec_1", "--token", "t", "--send-partial"]
     code = simulate.run(parse(argv), FAST_RETRIES)
 
     assert code == 0
@@ -430,20 +469,21 @@ def test_signed_app_posts_carry_a_fresh_delivery_id_and_no_key(tmp_path: Path, s
     code = simulate.run(parse(argv), FAST_RETRIES)
 
     assert code == 0
-    assert len(rec.requests) == 3
+    assert len(rec.requests) == 2
     for r in rec.requests:
         _verified(r, "whsec_app")
         assert r.headers["X-Omi-Event"] == "audio_bytes"
         assert "Idempotency-Key" not in r.headers
         assert uuid.UUID(r.headers["X-Omi-Delivery"]).version == 4
-    assert len({r.headers["X-Omi-Delivery"] for r in rec.requests}) == 3
+    assert len({r.headers["X-Omi-Delivery"] for r in rec.requests}) == 2
 
 
 def test_unsigned_posts_carry_no_signature_headers(tmp_path: Path, server) -> None:
     url, rec = server
     song = write_tone(tmp_path / "song.wav", 2.0)
 
-    assert simulate.run(parse([str(song), "--url", url, "--uid", "u"]), FAST_RETRIES) == 0
+    assert simulate.run(parse([str(song), "--url", url, "--uid", "u", "--send-partial"]), FAST_RETRIES) == 0
+    assert rec.requests
     assert not any(name.startswith("X-Omi-") for r in rec.requests for name in r.headers)
 
 
@@ -452,7 +492,7 @@ def test_a_retry_keeps_its_key_and_delivery_but_is_signed_again(tmp_path: Path, 
     rec.fail_first = {1: 503}
     song = write_tone(tmp_path / "song.wav", 1.0)
 
-    argv = [str(song), "--url", url, "--uid", "u", "--signing-secret", "whsec_1", "--json"]
+    argv = [str(song), "--url", url, "--uid", "u", "--signing-secret", "whsec_1", "--json", "--send-partial"]
     code = simulate.run(parse(argv), (1.1,))  # over a second, so the retry's t is a later second
 
     assert code == 0
@@ -510,7 +550,7 @@ def test_after_a_first_connection_a_refused_one_is_retried_as_omi_does(tmp_path:
     pcm = simulate.load_pcm16(write_tone(tmp_path / "song.wav", 7.0), 16000)
 
     results = []
-    for result in simulate.stream(pcm, url, "u", 16000, retry_delays=FAST_RETRIES):
+    for result in simulate.stream(pcm, url, "u", 16000, retry_delays=FAST_RETRIES, send_partial=True):
         results.append(result)
         if len(results) == 1:
             rec.shutdown()
