@@ -147,6 +147,16 @@ def test_a_memory_is_created_with_the_song_and_the_link(omi_api: OmiApi) -> None
     ]
 
 
+def test_a_song_is_stored_as_one_memory_not_two(omi_api: OmiApi) -> None:
+    """Omi's extractor turns any non-empty `text` into a second, paraphrased memory: the
+    request carries the song only as its explicit memory, with the required `text` empty."""
+    notifier_for(omi_api).create_memory("u", "Hv2", "Colobot", "song1", None)
+
+    [memory] = omi_api.memories()
+    assert memory.json["text"] == ""
+    assert omi_api.stored_memories("u") == ["Heard Hv2 by Colobot"]
+
+
 def test_a_memory_refused_by_omi_is_reported_not_raised(omi_api: OmiApi) -> None:
     omi_api.disable("u")
 

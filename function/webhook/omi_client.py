@@ -123,11 +123,12 @@ class Notifier:
         """Save a notified song as an Omi memory ("Heard <title> by <artist>", tagged music,
         linking to the user's history). Best effort, never retried: the notification already
         told the user, and Omi's allowance of 60 memories an hour is far above our 9
-        notifications. Returns created | failed."""
+        notifications. `text` is required but sent empty: Omi gives any non-empty one to its LLM
+        extractor, which would store the song a second time, paraphrased. Returns created | failed."""
         s = self._settings
         heard = f"Heard {title} by {artist}" if artist else f"Heard {title}"
         item = {"content": heard, "tags": ["music"], "source_id": song_id, "source_url": link}
-        body = {"text": heard, "text_source": "other", "text_source_spec": "song recognition", "memories": [item]}
+        body = {"text": "", "text_source": "other", "text_source_spec": "song recognition", "memories": [item]}
         try:
             response = self._client.post(
                 f"/v2/integrations/{s.omi_app_id}/user/memories",
