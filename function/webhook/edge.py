@@ -427,6 +427,11 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler | ShardHandler]]] = [
 SHARD = {shard_counts, shard_piles, shard_info}
 
 
+# Answers holding someone's songs or the service's figures: a shared browser or a proxy must
+# not keep them, as it must not keep the pages that draw them.
+NO_STORE = {stats, history, metrics_view, my_history, delete_my_history}
+
+
 # Omi's setup check is called without our token (the app manifest holds a bare URL), an uptime
 # check needs /health, the setup and privacy pages are for anyone considering the app, a user's
 # history page holds no data, and their history checks the key of their link itself.
@@ -480,7 +485,10 @@ def _route(request: flask.Request, get_service: Callable[[], Service], settings:
         check_access(request, handler, settings)
         if handler in SHARD:
             return handler(request, settings)
-        return handler(request, get_service(), found.group(1) if found.groups() else "")
+        response = handler(request, get_service(), found.group(1) if found.groups() else "")
+        if handler in NO_STORE:
+            response.headers["Cache-Control"] = "no-store"
+        return response
     return error(404, f"no such endpoint: {path}")
 
 
