@@ -34,7 +34,6 @@ from typing import Callable
 from urllib.parse import parse_qsl
 
 import flask
-import werkzeug.exceptions
 
 from function.config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UID_PATTERN, Settings
 from function.dashboard.pages import dashboard_page, me_page, privacy_page, setup_page
@@ -47,7 +46,7 @@ from function.metrics import metrics
 from function.storage.base import Recognition, StoreUnavailable
 from function.webhook import signing, user_links
 from function.webhook.ingest import Service, ingest_chunk
-from function.webhook.server import BodyDeadline, body_seconds
+from function.webhook.server import UNREADABLE_BODY, BodyDeadline, body_seconds
 
 ACTIVE_WINDOW_SECONDS = 600.0
 MAX_IDEMPOTENCY_KEY = 256
@@ -137,7 +136,7 @@ def _body(request: flask.Request, cap: int) -> bytes:
     with BodyDeadline(request.environ, body_seconds(cap + 1 if declared is None else declared)) as deadline:
         try:
             body = request.stream.read(cap + 1)
-        except (OSError, ValueError, werkzeug.exceptions.HTTPException) as exc:
+        except UNREADABLE_BODY as exc:
             if deadline.expired:
                 body = None
             else:
