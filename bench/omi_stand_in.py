@@ -47,6 +47,8 @@ from urllib.parse import parse_qs, urlsplit
 
 NOTIFICATION_LIMIT = 10  # Omi's MAX_NOTIFICATIONS_PER_HOUR; its counter starts at 2, so 9 get through
 MEMORY_LIMIT = 60  # Omi's integration:memories policy, per app and user per hour
+# What stands in for the memory Omi's LLM extractor writes from a non-empty `text`.
+EXTRACTED_PREFIX = "The user mentioned: "
 HOUR = 3600
 
 _NOTIFICATION = re.compile(r"^/v2/integrations/([^/]+)/notification$")
@@ -90,6 +92,7 @@ class OmiApi:
         self.now: Callable[[], float] = time.time
         self._override: Reply | None = None
         self._disabled: set[str] = set()
+        self._stored: list[tuple[str, str]] = []
         self._counts: dict[tuple[str, str, str, int], int] = {}
         self._lock = threading.Lock()
         self._release = threading.Event()
@@ -139,6 +142,12 @@ class OmiApi:
         """Memory requests as received (`.json` is the parsed body), whatever was answered."""
         with self._lock:
             return [r for r in self.received if r.path.endswith("/user/memories")]
+
+    def stored_memories(self, uid: str) -> list[str]:
+        """The memories Omi would now hold for `uid`, oldest first: explicit ones as sent, and
+        the extractor's paraphrase of each non-empty `text`."""
+        with self._lock:
+            return [content for owner, content in self._stored if owner == uid]
 
     def start(self) -> None:
         self._thread.start()
@@ -204,9 +213,12 @@ class OmiApi:
             return Reply(404, body={"detail": "App not found"})
         if uid in self._disabled:
             return Reply(403, body={"detail": "App is not enabled for this user"})
-        text, items = payload.get("text"), payload.get("memories")
-        if not (isinstance(text, str) and text.strip()) and not items:
+        text, items = payload["text"], payload.get("memories")
+        if not text.strip() and not items:
             return Reply(422, body={"detail": "Either text or explicit memories(facts) are required and cannot be empty"})
+        self._stored.extend((uid, item["content"]) for item in items or [])
+        if text.strip():
+            self._stored.append((uid, EXTRACTED_PREFIX + text))
         return Reply(200, body={})
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -248,7 +260,7 @@ class OmiApi:
 
 
 def _memory_request(body: bytes) -> tuple[dict, str | None]:
-    """The memories body as Omi's model takes it, or why not: `text` (str or null),
+    """The memories body as Omi's model takes it, or why not: `text` (a required str),
     `text_source` and `text_source_spec` (str), `source_id` / `source_url` (str or null), and
     `memories`, a list of `{"content": str, "tags": [str], "source_id", "source_url"}`."""
     try:
@@ -257,7 +269,9 @@ def _memory_request(body: bytes) -> tuple[dict, str | None]:
         return {}, "the body must be JSON"
     if not isinstance(payload, dict):
         return {}, "the body must be a JSON object"
-    for name in ("text", "text_source", "text_source_spec", "source_id", "source_url"):
+    if not isinstance(payload.get("text"), str):
+        return {}, "text is required and must be a string"
+    for name in ("text_source", "text_source_spec", "source_id", "source_url"):
         if payload.get(name) is not None and not isinstance(payload[name], str):
             return {}, f"{name} must be a string"
     items = payload.get("memories")

@@ -1,9 +1,10 @@
-"""`python -m function register | recognise | catalog | remove | simulate | omi-app` (a stable interface).
+"""`python -m function register | recognise | catalog | remove | simulate | omi-app | link` (a stable interface).
 
 Every failure is one line on stderr naming the file, catalog or setting, and a non-zero exit:
 1 when some of the work failed (a file that does not decode), 2 when the command could not run
-at all (no catalog, a catalog path that is not a directory, no cloud credentials). A reader that
-stops reading (`| head`) ends the command quietly.
+at all (no catalog, a catalog path that is not a directory, no cloud credentials, a file to
+register that is missing). A reader that stops reading (`| head`) ends the command quietly. A
+wrong option prints the usage of the command it was given to, not the list of commands.
 """
 
 from __future__ import annotations
@@ -11,24 +12,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from function import omi_app, simulate
-from function.engine.decode import DecodeError, decode_query_file
+from function.config import UID_PATTERN, ConfigError, Settings
+from function.engine.decode import AUDIO_SUFFIXES, DecodeError, decode_query_file
+from function.engine.register_run import expand_paths
 from function.engine.songs import CatalogError
 from function.engine.recogniser import Recogniser
 from function.engine.shards import split
+from function.progress import plural
 from function.webhook.naming import NAME_AT
+from function.webhook.user_links import history_link
 
 DEFAULT_CATALOG = "./data/catalog"
+# Where `functions-framework` serves locally (the quick start's port) when no PUBLIC_URL is set.
+LOCAL_BASE_URL = "http://localhost:8080"
 RAW_SUFFIXES = (".pcm", ".raw")
 ADC_LOGIN = "run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS)"
 
 
 class CommandError(Exception):
     """A command cannot run; the message (one line) says why and names the path or setting."""
+
+
+def _files_to_register(paths: list[str]) -> list[str]:
+    """Every audio file the paths name, or a CommandError before anything is fingerprinted or a
+    catalog is created: a cloud URL (registration reads local files), a path that does not exist,
+    or nothing to register at all. The paths are named as given."""
+    remote = [p for p in paths if "://" in p]
+    if remote:
+        raise CommandError(f"{', '.join(remote)}: register reads local files and folders, not URLs: copy it from Cloud Storage first (gcloud storage cp)")
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise CommandError(f"{', '.join(missing)}: no such file or folder")
+    files = expand_paths(paths)
+    if not files:
+        readable = " ".join(sorted(AUDIO_SUFFIXES))
+        raise CommandError(f"{', '.join(paths)}: no audio files (registration reads {readable})")
+    return files
 
 
 def _catalog_arg(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +70,12 @@ def _check_catalog_path(uri: str, create: bool) -> None:
     fingerprints every file first): a file, a path through a file or, to register, a place this
     user cannot write."""
     if uri.startswith("gs://"):
+        if not uri[len("gs://") :].split("/", 1)[0]:
+            raise CommandError(f"--catalog {uri}: names no bucket (gs://BUCKET/PREFIX)")
         return
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", uri):
+        # A mistyped URL (gs:/bucket) would otherwise become a local folder named "gs:".
+        raise CommandError(f"--catalog {uri}: neither a local directory nor a gs://BUCKET/PREFIX URL")
     path = Path(uri)
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if not existing.is_dir():
@@ -56,10 +86,11 @@ def _check_catalog_path(uri: str, create: bool) -> None:
 
 
 def _register(args: argparse.Namespace) -> int:
+    files = _files_to_register(args.paths)
     _check_catalog_path(args.catalog, create=True)
     recogniser = Recogniser.open(args.catalog, create=True)
     started = time.perf_counter()
-    results = recogniser.register(args.paths, workers=args.workers, progress=not args.quiet)
+    results = recogniser.register(files, workers=args.workers, progress=not args.quiet)
     elapsed = time.perf_counter() - started
     for r in results:
         if args.json:
@@ -72,9 +103,9 @@ def _register(args: argparse.Namespace) -> int:
     counts = {s: sum(r.status == s for r in results) for s in ("added", "duplicate", "error")}
     audio = sum(r.duration_seconds for r in results)
     print(
-        f"{len(results)} files in {elapsed:.1f}s: {counts['added']} added, {counts['duplicate']} duplicate,"
-        f" {counts['error']} errors; {audio / max(elapsed, 1e-9):.0f}x real time;"
-        f" catalog {args.catalog}: {len(recogniser.songs)} songs ({len(recogniser.catalog.songs)} recordings)",
+        f"{plural(len(results), 'file')} in {elapsed:.1f}s: {counts['added']} added, {plural(counts['duplicate'], 'duplicate')},"
+        f" {plural(counts['error'], 'error')}; {audio / max(elapsed, 1e-9):.0f}x real time;"
+        f" catalog {args.catalog}: {plural(len(recogniser.songs), 'song')} ({plural(len(recogniser.catalog.songs), 'recording')})",
         file=sys.stderr,
     )
     return 0 if results and counts["error"] < len(results) else 1
@@ -145,7 +176,11 @@ def _catalog(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         compacted = recogniser.compact()
         after = len(recogniser.catalog.segments)
-        what = f"{before} segments merged into {after}" if compacted else f"nothing to merge ({before} segments, no removed songs)"
+        what = (
+            f"{plural(before, 'segment')} merged into {after}"
+            if compacted
+            else f"nothing to merge ({plural(before, 'segment')}, no removed songs)"
+        )
         print(f"compact: {what} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     if args.split is not None:
         return _split(recogniser, args.split, args.out)
@@ -159,8 +194,8 @@ def _catalog(args: argparse.Namespace) -> int:
             print(f"  version {version['song_id']}  {version['duration_seconds']:7.1f}s  {', '.join(version['sources'])}")
     stats = recogniser.catalog.stats()
     print(
-        f"{stats['songs']} songs ({stats['recordings']} recordings), {stats['duration_seconds'] / 60:.1f} min, {stats['hashes']} hashes,"
-        f" {stats['bytes'] / 1e6:.1f} MB in {stats['segments']} segments"
+        f"{plural(stats['songs'], 'song')} ({plural(stats['recordings'], 'recording')}), {stats['duration_seconds'] / 60:.1f} min,"
+        f" {plural(stats['hashes'], 'hash', 'hashes')}, {stats['bytes'] / 1e6:.1f} MB in {plural(stats['segments'], 'segment')}"
     )
     return 0
 
@@ -172,8 +207,11 @@ def _split(recogniser: Recogniser, shards: int, prefix: str) -> int:
     written = split(recogniser.catalog, prefix, shards)
     for shard in written:
         state = shard.state()
-        print(f"{shard.uri}: {state['songs']} songs ({state['recordings']} recordings), {state['postings']} hashes")
-    print(f"split {recogniser.catalog.uri} into {shards} shards in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        print(
+            f"{shard.uri}: {plural(state['songs'], 'song')} ({plural(state['recordings'], 'recording')}),"
+            f" {plural(state['postings'], 'hash', 'hashes')}"
+        )
+    print(f"split {recogniser.catalog.uri} into {plural(shards, 'shard')} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     return 0
 
 
@@ -184,8 +222,30 @@ def _remove(args: argparse.Namespace) -> int:
     removed = recogniser.remove(args.song_ids)
     for s in unknown:
         print(f"not in catalog: {s}", file=sys.stderr)
-    print(f"removed {removed} songs; {len(recogniser.catalog.songs)} left", file=sys.stderr)
+    print(f"removed {plural(removed, 'song')}; {plural(len(recogniser.catalog.songs), 'song')} left", file=sys.stderr)
     return 1 if unknown else 0
+
+
+def _link(args: argparse.Namespace) -> int:
+    """The uid's own history link, keyed with the secret the deployment keys it with (taken from
+    this environment, as the function takes it), so an operator or a developer can open their
+    own /me page without waiting for the day's first notification."""
+    if not UID_PATTERN.fullmatch(args.uid):
+        raise CommandError(f"--uid {args.uid!r} is not an Omi uid ([A-Za-z0-9_-], at most 128 characters)")
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    base = (args.base_url or settings.public_url or LOCAL_BASE_URL).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise CommandError(f"--base-url must be an http(s) URL, got {base!r}")
+    link = history_link(base, settings.link_secret, args.uid)
+    if link is None:
+        raise CommandError(
+            "no link secret: set USER_LINK_SECRET (or OMI_APP_SECRET, which it is derived from) to the deployment's"
+        )
+    print(link)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,6 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("omi-app", help="print the Omi app manifest for a deployed function URL")
     omi_app.add_arguments(p)
     p.set_defaults(run=omi_app.run)
+
+    p = sub.add_parser(
+        "link",
+        help="print a user's own history link (/me/UID?key=...), keyed with USER_LINK_SECRET (else OMI_APP_SECRET)",
+    )
+    p.add_argument("--uid", required=True, help="the Omi user id")
+    p.add_argument("--base-url", help=f"where the function is served (default: $PUBLIC_URL, else {LOCAL_BASE_URL})")
+    p.set_defaults(run=_link)
+
+    for command in sub.choices.values():
+        command.set_defaults(usage_of=command)
     return parser
 
 
@@ -266,7 +337,9 @@ def _fail(message: str, status: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.usage_of.error(f"unrecognized arguments: {' '.join(unknown)}")
     catalog = getattr(args, "catalog", None)
     try:
         status = args.run(args)

@@ -9,10 +9,17 @@ however many users stream (a Firestore document sustains about one write per sec
 is shut down loses at most its last FLUSH_SECONDS of counts, and another instance's counts
 appear up to FLUSH_SECONDS late. Every instance's /metrics call flushes its own first.
 
+Attempts, matches and plays are three different counts. An attempt is one vote over a user's
+buffer; a match is an attempt that named a song, and a song that keeps playing is matched again
+every few seconds; a play is a match that went into the user's history, i.e. not a repeat within
+NOTIFY_COOLDOWN_SECONDS of the same song (the rule of `_record` in function/webhook/ingest.py).
+"Songs heard" is plays: two songs played once each are 2, however many attempts named them.
+
 The hourly series, today's figures and the latency histogram are what /dashboard draws, so the
 page shows exactly the numbers anyone can fetch here. Latency percentiles come from the
 histogram: the upper bound of the bucket holding the percentile (the largest latency seen, for
-the open last bucket), so they never understate.
+the open last bucket), so they never understate, and are bounds, not values: the dashboard shows
+them as "≤ 10 ms", since a mean of 3 ms lies in that same bucket.
 """
 
 from __future__ import annotations
@@ -42,12 +49,19 @@ def hour_of(t: float) -> int:
     return int(t // HOUR_SECONDS)
 
 
+def is_play(r: Recognition) -> bool:
+    """A match that goes into the user's history: not the same song still playing within its
+    cooldown (as `_record` in function/webhook/ingest.py decides)."""
+    return r.matched and bool(r.song_id) and r.notification != "skipped_cooldown"
+
+
 def counts_of(r: Recognition) -> dict:
     """One attempt as counters (see `function.storage._rules.merge_counts` for the shape)."""
     bucket = bisect.bisect_left(LATENCY_BUCKETS_MS, r.latency_ms)
     counts: dict = {
         "attempts": 1,
         "matches": int(r.matched),
+        "plays": int(is_play(r)),
         "latency_sum_ms": r.latency_ms,
         "latency_max_ms": r.latency_ms,
         "latency": {f"b{bucket}": 1},
@@ -56,6 +70,8 @@ def counts_of(r: Recognition) -> dict:
         counts["songs"] = {r.song_id: 1}
         counts["names"] = {r.song_id: {"title": r.title, "artist": r.artist}}
         counts["notifications"] = {r.notification: 1}
+    if is_play(r):
+        counts["played"] = {r.song_id: 1}
     return counts
 
 
@@ -121,7 +137,8 @@ def summarise(hours: dict[int, dict], daily_active_users: dict[str, int], now: f
     attempts, matches = total.get("attempts", 0), total.get("matches", 0)
     histogram = [int(total.get("latency", {}).get(f"b{i}", 0)) for i in range(len(LATENCY_BUCKETS_MS) + 1)]
     largest = float(total.get("latency_max_ms", 0.0))
-    songs = Counter(total.get("songs", {}))
+    matched, played = Counter(total.get("songs", {})), Counter(total.get("played", {}))
+    top = sorted(matched, key=lambda song_id: (-played[song_id], -matched[song_id], song_id))[:TOP_SONGS]
     names = total.get("names", {})
     today = _utc_day(now)
     today_hours = [c for h, c in window.items() if _utc_day(h * HOUR_SECONDS) == today]
@@ -130,6 +147,7 @@ def summarise(hours: dict[int, dict], daily_active_users: dict[str, int], now: f
         "window_seconds": WINDOW_SECONDS,
         "recognition_attempts": attempts,
         "matches": matches,
+        "plays": total.get("plays", 0),
         "success_rate": round(matches / attempts, 4) if attempts else None,
         "latency_ms": {
             "mean": round(total.get("latency_sum_ms", 0.0) / attempts, 1) if attempts else None,
@@ -137,8 +155,13 @@ def summarise(hours: dict[int, dict], daily_active_users: dict[str, int], now: f
             "p95": _percentile(histogram, largest, 0.95),
         },
         "top_songs": [
-            {"song_id": song_id, **names.get(song_id, {"title": None, "artist": None}), "matches": n}
-            for song_id, n in songs.most_common(TOP_SONGS)
+            {
+                "song_id": song_id,
+                **names.get(song_id, {"title": None, "artist": None}),
+                "plays": played[song_id],
+                "matches": matched[song_id],
+            }
+            for song_id in top
         ],
         "notifications": dict(total.get("notifications", {})),
         "daily_active_users": dict(sorted(daily_active_users.items())),
@@ -146,6 +169,7 @@ def summarise(hours: dict[int, dict], daily_active_users: dict[str, int], now: f
             "date": today,
             "recognition_attempts": sum(c.get("attempts", 0) for c in today_hours),
             "matches": sum(c.get("matches", 0) for c in today_hours),
+            "plays": sum(c.get("plays", 0) for c in today_hours),
             "active_users": daily_active_users.get(today, 0),
         },
         "hourly": {
@@ -153,6 +177,7 @@ def summarise(hours: dict[int, dict], daily_active_users: dict[str, int], now: f
             "hour_seconds": HOUR_SECONDS,
             "attempts": [window.get(first + i, {}).get("attempts", 0) for i in range(span)],
             "matches": [window.get(first + i, {}).get("matches", 0) for i in range(span)],
+            "plays": [window.get(first + i, {}).get("plays", 0) for i in range(span)],
         },
         "latency_histogram": [{"upper_ms": upper, "count": n} for upper, n in zip(uppers, histogram)],
     }

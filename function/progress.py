@@ -1,6 +1,7 @@
 """Progress on stderr for long jobs (registration, benchmarks): a bar redrawn in place on a
 terminal; elsewhere (a log file, CI) a plain line every LOG_EVERY_SECONDS and at the end, since
-carriage returns would pile up as one endless line there."""
+carriage returns would pile up as one endless line there. Also `plural`, for the counts the
+commands print."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import sys
 import time
 
 LOG_EVERY_SECONDS = 10.0
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """"1 song", "2 songs": counts in the command line's output as a person would write them."""
+    return f"{n} {word if n == 1 else words or word + 's'}"
 
 
 class Progress:

@@ -48,6 +48,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from function.engine.decode import DecodeError, decode_file
+from function.progress import plural
 from function.webhook.signing import sign
 
 DEVELOPER, APP = "developer", "app"
@@ -326,15 +327,34 @@ def _json_object(response: httpx.Response) -> dict:
     return body if isinstance(body, dict) else {}
 
 
+# What the webhook's `notification` of a match means for the wearer (function/storage/base.py).
+NOTIFICATION_WORDS = {
+    "sent": "notification sent",
+    "logged": "notification only logged (OMI_APP_ID/OMI_APP_SECRET unset)",
+    "skipped_cooldown": "no notification (already notified of this song within NOTIFY_COOLDOWN_SECONDS)",
+    "skipped_limit": "no notification (this hour's notifications for the user are used up)",
+    "skipped_deferred": "no notification (Omi's hourly allowance is used up)",
+    "failed": "notification failed",
+    "retrying": "notification failed, to be retried",
+    "rate_limited": "notification refused by Omi's rate limit, to be retried",
+}
+
+
 def describe_recognition(recognition: dict) -> str:
-    """A human line for the response's `recognition` ({"status": "match", "artist": ..., ...},
-    {"status": "no_match"} or {"status": "unavailable" | "error", "reason": ...})."""
+    """A human line for the response's `recognition` ({"status": "match", "artist": ...,
+    "notification": ...}, {"status": "no_match"} or {"status": "unavailable" | "error",
+    "reason": ...}): the song, and whether the wearer was told of it."""
     if recognition.get("title"):
         text = f"{recognition.get('artist') or 'unknown artist'} - {recognition['title']}"
         if isinstance(recognition.get("confidence"), (int, float)):
             text += f" (confidence {recognition['confidence']:.2f})"
+        notification = recognition.get("notification")
+        if notification in NOTIFICATION_WORDS:
+            text += f"; {NOTIFICATION_WORDS[notification]}"
+        elif recognition.get("notification_error"):
+            text += "; notification failed"
         if recognition.get("notification_error"):
-            text += f"; notification failed: {recognition['notification_error']}"
+            text += f": {recognition['notification_error']}"
         return text
     status = recognition.get("status", "no_match")
     if status == "no_match":
@@ -342,7 +362,17 @@ def describe_recognition(recognition: dict) -> str:
     return f"{status}: {recognition['reason']}" if recognition.get("reason") else str(status)
 
 
-def format_line(result: ChunkResult) -> str:
+def recognition_key(recognition: dict) -> tuple:
+    """What a recognition says, for telling whether it changed: the song for a match (named
+    again on every attempt while it plays), else the status and its reason."""
+    if recognition.get("title"):
+        return ("match", recognition.get("song_id") or (recognition.get("artist"), recognition["title"]))
+    return (recognition.get("status", "no_match"), recognition.get("reason"))
+
+
+def format_line(result: ChunkResult, show_recognition: bool = True) -> str:
+    """One request as a line; its recognition only with `show_recognition` (run() leaves out
+    one that says what the last one said)."""
     if result.mode == APP:
         where = f"batch {result.batch}"
     else:
@@ -353,7 +383,7 @@ def format_line(result: ChunkResult) -> str:
     line = f"{where:<28} {outcome:<5} {result.bytes:>6} B {result.elapsed_ms:>7.0f} ms"
     if result.buffered_seconds is not None:
         line += f"  buffered {result.buffered_seconds:.1f} s"
-    if result.recognition is not None:
+    if result.recognition is not None and show_recognition:
         line += f"  recognition: {describe_recognition(result.recognition)}"
     return line
 
@@ -444,6 +474,7 @@ def run(args: argparse.Namespace, retry_delays: Sequence[float] = OMI_RETRY_DELA
     sent_bytes = sum(len(chunk) for batch in batch_list for chunk in batch)
     expected = sum(len(b) for b in batch_list) if mode == DEVELOPER else len(batch_list)
     delivered = delivered_bytes = 0
+    last_said: tuple | None = None
     try:
         for result in stream(
             pcm,
@@ -461,12 +492,15 @@ def run(args: argparse.Namespace, retry_delays: Sequence[float] = OMI_RETRY_DELA
         ):
             delivered += result.delivered
             delivered_bytes += result.bytes if result.delivered else 0
-            print(json.dumps(asdict(result)) if args.json else format_line(result), flush=True)
+            changed = result.recognition is not None and recognition_key(result.recognition) != last_said
+            if changed:
+                last_said = recognition_key(result.recognition)
+            print(json.dumps(asdict(result)) if args.json else format_line(result, changed), flush=True)
     except Unreachable as exc:
         print(f"error: {exc}; is the function running there?", file=sys.stderr)
         return 1
     what = "chunks" if mode == DEVELOPER else "batches"
-    how = f"{len(batch_list)} batches" if mode == DEVELOPER else "one POST each"
+    how = plural(len(batch_list), "batch", "batches") if mode == DEVELOPER else "one POST each"
     summary = (
         f"{delivered}/{expected} {what} delivered "
         f"({total_seconds:.1f} s of audio at {args.sample_rate} Hz, {how}"

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from bench.omi_stand_in import MEMORY_LIMIT, NOTIFICATION_LIMIT, OmiApi, Received, Reply  # noqa: F401  (re-exported)
+from bench.omi_stand_in import EXTRACTED_PREFIX, MEMORY_LIMIT, NOTIFICATION_LIMIT, OmiApi, Received, Reply  # noqa: F401  (re-exported)
 
 
 @pytest.fixture

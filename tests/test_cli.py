@@ -86,15 +86,119 @@ def test_recognising_a_missing_file_says_no_such_file(catalog: str, tmp_path: Pa
     assert "System error" not in line and "cannot decode" not in line
 
 
-def test_registering_a_missing_file_says_no_such_file_and_writes_nothing(tmp_path: Path) -> None:
+def test_registering_a_missing_file_fails_first_saying_no_such_file_and_writes_nothing(tmp_path: Path) -> None:
     missing, uri = tmp_path / "nope.ogg", tmp_path / "catalog"
 
-    result = run_cli("register", str(missing), "--catalog", str(uri), "--quiet")
+    result = run_cli("register", str(SONG), str(missing), "--catalog", str(uri))
 
-    assert result.returncode == 1
-    assert f"{missing}: no such file" in result.stderr
-    assert "Traceback" not in result.stderr
+    line = one_line_error(result, str(missing), "no such file")
+    assert str(SONG) not in line
+    assert result.returncode == 2
+    assert "registering [" not in result.stderr, "it drew a progress bar first"
     assert not uri.exists()
+
+
+def test_registering_a_folder_without_audio_says_so_and_which_files_it_reads(tmp_path: Path) -> None:
+    folder, uri = tmp_path / "notes", tmp_path / "catalog"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("no music here\n")
+
+    result = run_cli("register", str(folder), "--catalog", str(uri))
+
+    one_line_error(result, str(folder), "no audio files", ".ogg", ".wav", ".mp3", ".flac")
+    assert result.returncode == 2
+    assert not uri.exists()
+
+
+def test_a_cloud_path_to_register_is_named_with_both_its_slashes(tmp_path: Path) -> None:
+    result = run_cli("register", "gs://nobucket/song.ogg", "--catalog", str(tmp_path / "catalog"))
+
+    one_line_error(result, "gs://nobucket/song.ogg", "local")
+    assert "gs:/nobucket" not in result.stderr.replace("gs://", "")
+
+
+@pytest.mark.parametrize("uri, says", [("gs:/nobucket", "gs://BUCKET/PREFIX"), ("gs:///prefix", "names no bucket")])
+def test_a_mistyped_cloud_catalog_is_refused_as_typed(tmp_path: Path, uri: str, says: str) -> None:
+    command = [sys.executable, "-m", "function", "register", str(SONG), "--catalog", uri, "--quiet"]
+
+    # Run from an empty folder, so that a URL taken for a local path would show up in it.
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+
+    one_line_error(result, f"--catalog {uri}:", says)
+    assert result.returncode == 2
+    assert list(tmp_path.iterdir()) == [], "it made a local folder of the URL"
+
+
+def test_counts_of_one_are_singular(tmp_path: Path) -> None:
+    uri = str(tmp_path / "catalog")
+
+    registered = run_cli("register", str(SONG), "--catalog", uri, "--quiet", "--workers", "1")
+    listed = run_cli("catalog", "--catalog", uri)
+    removed = run_cli("remove", json.loads(run_cli("catalog", "--catalog", uri, "--json").stdout)["song_id"], "--catalog", uri)
+
+    assert registered.returncode == listed.returncode == removed.returncode == 0, registered.stderr + listed.stderr
+    assert "1 file in" in registered.stderr and ": 1 song (1 recording)" in registered.stderr, registered.stderr
+    assert "1 added, 0 duplicates, 0 errors" in registered.stderr, registered.stderr
+    summary = listed.stdout.splitlines()[-1]
+    assert summary.startswith("1 song (1 recording),") and summary.endswith(" in 1 segment"), summary
+    assert "removed 1 song; 0 songs left" in removed.stderr, removed.stderr
+
+
+def test_a_wrong_option_prints_the_subcommands_usage(catalog: str) -> None:
+    result = run_cli("recognise", "--wrong-flag", str(SONG), "--catalog", catalog)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: python -m function recognise"), result.stderr
+    assert "--sample-rate" in result.stderr
+    assert "unrecognized arguments: --wrong-flag" in result.stderr
+
+
+def link_env(**settings: str) -> dict[str, str]:
+    names = ("USER_LINK_SECRET", "OMI_APP_SECRET", "OMI_APP_ID", "PUBLIC_URL", "STORAGE_BACKEND")
+    env = {k: v for k, v in cli_env().items() if k not in names}
+    env.update(settings)
+    return env
+
+
+def test_link_prints_ones_own_history_link() -> None:
+    from function.webhook.user_links import user_key
+
+    local = run_cli("link", "--uid", "alice", env=link_env(USER_LINK_SECRET="link-secret"))
+    public = run_cli("link", "--uid", "alice", env=link_env(USER_LINK_SECRET="link-secret", PUBLIC_URL="https://songs.example"))
+    given = run_cli("link", "--uid", "alice", "--base-url", "https://x.test/", env=link_env(USER_LINK_SECRET="link-secret"))
+
+    key = user_key("link-secret", "alice")
+    assert local.returncode == public.returncode == given.returncode == 0, local.stderr + public.stderr + given.stderr
+    assert local.stdout == f"http://localhost:8080/me/alice?key={key}\n"
+    assert public.stdout == f"https://songs.example/me/alice?key={key}\n"
+    assert given.stdout == f"https://x.test/me/alice?key={key}\n"
+
+
+def test_link_is_keyed_like_the_deployment_whose_secret_it_is_given() -> None:
+    """Without USER_LINK_SECRET the deployment keys links with a secret derived from the app's."""
+    from function.config import Settings
+    from function.webhook.user_links import user_key
+
+    result = run_cli("link", "--uid", "bob", env=link_env(OMI_APP_ID="app", OMI_APP_SECRET="app-secret"))
+
+    derived = Settings.from_env({"OMI_APP_ID": "app", "OMI_APP_SECRET": "app-secret"}).link_secret
+    assert result.stdout.strip().endswith(f"/me/bob?key={user_key(derived, 'bob')}")
+
+
+@pytest.mark.parametrize(
+    "args, env, names",
+    [
+        (["--uid", "alice"], {}, ["USER_LINK_SECRET", "OMI_APP_SECRET"]),
+        (["--uid", "al ice"], {"USER_LINK_SECRET": "s"}, ["--uid", "al ice"]),
+        (["--uid", "alice", "--base-url", "songs.example"], {"USER_LINK_SECRET": "s"}, ["--base-url", "songs.example"]),
+    ],
+)
+def test_link_refuses_what_would_make_a_link_that_does_not_open(args: list[str], env: dict[str, str], names: list[str]) -> None:
+    result = run_cli("link", *args, env=link_env(**env))
+
+    one_line_error(result, *names)
+    assert result.returncode == 2
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("below", ["", "sub"], ids=["the-file", "a-path-through-it"])

@@ -39,7 +39,7 @@ CHROMIUM = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or "/usr/b
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 VIEWPORTS = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "height": 800}}
 TILES = {
-    "today-attempts": lambda m: m["today"]["recognition_attempts"],
+    "today-plays": lambda m: m["today"]["plays"],
     "success-rate": lambda m: m["success_rate"],
     "latency-p50": lambda m: m["latency_ms"]["p50"],
     "latency-p95": lambda m: m["latency_ms"]["p95"],
@@ -81,14 +81,42 @@ def test_metrics_carry_what_the_dashboard_draws() -> None:
     assert len(hourly["attempts"]) == len(hourly["matches"]) == 7 * 24 + 1
     assert (sum(hourly["attempts"]), sum(hourly["matches"])) == (3, 2)
     assert (hourly["attempts"][-2:], hourly["matches"][-2:]) == ([1, 1], [0, 1])
-    assert body["today"] == {"date": "2023-11-14", "recognition_attempts": 2, "matches": 1, "active_users": 2}
+    assert body["today"] == {"date": "2023-11-14", "recognition_attempts": 2, "matches": 1, "plays": 1, "active_users": 2}
     # Percentiles from the histogram: the upper bound of the bucket holding them, the largest
     # latency seen for the open bucket.
     assert (body["latency_ms"]["p50"], body["latency_ms"]["p95"]) == (100.0, 7000.0)
     assert body["latency_ms"]["mean"] == round((50.0 + 50.1 + 7000.0) / 3, 1)
-    assert body["top_songs"] == [{"song_id": "s1", "title": "Song", "artist": "Artist", "matches": 2}]
+    assert body["top_songs"] == [{"song_id": "s1", "title": "Song", "artist": "Artist", "plays": 2, "matches": 2}]
     assert [b["count"] for b in body["latency_histogram"]] == [0, 0, 1, 1, 0, 0, 0, 0, 0, 1]
     assert body["latency_histogram"][-1]["upper_ms"] is None
+
+
+def test_songs_heard_are_plays_not_the_attempts_that_named_them() -> None:
+    """Two songs played once each, as the webhook records them: Tune One named on 11 attempts
+    (the first notified, the rest repeats within its cooldown), Tune Two on one, and 3 misses.
+    The dashboard's "songs heard" and top songs count 2 plays, not 15 attempts or 11 matches."""
+    now = 1_700_000_000.0
+    one = {"song_id": "t1", "title": "Tune One", "artist": "A"}
+    two = {"song_id": "t2", "title": "Tune Two", "artist": "B"}
+    made = [Recognition(uid="u", at=now - 600, latency_ms=3.0, audio_seconds=5.0, matched=False) for _ in range(3)]
+    notifications = ["logged"] + ["skipped_cooldown"] * 10
+    made += [
+        Recognition(uid="u", at=now - 500 + i, latency_ms=3.0, audio_seconds=5.0, matched=True, notification=n, **one)
+        for i, n in enumerate(notifications)
+    ]
+    made.append(Recognition(uid="u", at=now - 100, latency_ms=3.0, audio_seconds=5.0, matched=True, notification="logged", **two))
+    hours: dict[int, dict] = {}
+    for r in made:
+        hours[hour_of(r.at)] = merge_counts(hours.get(hour_of(r.at)), counts_of(r))
+
+    body = summarise(hours, {"2023-11-14": 1}, now)
+
+    assert (body["recognition_attempts"], body["matches"], body["plays"]) == (15, 12, 2)
+    assert (body["today"]["recognition_attempts"], body["today"]["plays"]) == (15, 2)
+    assert sum(body["hourly"]["plays"]) == 2
+    assert [(s["title"], s["plays"], s["matches"]) for s in body["top_songs"]] == [("Tune One", 1, 11), ("Tune Two", 1, 1)]
+    # Every attempt took 3 ms: p50 is the bound of their bucket, which the page shows as a bound.
+    assert (body["latency_ms"]["mean"], body["latency_ms"]["p50"]) == (3.0, 10.0)
 
 
 @pytest.fixture
@@ -163,11 +191,14 @@ def test_the_dashboard_shows_the_service_as_metrics_and_history_report_it(
                 page.screenshot(path=tmp_path / f"dashboard-{name}.png", full_page=True)
                 shown[name] = {
                     "tiles": {tile: json.loads(page.get_attribute(f"#{tile}", "data-value")) for tile in TILES},
-                    "tile_text": [page.inner_text(f"#{tile}") for tile in TILES],
+                    "tile_text": {tile: page.inner_text(f"#{tile}") for tile in TILES},
+                    "tile_notes": {tile: page.inner_text(f"#{tile} + .note") for tile in TILES},
                     "hourly_attempts": [int(v) for v in data_values(page, "#hourly-chart g.hour", "data-attempts")],
                     "hourly_matches": [int(v) for v in data_values(page, "#hourly-chart g.hour", "data-matches")],
                     "latency_counts": [int(v) for v in data_values(page, "#latency-chart g[data-count]", "data-count")],
                     "top_songs": data_values(page, "#top-songs tbody tr", "data-song-id"),
+                    "top_song_plays": [int(v) for v in data_values(page, "#top-songs tbody tr", "data-plays")],
+                    "hourly_caption": page.inner_text("#hourly-caption"),
                     "history": page.eval_on_selector_all("#history-table tbody tr", "rows => rows.map(r => r.innerText)"),
                 }
             page.fill("#uid", "stranger")
@@ -178,9 +209,16 @@ def test_the_dashboard_shows_the_service_as_metrics_and_history_report_it(
             browser.close()
 
     assert (metrics["recognition_attempts"], metrics["matches"], metrics["today"]["active_users"]) == (3, 2, 2)
+    assert (metrics["plays"], metrics["today"]["plays"]) == (2, 2)
     for name, page_shows in shown.items():
         assert page_shows["tiles"] == {tile: value(metrics) for tile, value in TILES.items()}, name
-        assert "–" not in page_shows["tile_text"], name
+        assert "–" not in page_shows["tile_text"].values(), name
+        assert page_shows["tile_text"]["today-plays"] == "2", name
+        assert "3 attempts" in page_shows["tile_notes"]["today-plays"], name
+        # A percentile from the histogram is its bucket's upper bound: shown as one.
+        assert page_shows["tile_text"]["latency-p50"].startswith("≤ "), name
+        assert page_shows["top_song_plays"] == [s["plays"] for s in metrics["top_songs"]], name
+        assert "2 songs heard" in page_shows["hourly_caption"] and "3 attempts" in page_shows["hourly_caption"], name
         assert page_shows["hourly_attempts"] == metrics["hourly"]["attempts"], name
         assert page_shows["hourly_matches"] == metrics["hourly"]["matches"], name
         assert page_shows["latency_counts"] == [b["count"] for b in metrics["latency_histogram"]], name

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from function.webhook.user_links import user_key
 from tests.webhook_support import build_client, catalog_uri, noise_pcm, post_chunk, tracks, webhook_env  # noqa: F401
 
 ONE_SECOND = noise_pcm(1.0)
@@ -269,6 +270,26 @@ def test_metrics_before_any_recognition(webhook_env) -> None:
     body = response.json
     assert (body["recognition_attempts"], body["success_rate"], body["top_songs"]) == (0, None, [])
     assert body["latency_ms"] == {"mean": None, "p50": None, "p95": None}
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/history/alice"),
+        ("GET", "/metrics"),
+        ("GET", "/stats/alice"),
+        ("GET", f"/me/alice/history?key={user_key('link-secret', 'alice')}"),
+        ("DELETE", f"/me/alice/history?key={user_key('link-secret', 'alice')}"),
+    ],
+)
+def test_answers_with_someones_songs_or_the_figures_are_never_cached(webhook_env, method: str, path: str) -> None:
+    """Like the pages that show them: a shared browser or proxy must not keep a history."""
+    webhook_env.setenv("USER_LINK_SECRET", "link-secret")
+
+    response = build_client().open(path, method=method)
+
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
 
 
 @pytest.mark.parametrize("path", ["/", "/nope", "/audio/extra", "/stats", "/stats/a/b"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from email.utils import formatdate
+from typing import Iterator
 
 import pytest
 
@@ -128,12 +130,59 @@ def test_the_ninth_of_the_hour_is_sent_and_says_to_hold_the_rest_until_the_hour(
 
 
 def test_a_user_who_has_not_enabled_the_app_is_a_failure_not_retried(omi_api: OmiApi) -> None:
+    """Once the secret has worked for someone, a 403 can only mean this user."""
     omi_api.disable("u")
+    notifier = notifier_for(omi_api)
+    assert notifier.send("other", "🎵 x by y").status == "sent"
 
-    result = notifier_for(omi_api).send("u", "🎵 x by y")
+    result = notifier.send("u", "🎵 x by y")
 
     assert (result.status, result.retryable) == ("failed", False)
-    assert "not enabled this app" in result.reason
+    assert "this user has not enabled the app" in result.reason
+    assert "OMI_APP_SECRET" not in result.reason
+
+
+@pytest.fixture
+def strict_omi() -> Iterator[OmiApi]:
+    """Omi that knows its app secret: a wrong one is 403, as a user without the app is."""
+    api = OmiApi(app_secret=SECRET)
+    api.start()
+    yield api
+    api.stop()
+
+
+def test_a_first_403_names_both_causes_omi_does_not_tell_apart(strict_omi: OmiApi, capsys: pytest.CaptureFixture[str]) -> None:
+    result = notifier_for(strict_omi, OMI_APP_SECRET="wrong-secret").send("u", "🎵 x by y")
+
+    assert (result.status, result.retryable) == ("failed", False)
+    assert "not enabled the app" in result.reason and "OMI_APP_SECRET" in result.reason
+    assert "OMI_APP_SECRET" in capsys.readouterr().out
+
+
+def test_403s_for_several_users_and_no_success_point_at_the_secret(strict_omi: OmiApi, capsys: pytest.CaptureFixture[str]) -> None:
+    notifier = notifier_for(strict_omi, OMI_APP_SECRET="wrong-secret")
+
+    results = [notifier.send(uid, "🎵 x by y") for uid in ("a", "a", "b", "c")]
+
+    assert [r.status for r in results] == ["failed"] * 4
+    assert "most likely wrong" not in results[2].reason  # two users could both lack the app
+    assert "OMI_APP_SECRET is most likely wrong" in results[3].reason
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["severity"] for line in lines if "most likely wrong" in line.get("reason", "")] == ["ERROR"]
+    assert "wrong-secret" not in json.dumps(lines)
+
+
+def test_a_success_between_403s_starts_the_count_again(strict_omi: OmiApi) -> None:
+    notifier = notifier_for(strict_omi)
+    for uid in ("a", "b"):
+        strict_omi.disable(uid)
+        notifier.send(uid, "🎵 x by y")
+    notifier.send("ok", "🎵 x by y")
+    strict_omi.disable("c")
+
+    result = notifier.send("c", "🎵 x by y")
+
+    assert "this user has not enabled the app" in result.reason
 
 
 def test_a_memory_is_created_with_the_song_and_the_link(omi_api: OmiApi) -> None:
@@ -145,6 +194,16 @@ def test_a_memory_is_created_with_the_song_and_the_link(omi_api: OmiApi) -> None
     assert memory.json["memories"] == [
         {"content": "Heard Hv2 by Colobot", "tags": ["music"], "source_id": "song1", "source_url": "https://x.test/me/u?key=k"}
     ]
+
+
+def test_a_song_is_stored_as_one_memory_not_two(omi_api: OmiApi) -> None:
+    """Omi's extractor turns any non-empty `text` into a second, paraphrased memory: the
+    request carries the song only as its explicit memory, with the required `text` empty."""
+    notifier_for(omi_api).create_memory("u", "Hv2", "Colobot", "song1", None)
+
+    [memory] = omi_api.memories()
+    assert memory.json["text"] == ""
+    assert omi_api.stored_memories("u") == ["Heard Hv2 by Colobot"]
 
 
 def test_a_memory_refused_by_omi_is_reported_not_raised(omi_api: OmiApi) -> None:

@@ -8,7 +8,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from tests.omi_server import OmiApi, omi_api  # noqa: F401  (fixture)
+from tests.omi_server import EXTRACTED_PREFIX, OmiApi, omi_api  # noqa: F401  (fixture)
 
 SECRET = "app-secret"
 # 2026-10-05 14:59:00 UTC: a minute before the top of an hour.
@@ -172,7 +172,18 @@ def test_memories_follow_the_same_auth_and_enabled_rules(api: OmiApi) -> None:
     assert remember(api, {"text": " ", "memories": []}).status_code == 422
     assert remember(api, {"memories": [{"tags": ["music"]}]}).status_code == 422  # no content
     assert remember(api, ["not", "an", "object"]).status_code == 422
-    assert remember(api, {"memories": [{"content": "only a memory"}]}).status_code == 200
+    assert remember(api, {"memories": [{"content": "no text"}]}).status_code == 422  # text is required
+    assert remember(api, {"text": "", "memories": [{"content": "only a memory"}]}).status_code == 200
+
+
+def test_a_non_empty_text_also_becomes_an_extracted_memory(api: OmiApi) -> None:
+    """Omi sends any non-empty `text` to its LLM extractor besides storing the explicit
+    memories: the same song twice, once paraphrased. An empty `text` stores the explicit ones only."""
+    remember(api, memory_body("Heard Hv2 by Colobot"))
+    remember(api, {**memory_body("Heard Track by Band"), "text": ""}, uid="bob")
+
+    assert api.stored_memories("alice") == ["Heard Hv2 by Colobot", EXTRACTED_PREFIX + "Heard Hv2 by Colobot"]
+    assert api.stored_memories("bob") == ["Heard Track by Band"]
 
 
 def test_answer_and_hang_override_omi_until_realistic(api: OmiApi) -> None:

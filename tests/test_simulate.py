@@ -313,6 +313,40 @@ def test_prints_status_buffer_and_recognition_per_request(tmp_path: Path, server
     assert "recognition" not in lines[0]
 
 
+def test_a_recognition_is_printed_when_it_changes_with_its_notification(tmp_path: Path, server, capsys) -> None:
+    """The webhook names a song again on every attempt while it plays: one line for it, not one
+    per chunk; a different song, or a change from no match, is a new line."""
+    url, rec = server
+    one = {"status": "match", "song_id": "s1", "artist": "Nina Simone", "title": "Sinnerman", "confidence": 0.91}
+    two = {"status": "match", "song_id": "s2", "artist": "Emxx52", "title": "Humanitarian", "confidence": 0.8}
+    rec.recognition_at = {
+        2: {"status": "no_match"},
+        3: {"status": "no_match"},
+        4: {**one, "notification": "sent"},
+        5: {**one, "notification": "skipped_cooldown"},
+        6: {**two, "notification": "logged"},
+        7: {**two, "notification": "skipped_cooldown"},
+    }
+    song = write_tone(tmp_path / "song.wav", 6.0)
+
+    code = simulate.run(parse([str(song), "--url", url, "--uid", "u"]), FAST_RETRIES)
+
+    lines = capsys.readouterr().out.splitlines()
+    shown = [line.split("recognition: ", 1)[1] for line in lines if "recognition: " in line]
+    assert code == 0 and len(lines) == 7
+    assert shown == [
+        "no match",
+        "Nina Simone - Sinnerman (confidence 0.91); notification sent",
+        "Emxx52 - Humanitarian (confidence 0.80); notification only logged (OMI_APP_ID/OMI_APP_SECRET unset)",
+    ]
+
+
+def test_a_failed_notification_says_why() -> None:
+    failed = {"status": "match", "title": "T", "artist": "A", "notification": "failed", "notification_error": "HTTP 403: x"}
+
+    assert simulate.describe_recognition(failed) == "A - T; notification failed: HTTP 403: x"
+
+
 def test_json_output_is_one_object_per_request(tmp_path: Path, server, capsys) -> None:
     url, rec = server
     rec.fail_first = {1: 429}

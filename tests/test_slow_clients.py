@@ -1,5 +1,5 @@
-"""Slow and oversized clients cannot take an instance: a real `functions-framework` process
-(gunicorn, production mode) on loopback, driven with raw sockets.
+"""Slow, oversized and malformed clients cannot take an instance: a real `functions-framework`
+process (gunicorn, production mode) on loopback, driven with raw sockets.
 
 Before function/webhook/server.py: 12 connections trickling their bodies held all 8 of
 gunicorn's threads for as long as they kept trickling (nothing ever timed them out) and /health
@@ -212,3 +212,31 @@ def test_a_1_mib_header_is_refused_at_once(served: Served) -> None:
 
     assert answer.startswith(b"HTTP/1.1 431") or not answer.startswith(b"HTTP/1.1"), answer[:200]
     assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    "chunked",
+    [
+        pytest.param(b"ZZ\r\n" + b"\x01\x00" * 45 + b"\r\n0\r\n\r\n", id="chunk-size-not-hex"),
+        pytest.param(b"4\r\n\x01\x00\x01\x00XX0\r\n\r\n", id="chunk-without-its-crlf"),
+    ],
+)
+def test_a_malformed_chunked_body_is_400_with_a_reason_and_stores_nothing(served: Served, tmp_path: Path, chunked: bytes) -> None:
+    """gunicorn reports these as its own ParseException, not as an OSError or ValueError."""
+    head = (
+        "POST /audio?sample_rate=16000&uid=chunky HTTP/1.1\r\nHost: x\r\nIdempotency-Key: K1\r\n"
+        "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with socket.create_connection(_address(served.url), timeout=10) as conn:
+        conn.sendall(head.encode() + chunked)
+        raw = b""
+        while (answer := _response(raw)) is None:
+            data = conn.recv(65536)
+            assert data, raw[:300]
+            raw += data
+
+    status, body = answer
+    assert status == 400, body
+    assert "could not be read" in body["reason"] and "send it again" in body["reason"]
+    assert httpx.get(f"{served.url}/stats/chunky", timeout=5).json()["chunks"] == 0
+    assert "unhandled error" not in (tmp_path / "function.log").read_text(errors="replace")

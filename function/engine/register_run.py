@@ -65,14 +65,15 @@ def analyse_file(path: str) -> Fingerprinted | RegisterResult:
 
 
 def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given, directories searched recursively for audio files, in a stable order."""
+    """Files as given (spelled as given, so a message names what the user typed), directories
+    searched recursively for audio files, in a stable order."""
     out: list[str] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
             out.extend(str(f) for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
         else:
-            out.append(str(path))
+            out.append(p)
     return out
 
 

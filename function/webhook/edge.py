@@ -34,7 +34,6 @@ from typing import Callable
 from urllib.parse import parse_qsl
 
 import flask
-import werkzeug.exceptions
 
 from function.config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, UID_PATTERN, Settings
 from function.dashboard.pages import dashboard_page, me_page, privacy_page, setup_page
@@ -47,7 +46,7 @@ from function.metrics import metrics
 from function.storage.base import Recognition, StoreUnavailable
 from function.webhook import signing, user_links
 from function.webhook.ingest import Service, ingest_chunk
-from function.webhook.server import BodyDeadline, body_seconds
+from function.webhook.server import UNREADABLE_BODY, BodyDeadline, body_seconds
 
 ACTIVE_WINDOW_SECONDS = 600.0
 MAX_IDEMPOTENCY_KEY = 256
@@ -137,7 +136,7 @@ def _body(request: flask.Request, cap: int) -> bytes:
     with BodyDeadline(request.environ, body_seconds(cap + 1 if declared is None else declared)) as deadline:
         try:
             body = request.stream.read(cap + 1)
-        except (OSError, ValueError, werkzeug.exceptions.HTTPException) as exc:
+        except UNREADABLE_BODY as exc:
             if deadline.expired:
                 body = None
             else:
@@ -427,6 +426,11 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, Handler | ShardHandler]]] = [
 SHARD = {shard_counts, shard_piles, shard_info}
 
 
+# Answers holding someone's songs or the service's figures: a shared browser or a proxy must
+# not keep them, as it must not keep the pages that draw them.
+NO_STORE = {stats, history, metrics_view, my_history, delete_my_history}
+
+
 # Omi's setup check is called without our token (the app manifest holds a bare URL), an uptime
 # check needs /health, the setup and privacy pages are for anyone considering the app, a user's
 # history page holds no data, and their history checks the key of their link itself.
@@ -480,7 +484,10 @@ def _route(request: flask.Request, get_service: Callable[[], Service], settings:
         check_access(request, handler, settings)
         if handler in SHARD:
             return handler(request, settings)
-        return handler(request, get_service(), found.group(1) if found.groups() else "")
+        response = handler(request, get_service(), found.group(1) if found.groups() else "")
+        if handler in NO_STORE:
+            response.headers["Cache-Control"] = "no-store"
+        return response
     return error(404, f"no such endpoint: {path}")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,10 @@ from function.logs import log
 
 # Without a usable Retry-After, wait out Omi's window: its limit is per UTC hour.
 _HOUR = 3600.0
+# Omi answers 403 both to a wrong app secret and to a user without the app. This many different
+# users refused in a row, none accepted in between, is taken for a wrong secret: one or two
+# users without the app are common while it is being tried out, three at once much less so.
+KEY_SUSPECT_USERS = 3
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,16 @@ def _retry_after(header: str | None, now: float) -> float:
 
 
 class Notifier:
-    """Sends one notification per call; without OMI_APP_ID/OMI_APP_SECRET it only logs it."""
+    """Sends one notification per call; without OMI_APP_ID/OMI_APP_SECRET it only logs it.
+
+    It remembers, in this process, whether Omi has accepted the secret yet and which users it
+    refused with 403 since its last success, to say which of Omi's two 403s a refusal likely is."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._lock = threading.Lock()
+        self._secret_accepted = False
+        self._refused_since_success: set[str] = set()
         self._client = httpx.Client(
             base_url=settings.omi_api_url,
             timeout=httpx.Timeout(settings.notify_timeout_seconds, connect=min(2.0, settings.notify_timeout_seconds)),
@@ -108,14 +119,16 @@ class Notifier:
             log("WARNING", "notification rate limited by Omi", uid=uid, retry_after_seconds=wait)
             return NotifyResult("rate_limited", "HTTP 429", retry_after_seconds=wait, defer_seconds=wait, retryable=True)
         if response.is_success:
+            with self._lock:
+                self._secret_accepted = True
+                self._refused_since_success.clear()
             remaining = response.headers.get("X-RateLimit-Remaining")
             log("INFO", "notification sent", uid=uid, notification=loggable(message), remaining=remaining)
             if response.headers.get("X-RateLimit-Remaining", "").strip() == "0":
                 return NotifyResult("sent", defer_seconds=_until_reset(response.headers.get("X-RateLimit-Reset"), time.time()))
             return NotifyResult("sent")
         if response.status_code == 403:
-            # Omi's word for "this user has not enabled the app": nothing to retry.
-            return self._failed(uid, "HTTP 403: the user has not enabled this app in Omi")
+            return self._forbidden(uid)
         retryable = response.status_code >= 500
         return self._failed(uid, f"HTTP {response.status_code}: {response.text[:200]}", retryable)
 
@@ -123,11 +136,12 @@ class Notifier:
         """Save a notified song as an Omi memory ("Heard <title> by <artist>", tagged music,
         linking to the user's history). Best effort, never retried: the notification already
         told the user, and Omi's allowance of 60 memories an hour is far above our 9
-        notifications. Returns created | failed."""
+        notifications. `text` is required but sent empty: Omi gives any non-empty one to its LLM
+        extractor, which would store the song a second time, paraphrased. Returns created | failed."""
         s = self._settings
         heard = f"Heard {title} by {artist}" if artist else f"Heard {title}"
         item = {"content": heard, "tags": ["music"], "source_id": song_id, "source_url": link}
-        body = {"text": heard, "text_source": "other", "text_source_spec": "song recognition", "memories": [item]}
+        body = {"text": "", "text_source": "other", "text_source_spec": "song recognition", "memories": [item]}
         try:
             response = self._client.post(
                 f"/v2/integrations/{s.omi_app_id}/user/memories",
@@ -143,6 +157,26 @@ class Notifier:
             return "failed"
         log("INFO", "memory created", uid=uid)
         return "created"
+
+    def _forbidden(self, uid: str) -> NotifyResult:
+        """A 403, never retried: Omi's body does not say whether the secret is wrong or this
+        user has not enabled the app, so the reason says what the refusals so far point to."""
+        with self._lock:
+            self._refused_since_success.add(uid)
+            users, accepted = len(self._refused_since_success), self._secret_accepted
+        if users >= KEY_SUSPECT_USERS:
+            since = "since its last success" if accepted else "and none accepted yet"
+            reason = (
+                f"HTTP 403 for {users} different users {since}: OMI_APP_SECRET is most likely wrong or revoked"
+                " (check the app's API key in Omi); otherwise none of them has enabled the app"
+            )
+            log("ERROR", "notification failed", uid=uid, reason=reason, retryable=False)
+            return NotifyResult("failed", reason)
+        if accepted:
+            return self._failed(uid, "HTTP 403: this user has not enabled the app in Omi (the app secret works for others)")
+        return self._failed(
+            uid, "HTTP 403: either this user has not enabled the app in Omi or OMI_APP_SECRET is wrong (Omi does not say which)"
+        )
 
     @staticmethod
     def _failed(uid: str, reason: str, retryable: bool = False) -> NotifyResult:

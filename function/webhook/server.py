@@ -27,6 +27,8 @@ import socket
 import threading
 from typing import Any, Mapping
 
+import werkzeug.exceptions
+
 from function.logs import log
 
 # gunicorn's own defaults (functions-framework turns the first off). Omi's URLs, a user's link
@@ -40,6 +42,22 @@ REQUEST_LIMITS = {"limit_request_line": 4094, "limit_request_fields": 100, "limi
 BODY_GRACE_SECONDS = 1.0
 BODY_MIN_BYTES_PER_SECOND = 64 * 1024
 BODY_MAX_SECONDS = 10.0
+
+
+def _unreadable_body_errors() -> tuple[type[Exception], ...]:
+    """What reading a request body raises when the client sent a broken one: a socket error, a
+    short or malformed body from werkzeug, and gunicorn's own ParseException for a malformed
+    chunked encoding (a chunk size that is not hex, a chunk without its CRLF), which is neither
+    an OSError nor a ValueError and would otherwise be an internal error."""
+    errors: tuple[type[Exception], ...] = (OSError, ValueError, werkzeug.exceptions.HTTPException)
+    try:
+        from gunicorn.http.errors import ParseException
+    except ImportError:  # no gunicorn (Windows): Flask's server reports these as ValueError
+        return errors
+    return (*errors, ParseException)
+
+
+UNREADABLE_BODY = _unreadable_body_errors()
 
 
 def body_seconds(expected_bytes: int) -> float:
