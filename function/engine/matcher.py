@@ -166,7 +166,18 @@ def piles(
     keys += (np.uint32(bias) - frames.astype(np.uint32))[query_index]
     keys.sort()
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    pile_keys, counts = keys[starts], np.diff(np.append(starts, len(keys)))
+    return best_pile(catalog, keys[starts], np.diff(np.append(starts, len(keys))), span, bias, bias)
+
+
+def best_pile(
+    catalog: Postings, pile_keys: np.ndarray, counts: np.ndarray, span: int, bias: int, query_frames: int
+) -> Vote | None:
+    """The vote's answer from its piles: distinct keys song * span + offset + bias, sorted, and
+    the votes in each; `query_frames` is the query's length, which adds to the offsets a song's
+    chance hits spread over. Shared by `piles` and the running tally of a stream (tally.py)."""
+    if len(pile_keys) == 0:
+        return None
+    key = pile_keys.dtype.type
     # Piles are sorted and distinct, so a pile's neighbouring offsets are its neighbours in
     # the array (when they exist at all): no search needed to add them in.
     smoothed = counts.copy()
@@ -179,7 +190,7 @@ def piles(
     voted = pile_song[first]
     tallest = np.maximum.reduceat(smoothed, first)
     hits = np.add.reduceat(counts, first)
-    offsets = catalog.durations[voted] / FRAME_SECONDS + bias
+    offsets = catalog.durations[voted] / FRAME_SECONDS + query_frames
     surprise = chance_surprise(tallest, hits, offsets)
     best = int(np.argmax(surprise))  # equal surprises go to the earliest song
     best_song = int(voted[best])

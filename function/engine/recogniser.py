@@ -12,12 +12,13 @@ import numpy as np
 from function.engine.decode import INTERNAL_RATE, pcm16_to_float
 from function.engine.catalog import Catalog
 from function.engine.config import CONFIG, EngineConfig
-from function.engine.fingerprint import FRAME_SECONDS, QUERY_DENSITY, with_neighbours
+from function.engine.fingerprint import BLOCK_FRAMES, FRAME_SECONDS, QUERY_DENSITY, with_neighbours
 from function.engine.matcher import MAX_QUERY_SECONDS, Vote, vote
 from function.engine.register_run import RegisterResult, expand_paths, register_files
 from function.engine.shards import Shards
 from function.engine.songs import CatalogError
-from function.engine.stream import buffered_peaks, complete_frames, landmarks_of, peaks_of
+from function.engine.stream import PEAK, StreamState, buffered_peaks, complete_frames, landmarks_of, pending_peaks, peaks_of
+from function.engine.tally import Tallies
 from function.logs import log
 
 DEFAULT_THRESHOLD = CONFIG.threshold
@@ -27,6 +28,9 @@ DEFAULT_THRESHOLD = CONFIG.threshold
 # while the function runs are named within this long. A constant, not a setting: the check costs
 # almost nothing, and no deployment has needed another value.
 RELOAD_CHECK_SECONDS = 30.0
+
+# Each user's running vote in this process (function/engine/tally.py).
+_TALLIES = Tallies()
 
 __all__ = ["Match", "RegisterResult", "Recogniser", "CatalogError", "get_recogniser", "get_sharded_recogniser"]
 
@@ -168,14 +172,53 @@ class Recogniser:
     def recognise_pcm(self, pcm: bytes, sample_rate: int) -> Match | None:
         return self.recognise(_pcm_samples(pcm), sample_rate)
 
-    def best_guess_buffer(self, chunks: Sequence[bytes], stream: bytes | None) -> tuple[Match | None, float]:
+    def best_guess_buffer(self, uid: str, chunks: Sequence[bytes], stream: bytes | None) -> tuple[Match | None, float]:
         """`best_guess` on a webhook buffer, which holds peaks (function/engine/stream.py `step`)
-        rather than audio: the webhook weighs the confidence itself (function/webhook/naming.py)."""
-        peaks, frames = buffered_peaks(chunks, stream, MAX_QUERY_SECONDS)
-        best, shift = self.best_vote_peaks(peaks, frames)
+        rather than audio: the webhook weighs the confidence itself (function/webhook/naming.py).
+
+        Voted with the uid's tallies (function/engine/tally.py): what earlier attempts counted
+        is kept, so an attempt costs about the same however long the buffer. Shards have no
+        tallies (their piles are counted where the postings are): they vote the whole buffer.
+        """
+        if not isinstance(self.catalog, Catalog) or stream is None:
+            peaks, frames = buffered_peaks(chunks, stream, MAX_QUERY_SECONDS)
+            best, shift = self.best_vote_peaks(peaks, frames)
+        else:
+            self.catalog.require_songs()
+            best, shift = self._tallied(uid, chunks, StreamState.from_bytes(stream))
         if best is None:
             return None, 0.0
         return self._match(best, shift), best.confidence
+
+    def _tallied(self, uid: str, chunks: Sequence[bytes], state: StreamState) -> tuple[Vote | None, float]:
+        """The vote `best_vote_peaks` takes of the buffer (with neighbours; the speed retry over
+        the newest seconds when speed 1 is no match), from the uid's tallies, whose votes place
+        the song at the buffer's start whatever the speed (no shift to undo)."""
+        settled = np.concatenate([np.frombuffer(c, PEAK) for c in chunks]) if chunks else np.zeros(0, PEAK)
+        peaks = np.concatenate([settled, pending_peaks(state)])
+        end = state.complete
+        settled_end = state.settled // BLOCK_FRAMES * BLOCK_FRAMES
+        start = int(peaks["t"][0]) // BLOCK_FRAMES * BLOCK_FRAMES if len(peaks) else end
+        start = max(start, end - int(MAX_QUERY_SECONDS / FRAME_SECONDS))
+        recent = int(round(self.config.speed_window_seconds / FRAME_SECONDS))
+        windows = ((1.0, int(MAX_QUERY_SECONDS / FRAME_SECONDS) + 2 * BLOCK_FRAMES),) + tuple(
+            (speed, recent + 2 * BLOCK_FRAMES) for speed in self.config.speed_variants
+        )
+        tallies = _TALLIES.take(uid, self.catalog, windows, self.config.neighbour_gap_frames)
+        if tallies is None:
+            return self.best_vote_peaks(*buffered_peaks(chunks, state.to_bytes(), MAX_QUERY_SECONDS))
+        try:
+            best: Vote | None = None
+            for tally in tallies:
+                lo = start if tally.speed == 1.0 else max(start, end - recent)
+                tally.sync(settled[settled["t"] >= lo], lo, max(lo, settled_end))
+                if tally.speed == 1.0 or best is None or best.confidence < self.threshold:
+                    v = tally.vote(peaks[peaks["t"] >= lo], start)
+                    if v is not None and (best is None or v.confidence > best.confidence):
+                        best = v
+            return best, 0.0
+        finally:
+            _TALLIES.give_back(uid, self.catalog, tallies)
 
 
 def _pcm_samples(pcm: bytes) -> np.ndarray:

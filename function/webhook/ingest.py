@@ -43,7 +43,7 @@ MAX_RETRY_INTERVAL_SECONDS = 60.0
 
 
 class Recognises(Protocol):
-    def best_guess_buffer(self, chunks: Sequence[bytes], stream: bytes | None) -> tuple[Match | None, float]: ...
+    def best_guess_buffer(self, uid: str, chunks: Sequence[bytes], stream: bytes | None) -> tuple[Match | None, float]: ...
 
     def catalog_state(self) -> dict: ...
 
@@ -173,7 +173,7 @@ def _attempt(service: Service, lease: Lease, now: float, slot: _Slot) -> Recogni
     try:
         started = time.perf_counter()
         try:
-            guess, confidence = service.recogniser().best_guess_buffer(lease.chunks, lease.stream)
+            guess, confidence = service.recogniser().best_guess_buffer(uid, lease.chunks, lease.stream)
         except CatalogError as exc:
             # No catalog (or a shard of it did not answer): the audio is kept (the claim trimmed
             # it to the cap) for when it is back; the miss this release records means the next
