@@ -96,6 +96,21 @@ def running_function(
 
 
 # --- the gcp backend's emulators ----------------------------------------------------------------
+def group_cpu_seconds(group: int) -> float:
+    """User + system CPU of every live process in the process group (gunicorn master and
+    workers, or an emulator's launcher and JVM; they live for the whole run)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # pgrp, field 5 of stat
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 def _fake_gcs_binary() -> str:
     # The wrapper package only bundles the binary; its own FakeGCSServer pipes the server's
     # per-request log into a pipe nobody reads, which stalls the server after a few hundred calls.

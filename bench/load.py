@@ -59,7 +59,7 @@ import httpx
 import numpy as np
 
 from bench import catalog_build, corpus, revisions
-from bench.harness import Served, running_emulators, running_function
+from bench.harness import Served, group_cpu_seconds, running_emulators, running_function
 from bench.machine import describe
 from bench.omi_stand_in import NOTIFICATION_LIMIT, OmiApi
 from function.config import Settings
@@ -174,21 +174,6 @@ def catalog_tracks(root: Path) -> tuple[list[corpus.Track], list[corpus.Track], 
     return tracks, excerpts, left_out
 
 
-def _group_cpu_seconds(group: int) -> float:
-    """User + system CPU of every live process in the process group (gunicorn master and
-    workers, or an emulator's launcher and JVM; they live for the whole run)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:  # pgrp, field 5 of stat
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
-
-
 def _own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -219,8 +204,8 @@ class _CpuSampler:
 
     def _sample(self) -> None:
         busy, iowait, steal = _machine_seconds()
-        server = _group_cpu_seconds(self.server)
-        emulators = sum(_group_cpu_seconds(g) for g in self.emulators)
+        server = group_cpu_seconds(self.server)
+        emulators = sum(group_cpu_seconds(g) for g in self.emulators)
         own = _own_cpu_seconds()
         values = {"server": server, "load_generator": own, "emulators": emulators,
                   "other_processes": busy - server - emulators - own, "iowait": iowait, "steal": steal}

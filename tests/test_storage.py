@@ -449,6 +449,18 @@ def test_history_expires_after_the_retention(backend_env) -> None:
     assert [r.song_id for r in store.history("u2")] == ["s2"]
 
 
+def test_history_hides_rows_past_their_retention_before_they_are_swept(backend_env) -> None:
+    """Firestore's TTL acts up to a day late and the local sweep only on a later write: a row
+    past its retention must not be shown meanwhile."""
+    store = open_store(Settings.from_env({**os.environ, "HISTORY_RETENTION_DAYS": "1"}))
+    now = time.time()
+
+    store.record(recognition("u1", now - 60, matched=True, song_id="new"))
+    store.record(recognition("u1", now - 2 * DAY, matched=True, song_id="old"))  # its own sweep keeps it
+
+    assert [r.song_id for r in store.history("u1")] == ["new"]
+
+
 def test_set_notification_updates_that_history_entry_only(store: Store) -> None:
     store.record(recognition("u1", T0 + 1, matched=True, song_id="s1", notification="retrying", notification_error="HTTP 500"))
     store.record(recognition("u1", T0 + 2, matched=True, song_id="s2", notification="skipped_cooldown"))

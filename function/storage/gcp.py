@@ -509,7 +509,10 @@ class GcpStore:
     @_transient
     def history(self, uid: str, limit: int = 50) -> list[Recognition]:
         query = self._history(uid).order_by("at", direction=firestore.Query.DESCENDING)
-        return [recognition_from_dict(d.to_dict()) for d in query.limit(limit).stream(**_FS)]
+        # Firestore's TTL deletes expired rows up to a day late: until then they are not shown.
+        now = datetime.now(timezone.utc)
+        rows = [d.to_dict() for d in query.limit(limit).stream(**_FS)]
+        return [recognition_from_dict(r) for r in rows if r.get("expires_at") is None or r["expires_at"] > now]
 
     @_transient
     def delete_history(self, uid: str) -> int:

@@ -432,8 +432,10 @@ class LocalStore:
 
     @_transient
     def history(self, uid: str, limit: int = 50) -> list[Recognition]:
+        # Rows past the retention are swept only as new ones are written: until then, not shown.
         rows = self._connection().execute(
-            "SELECT body FROM recognitions WHERE uid = ? ORDER BY at DESC, id DESC LIMIT ?", (uid, limit)
+            "SELECT body FROM recognitions WHERE uid = ? AND at >= ? ORDER BY at DESC, id DESC LIMIT ?",
+            (uid, time.time() - self._retention, limit),
         )
         return [recognition_from_dict(json.loads(row["body"])) for row in rows]
 
