@@ -31,6 +31,9 @@ RELOAD_CHECK_SECONDS = 30.0
 
 # Each user's running vote in this process (function/engine/tally.py).
 _TALLIES = Tallies()
+# The webhook's attempts that also vote the speed variants: one in this many (chosen: the retry
+# costs two more votes; 3 keeps an attempt's vote at about the cost of one).
+SPEED_EVERY = 3
 
 __all__ = ["Match", "RegisterResult", "Recogniser", "CatalogError", "get_recogniser", "get_sharded_recogniser"]
 
@@ -209,13 +212,18 @@ class Recogniser:
             return self.best_vote_peaks(*buffered_peaks(chunks, state.to_bytes(), MAX_QUERY_SECONDS))
         try:
             best: Vote | None = None
+            # The speed retry runs every SPEED_EVERY attempts (its tallies catch up then): a song
+            # played off speed is rare, and is named a stride or two later than it could be.
+            retry = tallies[0].attempts % SPEED_EVERY == 0
+            tallies[0].attempts += 1
             for tally in tallies:
+                if tally.speed != 1.0 and (not retry or (best is not None and best.confidence >= self.threshold)):
+                    continue
                 lo = start if tally.speed == 1.0 else max(start, end - recent)
                 tally.sync(settled[settled["t"] >= lo], lo, max(lo, settled_end))
-                if tally.speed == 1.0 or best is None or best.confidence < self.threshold:
-                    v = tally.vote(peaks[peaks["t"] >= lo], start)
-                    if v is not None and (best is None or v.confidence > best.confidence):
-                        best = v
+                v = tally.vote(peaks[peaks["t"] >= lo], start)
+                if v is not None and (best is None or v.confidence > best.confidence):
+                    best = v
             return best, 0.0
         finally:
             _TALLIES.give_back(uid, self.catalog, tallies)

@@ -79,6 +79,7 @@ class Tally:
         self.tallest = np.zeros(n, np.int64)
         self.stale = np.zeros(n, bool)  # tallest is only a bound from above
         self.lo = self.hi = 0
+        self.attempts = 0  # votes taken of this user's buffer (the recogniser's cadence)
         self.newest = -1  # the newest anchor counted (at this speed)
         self.peaks = np.zeros(0, PEAK)  # settled peaks from lo on: what counted them
 
@@ -252,15 +253,16 @@ class Tally:
         if len(songs) == 0:
             return
         cells = self._cells(songs, offsets)
-        around = self._around(songs, cells)
-        before = self._smoothed(*around) if sign < 0 else None
         np.add.at(self.cells, cells, np.uint16(1 if sign > 0 else 0xFFFF))
-        self.hits += sign * np.bincount(songs, minlength=len(self.hits))
-        if before is None:
+        touched = np.bincount(songs, minlength=len(self.hits))
+        self.hits += sign * touched
+        if sign > 0:
+            around = self._around(songs, cells)
             np.maximum.at(self.tallest, around[0], self._smoothed(*around))
         else:
-            # A song's tallest pile may be one that lost votes: only a bound until read again.
-            self.stale[around[0][before >= self.tallest[around[0]]]] = True
+            # A song that lost votes may have lost them from its tallest pile: its tallest is only
+            # a bound until read again, which the vote does for the few songs that could win.
+            self.stale |= touched > 0
 
 
 class Tallies:
