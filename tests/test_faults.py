@@ -129,20 +129,18 @@ def test_a_notification_that_keeps_failing_is_given_up_when_its_song_cooldown_en
     assert "gave up after 2 attempts" in entry["notification_error"]
 
 
-def test_a_recogniser_that_died_holding_the_lease_is_replaced_when_the_lease_expires(webhook_env, store, tracks) -> None:
+def test_a_recogniser_that_died_holding_the_lease_holds_the_uid_off_only_for_a_stride(webhook_env, store, tracks) -> None:
+    """A lease that is never released (its instance died mid-vote) and would not expire for an
+    hour: the song is still named here, a stride of audio later."""
     client = build_client()
     post_chunk(client, "alice", noise_pcm(1.0))
-    dead = store.claim("alice", min_bytes=0, stride_bytes=0, lease_seconds=4, now=time.time(), max_bytes=10 * 32000)  # never released
+    store.claim("alice", min_bytes=0, stride_bytes=0, lease_seconds=3600, now=time.time(), max_bytes=10 * 32000)
     song = music_pcm(tracks[0], 5.0, 7.0)
 
-    during = post_seconds(client, "alice", song[: 6 * 32000])
-    time.sleep(max(0.0, dead.expires_at - time.time()) + 0.1)
-    after = post_seconds(client, "alice", song[6 * 32000 :])
+    responses = post_seconds(client, "alice", song)
 
-    assert recognitions(during) == []
-    assert during[-1].json["buffered_seconds"] == 7.0
-    [recognition] = recognitions(after)
-    assert (recognition["status"], recognition["title"]) == ("match", tracks[0].title)
+    named = [r for r in recognitions(responses) if r["status"] == "match"]
+    assert named and named[0]["title"] == tracks[0].title
     assert song_entry(client)["title"] == tracks[0].title
 
 

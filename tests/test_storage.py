@@ -13,8 +13,8 @@ import pytest
 
 from function.config import Settings
 from function.storage import open_store
-from function.storage._rules import KEY_MEMORY_SECONDS, key_hash
-from function.storage.base import PendingNotification, Recognition, Store, StoreUnavailable
+from function.storage._rules import KEY_MEMORY_SECONDS
+from function.storage.base import Claim, PendingNotification, Recognition, Store, StoreUnavailable
 
 RATE = 16000
 CHUNK = 3200  # 0.1 s of PCM16 at 16 kHz: small, so the suite stays fast
@@ -52,9 +52,8 @@ def fill(store: Store, uid: str, count: int, now: float = T0, first: int = 0) ->
 
 
 def stored_chunk_objects(backend_env: dict[str, str], uid: str) -> int:
-    """Chunks the uid's buffer can still reach: rows (local); documents after the buffer's
-    cursor (gcp: documents before it are only receipts, for the TTL to delete, and
-    `test_every_chunk_document_expires` checks that it will)."""
+    """Chunks the uid's buffer holds, as stored: rows (local); entries of the user document's
+    buffer (gcp)."""
     if backend_env["STORAGE_BACKEND"] == "local":
         import sqlite3
 
@@ -63,8 +62,7 @@ def stored_chunk_objects(backend_env: dict[str, str], uid: str) -> int:
     from google.cloud import firestore
 
     user = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"]).collection("users").document(uid)
-    after = (user.get().to_dict() or {}).get("after_seq", 0)
-    return sum(1 for d in user.collection("chunks").stream() if d.get("seq") > after)
+    return len((user.get().to_dict() or {}).get("buffer") or [])
 
 
 # --- appending --------------------------------------------------------------------------------
@@ -118,7 +116,7 @@ def test_chunks_without_key_are_always_appended(store: Store) -> None:
 def test_key_is_remembered_after_its_chunk_was_consumed(store: Store) -> None:
     fill(store, "u1", 3)
     lease = store.claim("u1", CHUNK, 0, 30, T0 + 5, 10 * CHUNK)
-    store.release(lease, matched=True, keep_bytes=0, now=T0 + 6)
+    store.release(lease, now=T0 + 6)
 
     retry = store.append("u1", "key-0", RATE, pcm(0), T0 + 7)
 
@@ -139,9 +137,9 @@ def test_audio_after_a_long_gap_starts_a_new_buffer(store: Store, backend_env: d
     assert (info.sample_rate, info.last_audio_at) == (RATE, T0 + gap)
     if kept == 1:
         assert appended.attempted is False
-        assert store.claim("u1", CHUNK, 0, 30, T0 + gap + 1, 10 * CHUNK) is not None, "the old lease went with the old buffer"
+        assert store.claim("u1", CHUNK, 2 * CHUNK, 30, T0 + gap + 1, 10 * CHUNK) is not None, "the old attempt went with the old buffer"
     else:
-        assert store.claim("u1", CHUNK, 0, 30, T0 + gap + 1, 10 * CHUNK) is None
+        assert store.claim("u1", CHUNK, 2 * CHUNK, 30, T0 + gap + 1, 10 * CHUNK) is None, "a stride after the last attempt"
     assert stored_chunk_objects(backend_env, "u1") == kept
 
 
@@ -183,7 +181,7 @@ def test_expired_lease_is_taken_over_and_the_old_holder_changes_nothing(store: S
     stale = store.claim("u1", CHUNK, 0, 30, T0 + 5, 10 * CHUNK)
 
     fresh = store.claim("u1", CHUNK, 0, 30, T0 + 36, 10 * CHUNK)
-    store.release(stale, matched=True, keep_bytes=0, now=T0 + 37)
+    store.release(stale, now=T0 + 37)
 
     assert fresh is not None and fresh.token != stale.token
     assert store.buffer_info("u1").buffered_bytes == 3 * CHUNK
@@ -228,7 +226,7 @@ def test_release_after_a_match_drops_what_was_read_and_keeps_later_audio(store: 
     lease = store.claim("u1", CHUNK, 0, 30, T0 + 5, 10 * CHUNK)
     late = store.append("u1", "late", RATE, pcm(77), T0 + 6)
 
-    store.release(lease, matched=True, keep_bytes=0, now=T0 + 7)
+    store.release(lease, now=T0 + 7)
 
     info = store.buffer_info("u1")
     assert late.duplicate is False
@@ -238,31 +236,40 @@ def test_release_after_a_match_drops_what_was_read_and_keeps_later_audio(store: 
     assert again.stream == b"4", "a match empties the buffer; the stream goes on"
 
 
-def test_release_after_a_miss_keeps_the_newest_audio_and_waits_for_a_stride(store: Store) -> None:
+def test_a_miss_writes_nothing_and_the_next_claim_waits_for_a_stride(store: Store) -> None:
     chunks = fill(store, "u1", 4)
-    lease = store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 5, 10 * CHUNK)
+    store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 5, 10 * CHUNK)
 
-    store.release(lease, matched=False, keep_bytes=2 * CHUNK, now=T0 + 6)
+    refused = [store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 7, 10 * CHUNK)]
+    more = fill(store, "u1", 1, now=T0 + 8, first=10)
+    refused.append(store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 9, 10 * CHUNK))
+    more += fill(store, "u1", 1, now=T0 + 10, first=11)
+    again = store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 11, 10 * CHUNK)
+
+    assert refused == [None, None]
+    assert again is not None, "a stride arrived: the first lease, though unexpired, no longer blocks"
+    assert again.chunks == kept(chunks + more)
+
+
+def test_an_append_claims_in_the_same_step_when_the_cadence_allows(store: Store) -> None:
+    claim = Claim(min_bytes=3 * CHUNK, stride_bytes=2 * CHUNK, lease_seconds=30)
+    chunks = [pcm(i) for i in range(6)]
+
+    answers = [store.append("u1", f"k{i}", RATE, c, T0 + i, claim=claim) for i, c in enumerate(chunks)]
+
+    granted = [i for i, a in enumerate(answers) if a.lease is not None]
+    assert granted == [2, 4], "at 3 chunks, then every 2"
+    assert answers[4].lease.chunks == kept(chunks[:5])
+    assert store.claim("u1", 3 * CHUNK, 2 * CHUNK, 30, T0 + 7, 10 * CHUNK) is None
+
+
+def test_an_append_keeps_the_buffer_within_max_bytes(store: Store, backend_env: dict[str, str]) -> None:
+    for i in range(5):
+        store.append("u1", f"k{i}", RATE, pcm(i), T0 + i, max_bytes=2 * CHUNK + 100)
 
     info = store.buffer_info("u1")
     assert (info.buffered_bytes, info.chunks) == (2 * CHUNK, 2)
-    assert store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 7, 10 * CHUNK) is None
-    more = fill(store, "u1", 1, now=T0 + 8, first=10)
-    assert store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 9, 10 * CHUNK) is None
-    more += fill(store, "u1", 1, now=T0 + 10, first=11)
-    again = store.claim("u1", 2 * CHUNK, 2 * CHUNK, 30, T0 + 11, 10 * CHUNK)
-    assert again is not None
-    assert again.chunks == kept(chunks[2:] + more)
-
-
-def test_release_after_a_miss_that_keeps_everything_only_ends_the_lease(store: Store) -> None:
-    fill(store, "u1", 2)
-    lease = store.claim("u1", CHUNK, 0, 30, T0 + 5, 10 * CHUNK)
-
-    store.release(lease, matched=False, keep_bytes=10 * CHUNK, now=T0 + 6)
-
-    assert store.buffer_info("u1").buffered_bytes == 2 * CHUNK
-    assert store.claim("u1", CHUNK, 0, 30, T0 + 7, 10 * CHUNK) is not None
+    assert stored_chunk_objects(backend_env, "u1") == 2
 
 
 def test_clear_drops_the_buffer(store: Store, backend_env: dict[str, str]) -> None:
@@ -583,58 +590,42 @@ def gcp_store(backend_env: dict[str, str], store: Store) -> Store:
     return store
 
 
-def chunk_documents(backend_env: dict[str, str], uid: str) -> list[dict]:
+def user_document(backend_env: dict[str, str], uid: str) -> dict:
     from google.cloud import firestore
 
-    user = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"]).collection("users").document(uid)
-    return [{"id": d.id, **d.to_dict()} for d in user.collection("chunks").stream()]
+    return firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"]).collection("users").document(uid).get().to_dict() or {}
 
 
 @pytest.mark.parametrize("backend_env", ["gcp"], indirect=True)
-def test_every_chunk_document_holds_what_the_fingerprint_kept_and_expires(gcp_store: Store, backend_env: dict[str, str]) -> None:
-    before = time.time()
+def test_the_user_document_holds_what_the_fingerprint_kept_and_recent_receipts(gcp_store: Store, backend_env: dict[str, str]) -> None:
     gcp_store.append("u1", "k1", RATE, pcm(1), T0)
+    gcp_store.append("u1", "k2", RATE, pcm(2), T0 + KEY_MEMORY_SECONDS + 1)
 
-    [doc] = chunk_documents(backend_env, "u1")
+    doc = user_document(backend_env, "u1")
 
-    assert doc["peaks"] == kept([pcm(1)])[0]
-    assert "audio" not in doc
-    assert before + KEY_MEMORY_SECONDS - 5 <= doc["expires_at"].timestamp() <= time.time() + KEY_MEMORY_SECONDS
-
-
-@pytest.mark.parametrize("backend_env", ["gcp"], indirect=True)
-def test_chunks_the_ttl_deleted_drop_out_of_the_buffer_without_an_error(gcp_store: Store, backend_env: dict[str, str]) -> None:
-    """An idle buffer outlives its documents' expiry: what is gone is gone, the rest is read."""
-    from google.cloud import firestore
-
-    for i in range(4):
-        gcp_store.append("u1", f"k{i}", RATE, pcm(i), T0 + i, max_gap_seconds=3600)
-    chunks = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"]).collection("users").document("u1").collection("chunks")
-    for key in ("k0", "k2"):
-        chunks.document(key_hash(key)).delete()
-    lease = gcp_store.claim("u1", 1, 0, 30, T0 + 5, 10 * CHUNK)
-
-    read = lease.chunks
-
-    assert read == kept([pcm(1), pcm(3)])
-    assert gcp_store.buffer_info("u1").buffered_bytes == 2 * CHUNK
+    assert [c["peaks"] for c in doc["buffer"]] == list(kept([pcm(1), pcm(2)]))
+    assert doc["stream"] == b"2"
+    assert len(doc["receipts"]) == 12, "the first delivery's receipt was forgotten"
+    assert gcp_store.append("u1", "k2", RATE, pcm(2), T0 + KEY_MEMORY_SECONDS + 2).duplicate is True
+    assert not any(isinstance(v, bytes) and v == pcm(1) for v in doc.values())
 
 
 @pytest.mark.parametrize("backend_env", ["gcp"], indirect=True)
-def test_clearing_deletes_the_documents_at_once(gcp_store: Store, backend_env: dict[str, str]) -> None:
+def test_clearing_takes_the_peaks_and_the_stream_at_once(gcp_store: Store, backend_env: dict[str, str]) -> None:
     for i in range(3):
         gcp_store.append("u1", f"k{i}", RATE, pcm(i), T0 + i)
 
     gcp_store.clear("u1")
 
-    assert chunk_documents(backend_env, "u1") == []
+    doc = user_document(backend_env, "u1")
+    assert doc["buffer"] == [] and "stream" not in doc
 
 
 @pytest.mark.parametrize("backend_env", ["gcp"], indirect=True)
 def test_concurrent_posts_for_one_uid_never_stall_a_recognition(gcp_store: Store) -> None:
     """Four threads append 16 chunks a second between them (twice what the per-uid rate limit
-    lets through an instance) while a recogniser claims, reads and releases: every
-    compare-and-set gets through and every read keeps to the cap."""
+    lets through an instance) while a recogniser claims and reads: every compare-and-set gets
+    through and every read keeps to the cap."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -659,7 +650,6 @@ def test_concurrent_posts_for_one_uid_never_stall_a_recognition(gcp_store: Store
             if lease is None:
                 continue
             reads.append(lease.buffered_bytes)
-            gcp_store.release(lease, matched=False, keep_bytes=10 * CHUNK, now=time.time())
     finally:
         stop.set()
         for t in threads:

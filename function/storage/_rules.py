@@ -17,9 +17,10 @@ from function.config import UID_PATTERN
 from function.storage.base import PendingNotification, Recognition, StoreUnavailable
 
 # How long an Idempotency-Key is remembered after its chunk arrived. Omi gives up on a chunk after
-# 4 attempts spread over about 3 minutes (1 s, 5 s, 30 s back-off, 15-30 s timeouts), so an hour
-# covers every retry, also after the chunk itself was consumed by a recognition.
-KEY_MEMORY_SECONDS = 3600.0
+# 4 attempts spread over about 3 minutes (1 s, 5 s, 30 s back-off, 15-30 s timeouts), so a
+# quarter of an hour covers every retry, also after the chunk itself was consumed by a
+# recognition, and keeps the receipts a user's cloud document carries small (900 of them).
+KEY_MEMORY_SECONDS = 900.0
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,7 +79,13 @@ def starts_new_buffer(buffered_rate: int | None, last_audio_at: float | None, sa
 
 
 def may_claim(state: BufferState, min_bytes: int, stride_bytes: int, now: float) -> bool:
-    if state.lease_token is not None and (state.lease_expires or 0.0) > now:
+    """Whether a recognition may claim the buffer: enough audio, and after an attempt a stride
+    of new audio. A lease blocks only until a stride of audio arrived after it was granted: an
+    attempt takes a small part of a stride, so by then its holder is done (after a miss it
+    writes nothing at all, which is what lets a miss cost no storage operation); a holder that
+    died mid-attempt blocks the uid only until it expires (RECOGNITION_LEASE_SECONDS)."""
+    held = state.lease_token is not None and (state.lease_expires or 0.0) > now
+    if held and state.new_bytes < max(stride_bytes, 1):
         return False
     if state.buffered_bytes < max(min_bytes, 1):  # never a recognition of nothing
         return False
@@ -92,15 +99,6 @@ def read_window(sizes: Sequence[int], max_bytes: int) -> int:
     while first > 0 and (total + sizes[first - 1] <= max_bytes or first == len(sizes)):
         first -= 1
         total += sizes[first]
-    return first
-
-
-def keep_newest(sizes: Sequence[int], keep_bytes: int) -> int:
-    """Index of the oldest chunk to keep so the kept chunks (newest, whole) cover `keep_bytes`."""
-    kept, first = 0, len(sizes)
-    while first > 0 and kept < keep_bytes:
-        first -= 1
-        kept += sizes[first]
     return first
 
 

@@ -15,8 +15,14 @@ Invariants every backend keeps:
   Omi retries). A key seen before for that uid returns `duplicate=True` and changes nothing.
 - A chunk at a sample rate different from the uid's buffer, or arriving more than
   `max_gap_seconds` after the buffer's last chunk, drops the old buffer first.
-- At most one unexpired `Lease` per uid exists at a time, across processes and instances.
-  Clearing the buffer or restarting it at another sample rate also ends the lease.
+- A recognition claims the buffer with a `Lease`: once MIN_AUDIO_SECONDS are buffered, then once
+  per stride of new audio (`_rules.may_claim`), across processes and instances; a lease blocks
+  other claims until a stride of audio arrived after it or it expired. A claim is usually made
+  by the `append` that stores the chunk completing the stride, in the same write. A miss writes
+  nothing afterwards; a match `release`s the lease and drops what it read. Clearing the buffer or
+  restarting it at another sample rate also ends the lease.
+- The buffer never holds more than the newest `max_bytes` of audio (whole chunks; the newest
+  always) that `append` is given.
 - All times are Unix seconds (float) passed in by the caller, so tests control the clock.
 """
 
@@ -36,6 +42,15 @@ class StoreUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Claim:
+    """What a recognition asks of a buffer (see `_rules.may_claim`), in audio bytes."""
+
+    min_bytes: int
+    stride_bytes: int
+    lease_seconds: float
+
+
+@dataclass(frozen=True)
 class Appended:
     duplicate: bool
     buffered_bytes: int  # audio bytes now buffered for the uid (after this chunk)
@@ -49,6 +64,7 @@ class Appended:
     # concurrent chunk can make them stale; that only delays the next attempt by one chunk.
     new_bytes: int = 0
     attempted: bool = False
+    lease: "Lease | None" = None  # the claim the append was asked to make, if it was granted
 
 
 @dataclass(frozen=True)
@@ -111,29 +127,37 @@ class Recognition:
 class Store(Protocol):
     # --- audio buffer -------------------------------------------------------------------------
     def append(
-        self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, max_gap_seconds: float = float("inf")
+        self,
+        uid: str,
+        key: str | None,
+        sample_rate: int,
+        pcm: bytes,
+        now: float,
+        max_gap_seconds: float = float("inf"),
+        max_bytes: int | None = None,
+        claim: Claim | None = None,
     ) -> Appended:
         """Keep what the store's Fingerprint makes of one chunk, in arrival order (see the
-        invariants above); the PCM itself is not kept."""
+        invariants above); the PCM itself is not kept. With `claim`, also claim the buffer in
+        the same step if `may_claim` allows (the lease comes back in `Appended.lease`, read as
+        `claim` reads it): a recognition costs no storage operation of its own."""
 
     def claim(
         self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float, max_bytes: int
     ) -> Lease | None:
-        """Claim the uid's buffer for a recognition and read it, in one step (one round trip
-        fewer per attempt than a claim and then a read), or None.
+        """Claim the uid's buffer for a recognition and read it, in one step, or None (what
+        `append` does with a `Claim` after storing its chunk).
 
-        Granted only when at least `min_bytes` are buffered, no unexpired lease is held, and,
-        if an earlier attempt on this buffer missed, at least `stride_bytes` arrived since it
-        was claimed. The lease's `chunks` are the buffer's newest chunks that together stood for
-        at most `max_bytes` of audio (the newest one whatever its size), oldest first; older
-        chunks are dropped: the buffer never grows past it.
+        Granted when `_rules.may_claim` allows; the claim counts as an attempt (the next one
+        waits for a stride of new audio). The lease's `chunks` are the buffer's newest chunks
+        that together stood for at most `max_bytes` of audio (the newest one whatever its
+        size), oldest first; older chunks are dropped.
         """
 
-    def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:
-        """End the lease. On a match, drop the audio that was read; on a miss, keep only the
-        newest `keep_bytes` of it (whole chunks, so possibly a little more; plus anything that
-        arrived meanwhile) and remember the attempt so the next claim waits for a stride. A
-        release after the lease expired and was taken by someone else changes nothing."""
+    def release(self, lease: Lease, now: float) -> None:
+        """The lease named a song: drop what it read (chunks that arrived since stay) and end
+        it, so the next claim is the next song's. A release after the lease was taken over by
+        a later claim changes nothing."""
 
     def clear(self, uid: str) -> bool:
         """Drop the uid's buffer and stream state at once. True if anything was buffered."""

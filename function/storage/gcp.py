@@ -1,17 +1,15 @@
 """The Google Cloud backend: all state in Firestore, and no audio in it.
 
 Layout
-- `users/<uid>`: the buffer's counters, sample rate, cursor, lease, notification state, and the
-  user's stream state (`stream`, about 9 kB: the spectrum magnitude of the newest frames and the
-  spectral peaks not yet settled, function/engine/stream.py; never samples).
-- `users/<uid>/chunks/<keyhash>`: one document per delivery holding what the buffer keeps of it,
-  its spectral peaks (`peaks`, 6 bytes a peak, about 240 bytes a second), its arrival `seq` and
-  the audio bytes it stood for, created create-only, so it is also the delivery id's receipt.
-  The buffer is the chunks with `seq > after_seq`: a recognition that used chunks, or chunks
-  dropped out of MAX_BUFFER_SECONDS, only moves the cursor, so the documents stay receipts for
-  Omi's retries (up to about 3 minutes) and are deleted by the Firestore TTL policy on
-  `chunks.expires_at` (KEY_MEMORY_SECONDS after arrival; Firestore acts on it typically within a
-  day). Clearing a buffer (the user or the operator asked) deletes its documents at once.
+- `users/<uid>`: everything about one user's stream, in one document: the buffer (`buffer`, a
+  list of {seq, nbytes, peaks}: each delivery's spectral peaks, 6 bytes a peak, about 240 bytes
+  a second, never more than MAX_BUFFER_SECONDS of them), the stream state (`stream`, about 9 kB:
+  the spectrum magnitude of the newest frames and the peaks not yet settled,
+  function/engine/stream.py; never samples), the receipts of the deliveries of the last
+  KEY_MEMORY_SECONDS (`receipts`: 8 bytes of each delivery id's hash and its arrival second),
+  the cadence counters, the lease, and the notification state. Peaks a recognition used or that
+  fell out of the window leave the document in the write that drops them: nothing waits for a
+  TTL. About 40 kB at most.
 - `users/<uid>/recognitions/<id>`: the uid's songs (matches only), with `expires_at` for the TTL
   policy on the `recognitions` collection group. `metrics_hours/<hour>`: one UTC hour's counters
   (function/metrics.py), written by merges of increments. `active_days/<YYYY-MM-DD>-<shard>`:
@@ -19,20 +17,20 @@ Layout
   the day). Every query runs on Firestore's automatic single-field indexes: no composite index
   to deploy.
 
-Hot path: `append` reads the user document, fingerprints the chunk with the stream state it
-holds, then commits ONE batch (create the chunk document, update the user document on the
-condition that nobody wrote it since the read): the batch is the commit point, nothing is
-written outside it, and a concurrent chunk of the same user makes it read and fingerprint again
-(after CAS_ATTEMPTS, under a transaction), so the stream advances one chunk at a time.
+Hot path: a delivery is one read and one write of the user document. `append` reads it,
+fingerprints the chunk with the stream state it holds, and writes it back on the condition that
+nobody wrote it since (a compare-and-set, `_mutate`): the chunk's peaks, the new stream state,
+its receipt, and, when the append was asked to claim and the cadence allows, the lease, whose
+peaks the recognition then votes without another read. A miss writes nothing more; a match
+`release`s (one more read and write, once a song). Omi sends one chunk per second per uid, so a
+user document takes about one write a second, Firestore's sustained rate for a document.
 
-Claims (which read the peaks), releases, clears and notification reservations change the user
-document with a compare-and-set (read, then update with an update_time precondition, retried
-with a jittered back-off on conflict) rather than a client transaction: the library's
+Every change is a compare-and-set rather than a client transaction: the library's
 transactions begin and commit with fixed 60-second retry deadlines, while every call here
 carries a deadline of a few seconds, so an outage answers 503 quickly; only a compare-and-set
-that concurrent appends keep beating falls back to a transaction (`_mutate`). A claim lists the
-buffer's chunk documents inside its compare-and-set and sets the counters from what it found,
-so chunks the TTL deleted under a long-idle buffer are simply gone from it, never an error.
+that concurrent writers keep beating falls back to a transaction (`_mutate`).
+Versions before this one kept a document per chunk under `users/<uid>/chunks`: nothing reads
+those any more, and their TTL policy deletes them.
 """
 
 from __future__ import annotations
@@ -40,10 +38,11 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import asdict
+from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
+import numpy as np
 from google.api_core import exceptions as api
 from google.api_core.retry import Retry, if_exception_type
 from google.auth import exceptions as auth
@@ -56,7 +55,6 @@ from function.storage._rules import (
     check_uid,
     decide_notification,
     granted,
-    keep_newest,
     key_hash,
     may_claim,
     read_window,
@@ -68,7 +66,8 @@ from function.storage._rules import (
     unavailable_on,
     utc_day,
 )
-from function.storage.base import Appended, BufferInfo, Fingerprint, Lease, PendingNotification, Recognition, StoreUnavailable
+from function.logs import log
+from function.storage.base import Appended, BufferInfo, Claim, Fingerprint, Lease, PendingNotification, Recognition, StoreUnavailable
 
 DEADLINE_SECONDS = 5.0  # one call, retries included
 PING_DEADLINE_SECONDS = 2.0
@@ -108,36 +107,53 @@ _transient = unavailable_on(
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    seq: int
-    nbytes: int
-    peaks: bytes = b""
+def _buffer(data: dict | None) -> list[dict]:
+    """The buffer's chunks ({seq, nbytes, peaks}), oldest first."""
+    return list((data or {}).get("buffer") or [])
 
 
-# A buffer's fields when it starts again (a clear, another sample rate, a long silence).
-_RESET: dict[str, Any] = {
-    "sample_rate": DELETE_FIELD,
-    "buffered_bytes": 0,
-    "chunk_count": 0,
-    "new_bytes": 0,
-    "attempted": False,
-    "lease_token": DELETE_FIELD,
-    "lease_expires": DELETE_FIELD,
-    "read_upto": DELETE_FIELD,
-    "stream": DELETE_FIELD,
-}
-_EMPTY_BUFFER = {k: v for k, v in _RESET.items() if v is not DELETE_FIELD}
-
-
-def _state(data: dict) -> BufferState:
+def _state(data: dict, buffer: list[dict]) -> BufferState:
     return BufferState(
-        buffered_bytes=data.get("buffered_bytes", 0),
+        buffered_bytes=sum(c["nbytes"] for c in buffer),
         new_bytes=data.get("new_bytes", 0),
         attempted=data.get("attempted", False),
         lease_token=data.get("lease_token"),
         lease_expires=data.get("lease_expires"),
     )
+
+
+_RECEIPT = np.dtype([("key", "V8"), ("at", "<u4")])
+
+
+def _receipts(blob: bytes | None, now: float) -> np.ndarray:
+    """The receipts still remembered at `now` (see KEY_MEMORY_SECONDS)."""
+    receipts = np.frombuffer(blob or b"", _RECEIPT)
+    return receipts[receipts["at"] >= now - KEY_MEMORY_SECONDS]
+
+
+def _receipt(digest: str) -> np.void:
+    return np.frombuffer(bytes.fromhex(digest[:16]), "V8")[0]
+
+
+def _lease(uid: str, data: dict, buffer: list[dict], lease_seconds: float, now: float) -> tuple[Lease, dict]:
+    """A lease on the whole buffer and the user-document fields that grant it."""
+    lease = Lease(
+        uid,
+        uuid.uuid4().hex,
+        data["sample_rate"],
+        now + lease_seconds,
+        chunks=tuple(c["peaks"] for c in buffer),
+        stream=data.get("stream"),
+        buffered_bytes=sum(c["nbytes"] for c in buffer),
+    )
+    changes = {
+        "lease_token": lease.token,
+        "lease_expires": lease.expires_at,
+        "read_upto": buffer[-1]["seq"] if buffer else 0,
+        "new_bytes": 0,
+        "attempted": True,
+    }
+    return lease, changes
 
 
 def _increments(counts: dict) -> dict:
@@ -158,17 +174,6 @@ def _increments(counts: dict) -> dict:
 
 def _holds(data: dict | None, lease: Lease) -> bool:
     return data is not None and data.get("lease_token") == lease.token
-
-
-def _consume(dropped: list[_Chunk]) -> dict:
-    """User-document changes that take the oldest chunks of the buffer out of it."""
-    if not dropped:
-        return {}
-    return {
-        "after_seq": dropped[-1].seq,
-        "buffered_bytes": Increment(-sum(c.nbytes for c in dropped)),
-        "chunk_count": Increment(-len(dropped)),
-    }
 
 
 class GcpStore:
@@ -232,138 +237,83 @@ class GcpStore:
         except ValueError as exc:  # the library's "failed after N attempts"
             raise StoreUnavailable(f"{ref.path} kept changing, even under a transaction") from exc
 
-    def _chunks(self, uid: str, after: int, upto: int | None = None, peaks: bool = False) -> list[_Chunk]:
-        """The buffer's chunks after the cursor, oldest first; their peaks only when asked (a
-        document read costs the same either way, the bytes do not travel otherwise)."""
-        query = self._user(uid).collection("chunks").where(filter=FieldFilter("seq", ">", after))
-        if upto is not None:
-            query = query.where(filter=FieldFilter("seq", "<=", upto))
-        if not peaks:
-            query = query.select(["seq", "nbytes"])
-        return [
-            _Chunk(d.get("seq"), d.get("nbytes"), d.get("peaks") if peaks else b"")
-            for d in query.order_by("seq").stream(**_FS)
-        ]
-
-    def _drop_buffer(self, uid: str) -> int:
-        """Forget the uid's buffer and stream state (a clear); chunks dropped."""
-
-        def plan(data: dict | None) -> tuple[int | None, dict | None]:
-            if data is None:
-                return None, None
-            return data.get("chunk_count", 0), {**_RESET, "after_seq": data.get("last_seq", 0)}
-
-        dropped = self._mutate(self._user(uid), plan)
-        return 0 if dropped is None else dropped
-
     # --- audio buffer -------------------------------------------------------------------------
     @_transient
     def append(
-        self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, max_gap_seconds: float = float("inf")
+        self,
+        uid: str,
+        key: str | None,
+        sample_rate: int,
+        pcm: bytes,
+        now: float,
+        max_gap_seconds: float = float("inf"),
+        max_bytes: int | None = None,
+        claim: Claim | None = None,
     ) -> Appended:
         check_uid(uid)
-        user_ref = self._user(uid)
-        chunk_ref = user_ref.collection("chunks").document(key_hash(key))
-        expires = datetime.now(timezone.utc) + timedelta(seconds=KEY_MEMORY_SECONDS)
+        receipt = _receipt(key_hash(key))
+        day = utc_day(now)
+        first_today = [False]  # set by the plan that lands
 
-        def plan(data: dict | None) -> tuple[Appended, dict, dict]:
-            """The answer, the user document's new fields and the chunk document, from the user
-            document as read: the chunk is fingerprinted with the stream state it holds."""
+        def plan(data: dict | None) -> tuple[Appended, dict | None]:
             user = data or {}
+            first_today[0] = False
             retry = retry_at(user.get("notify"))
-            new_buffer = starts_new_buffer(user.get("sample_rate"), user.get("last_audio_at"), sample_rate, now, max_gap_seconds)
-            if new_buffer:
-                user = {**_EMPTY_BUFFER, "after_seq": user.get("last_seq", 0), "notify": user.get("notify")}
-            peaks, stream = self._fingerprint(user.get("stream"), sample_rate, pcm)
-            seq = max(time.time_ns(), user.get("last_seq", 0) + 1)
-            buffered = user.get("buffered_bytes", 0) + len(pcm)
-            new_bytes = user.get("new_bytes", 0) + len(pcm)
+            receipts = _receipts(user.get("receipts"), now)
+            buffer = _buffer(data)
+            if receipt in receipts["key"]:
+                return Appended(True, sum(c["nbytes"] for c in buffer), user.get("sample_rate") or sample_rate, retry), None
+            restart = starts_new_buffer(user.get("sample_rate"), user.get("last_audio_at"), sample_rate, now, max_gap_seconds)
+            held = {} if restart else user
+            seq = user.get("last_seq", 0) + 1
+            peaks, stream = self._fingerprint(held.get("stream"), sample_rate, pcm)
+            buffer = ([] if restart else buffer) + [{"seq": seq, "nbytes": len(pcm), "peaks": peaks}]
+            if max_bytes is not None:
+                buffer = buffer[read_window([c["nbytes"] for c in buffer], max_bytes) :]
+            entry = np.zeros(1, _RECEIPT)
+            entry["key"], entry["at"] = receipt, int(now)
             changes: dict[str, Any] = {
-                **(_RESET if new_buffer else {}),
-                "after_seq": user.get("after_seq", 0),
-                "buffered_bytes": buffered,
-                "chunk_count": user.get("chunk_count", 0) + 1,
-                "last_audio_at": max(now, user.get("last_audio_at") or now),
-                "last_seq": seq,
-                "new_bytes": new_bytes,
-                "sample_rate": sample_rate,
+                "buffer": buffer,
                 "stream": stream,
+                "receipts": np.concatenate([receipts, entry]).tobytes(),
+                "sample_rate": sample_rate,
+                "new_bytes": held.get("new_bytes", 0) + len(pcm),
+                "attempted": bool(held.get("attempted", False)),
+                "last_seq": seq,
+                "last_audio_at": max(now, user.get("last_audio_at") or now),
             }
-            day = utc_day(now)
-            if (data or {}).get("active_day") != day:
+            if restart:
+                changes.update(lease_token=DELETE_FIELD, lease_expires=DELETE_FIELD, read_upto=DELETE_FIELD)
+            if user.get("active_day") != day:
                 changes["active_day"] = day
-            chunk = {"seq": seq, "nbytes": len(pcm), "peaks": peaks, "sample_rate": sample_rate, "expires_at": expires}
-            attempted = bool(user.get("attempted", False))
-            return Appended(False, buffered, sample_rate, retry, new_bytes, attempted), changes, chunk
+                first_today[0] = True
+            lease = None
+            if claim is not None:
+                after = {**held, **changes, "lease_token": held.get("lease_token"), "lease_expires": held.get("lease_expires")}
+                if may_claim(_state(after, buffer), claim.min_bytes, claim.stride_bytes, now):
+                    lease, granted = _lease(uid, after, buffer, claim.lease_seconds, now)
+                    changes.update(granted)
+            if data is None:
+                changes = {k: v for k, v in changes.items() if v is not DELETE_FIELD}
+            buffered = sum(c["nbytes"] for c in buffer)
+            return Appended(False, buffered, sample_rate, retry, changes["new_bytes"], changes["attempted"], lease), changes
 
-        for attempt in range(CAS_ATTEMPTS):
-            if attempt:
-                time.sleep(random.uniform(0.5, 1.0) * min(0.2, CAS_BACKOFF_SECONDS * 2**attempt))
-            snapshot = user_ref.get(**_FS)
-            data = snapshot.to_dict()
-            appended, changes, chunk = plan(data)
-            batch = self._db.batch()
-            batch.create(chunk_ref, chunk)
-            if snapshot.exists:
-                batch.update(user_ref, changes, option=self._db.write_option(last_update_time=snapshot.update_time))
-            else:
-                batch.create(user_ref, changes)
-            if changes.get("active_day"):
-                self._count_active(batch, uid, changes["active_day"])
-            try:
-                batch.commit(**_FS)
-                return appended
-            except (api.FailedPrecondition, api.NotFound):
-                continue
-            except api.AlreadyExists:
-                theirs = self._get(chunk_ref)
-                if theirs is None:
-                    continue  # the user document was created meanwhile: try again on it
-                current = self._get(user_ref) or {}
-                rate = current.get("sample_rate") or sample_rate
-                retry = retry_at(current.get("notify"))
-                # Our own batch, retried by the library after its first answer was lost, or a
-                # delivery seen before.
-                return Appended(theirs.get("seq") != chunk["seq"], current.get("buffered_bytes", 0), rate, retry)
-        return self._append_locked(user_ref, chunk_ref, plan)
+        appended = self._mutate(self._user(uid), plan)
+        if first_today[0] and not appended.duplicate:
+            self._count_active(uid, day)
+        return appended
 
-    def _append_locked(
-        self,
-        user_ref: firestore.DocumentReference,
-        chunk_ref: firestore.DocumentReference,
-        plan: Callable[[dict | None], tuple[Appended, dict, dict]],
-    ) -> Appended:
-        """`append` under a transaction, when concurrent appends kept beating its compare-and-set
-        (see `_mutate`)."""
-
-        @firestore.transactional
-        def run(transaction: firestore.Transaction) -> Appended:
-            if chunk_ref.get(transaction=transaction, **_FS).exists:
-                current = user_ref.get(transaction=transaction, **_FS).to_dict() or {}
-                return Appended(True, current.get("buffered_bytes", 0), current.get("sample_rate") or 0, retry_at(current.get("notify")))
-            snapshot = user_ref.get(transaction=transaction, **_FS)
-            appended, changes, chunk = plan(snapshot.to_dict())
-            transaction.create(chunk_ref, chunk)
-            if snapshot.exists:
-                transaction.update(user_ref, changes)
-            else:
-                transaction.create(user_ref, changes)
-            if changes.get("active_day"):
-                self._count_active(transaction, user_ref.id, changes["active_day"])
-            return appended
-
-        try:
-            return run(self._db.transaction(max_attempts=CAS_ATTEMPTS))
-        except ValueError as exc:  # the library's "failed after N attempts"
-            raise StoreUnavailable(f"{user_ref.path} kept changing, even under a transaction") from exc
-
-    def _count_active(self, writes: Any, uid: str, day: str) -> None:
-        """Count the uid once for `day`, in a batch or transaction: one of ACTIVE_SHARDS counter
-        documents per day, so no document grows with the users and none takes more than a few
-        writes a second however many users start their day at once."""
+    def _count_active(self, uid: str, day: str) -> None:
+        """Count the uid once for `day` (the first append of its day just wrote `active_day`):
+        one of ACTIVE_SHARDS counter documents per day, so no document grows with the users and
+        none takes more than a few writes a second however many users start their day at once.
+        Best effort: a lost increment only undercounts a day's users by one."""
         shard = int(key_hash(uid)[:8], 16) % ACTIVE_SHARDS
         ref = self._db.collection("active_days").document(f"{day}-{shard:02d}")
-        writes.set(ref, {"day": day, "users": Increment(1)}, merge=True)
+        try:
+            ref.set({"day": day, "users": Increment(1)}, merge=True, **_FS)
+        except (api.GoogleAPICallError, api.RetryError, auth.TransportError) as exc:
+            log("WARNING", "active user not counted", reason=type(exc).__name__)
 
     @_transient
     def claim(
@@ -372,77 +322,61 @@ class GcpStore:
         def plan(data: dict | None) -> tuple[Lease | None, dict | None]:
             if data is None or data.get("sample_rate") is None:
                 return None, None
-            if not may_claim(_state(data), min_bytes, stride_bytes, now):
+            buffer = _buffer(data)
+            if not may_claim(_state(data, buffer), min_bytes, stride_bytes, now):
                 return None, None
-            chunks = self._chunks(uid, data.get("after_seq", 0), peaks=True)
-            first = read_window([c.nbytes for c in chunks], max_bytes)
-            window = chunks[first:]
-            lease = Lease(
-                uid,
-                uuid.uuid4().hex,
-                data["sample_rate"],
-                now + lease_seconds,
-                chunks=tuple(c.peaks for c in window),
-                stream=data.get("stream"),
-                buffered_bytes=sum(c.nbytes for c in window),
-            )
-            # Counters from what is really there (the update lands only if nothing was appended
-            # since the snapshot, so the listing is exact): documents the TTL deleted drop out.
-            return lease, {
-                "lease_token": lease.token,
-                "lease_expires": lease.expires_at,
-                "new_bytes": 0,
-                "read_upto": window[-1].seq if window else DELETE_FIELD,
-                "after_seq": chunks[first - 1].seq if first else data.get("after_seq", 0),
-                "buffered_bytes": lease.buffered_bytes,
-                "chunk_count": len(window),
-            }
+            buffer = buffer[read_window([c["nbytes"] for c in buffer], max_bytes) :]
+            lease, changes = _lease(uid, data, buffer, lease_seconds, now)
+            return lease, {**changes, "buffer": buffer}
 
         return self._mutate(self._user(uid), plan)
 
     @_transient
-    def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:
+    def release(self, lease: Lease, now: float) -> None:
         def plan(data: dict | None) -> tuple[None, dict | None]:
             if not _holds(data, lease):
                 return None, None
-            dropped: list[_Chunk] = []
-            # A miss that keeps the whole buffer drops nothing: no need to list its chunks (the
-            # webhook keeps it all and votes again over it, so this is every miss).
-            keeps_all = not matched and data.get("buffered_bytes", 0) <= keep_bytes
-            if data.get("read_upto") is not None and not keeps_all:
-                read = self._chunks(lease.uid, data.get("after_seq", 0), data["read_upto"])
-                first = len(read) if matched else keep_newest([c.nbytes for c in read], keep_bytes)
-                dropped = read[:first]
+            upto = data.get("read_upto", 0)
             return None, {
+                "buffer": [c for c in _buffer(data) if c["seq"] > upto],
                 "lease_token": DELETE_FIELD,
                 "lease_expires": DELETE_FIELD,
                 "read_upto": DELETE_FIELD,
-                "attempted": not matched,
-                **_consume(dropped),
+                "attempted": False,
             }
 
         self._mutate(self._user(lease.uid), plan)
 
     @_transient
     def clear(self, uid: str) -> bool:
-        """The documents go at once, receipts included: someone asked for the audio to go."""
-        dropped = self._drop_buffer(uid)
-        chunks = [d.reference for d in self._user(uid).collection("chunks").select([]).stream(**_FS)]
-        for start in range(0, len(chunks), 500):
-            batch = self._db.batch()
-            for ref in chunks[start : start + 500]:
-                batch.delete(ref)
-            batch.commit(**_FS)
-        return dropped > 0
+        """The peaks and the stream state go at once, in one write."""
+
+        def plan(data: dict | None) -> tuple[bool, dict | None]:
+            if data is None:
+                return False, None
+            changes = {
+                "buffer": [],
+                "stream": DELETE_FIELD,
+                "sample_rate": DELETE_FIELD,
+                "new_bytes": 0,
+                "attempted": False,
+                "lease_token": DELETE_FIELD,
+                "lease_expires": DELETE_FIELD,
+                "read_upto": DELETE_FIELD,
+            }
+            return bool(_buffer(data)), changes
+
+        return self._mutate(self._user(uid), plan)
 
     @_transient
     def buffer_info(self, uid: str) -> BufferInfo:
         data = self._get(self._user(uid)) or {}
+        buffer = _buffer(data)
         return BufferInfo(
             uid=uid,
-            buffered_bytes=data.get("buffered_bytes", 0),
+            buffered_bytes=sum(c["nbytes"] for c in buffer),
             sample_rate=data.get("sample_rate"),
-            chunks=data.get("chunk_count", 0),
+            chunks=len(buffer),
             last_audio_at=data.get("last_audio_at"),
         )
 

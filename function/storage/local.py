@@ -29,7 +29,6 @@ from function.storage._rules import (
     check_uid,
     decide_notification,
     granted,
-    keep_newest,
     key_hash,
     may_claim,
     merge_counts,
@@ -42,7 +41,7 @@ from function.storage._rules import (
     unavailable_on,
     utc_day,
 )
-from function.storage.base import Appended, BufferInfo, Fingerprint, Lease, PendingNotification, Recognition
+from function.storage.base import Appended, BufferInfo, Claim, Fingerprint, Lease, PendingNotification, Recognition
 
 # A writer waits this long for another to finish before the request is answered 503.
 BUSY_TIMEOUT_SECONDS = 5.0
@@ -203,10 +202,18 @@ class LocalStore:
     # --- audio buffer -------------------------------------------------------------------------
     @_transient
     def append(
-        self, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, max_gap_seconds: float = float("inf")
+        self,
+        uid: str,
+        key: str | None,
+        sample_rate: int,
+        pcm: bytes,
+        now: float,
+        max_gap_seconds: float = float("inf"),
+        max_bytes: int | None = None,
+        claim: Claim | None = None,
     ) -> Appended:
         check_uid(uid)
-        appended = self._commit_chunk(uid, key_hash(key), sample_rate, pcm, now, max_gap_seconds)
+        appended = self._commit_chunk(uid, key_hash(key), sample_rate, pcm, now, max_gap_seconds, max_bytes, claim)
         if not appended.duplicate and now - self._swept_at >= SWEEP_SECONDS:
             self._swept_at = now
             self._sweep(uid, now, max_gap_seconds)
@@ -247,7 +254,17 @@ class LocalStore:
                 self._drop_buffer(db, row["uid"])
                 total -= row["held"]
 
-    def _commit_chunk(self, uid: str, digest: str, sample_rate: int, pcm: bytes, now: float, max_gap: float) -> Appended:
+    def _commit_chunk(
+        self,
+        uid: str,
+        digest: str,
+        sample_rate: int,
+        pcm: bytes,
+        now: float,
+        max_gap: float,
+        max_bytes: int | None,
+        claim: Claim | None,
+    ) -> Appended:
         with self._transaction() as db:
             db.execute("DELETE FROM receipts WHERE at < ?", (now - KEY_MEMORY_SECONDS,))
             fresh = db.execute(
@@ -273,66 +290,72 @@ class LocalStore:
                 (uid, sample_rate, len(pcm), stream, now),
             )
             db.execute("INSERT OR IGNORE INTO active_days (day, uid) VALUES (?, ?)", (utc_day(now), uid))
+            if max_bytes is not None:
+                self._bound(db, uid, max_bytes)
+            lease = self._claim(db, uid, claim, now) if claim is not None else None
             after = self._user(db, uid)
             return Appended(
-                False, self._buffered(db, uid)[0], sample_rate, retry, after["new_bytes"], bool(after["attempted"])
+                False, self._buffered(db, uid)[0], sample_rate, retry, after["new_bytes"], bool(after["attempted"]), lease
             )
+
+    def _bound(self, db: sqlite3.Connection, uid: str, max_bytes: int) -> list[sqlite3.Row]:
+        """Drop the chunks older than the newest `max_bytes`; the rest, oldest first."""
+        chunks = db.execute("SELECT id, nbytes, peaks FROM buffer WHERE uid = ? ORDER BY id", (uid,)).fetchall()
+        first = read_window([c["nbytes"] for c in chunks], max_bytes)
+        if first:
+            self._drop_upto(db, uid, chunks[first - 1]["id"])
+        return chunks[first:]
+
+    def _claim(self, db: sqlite3.Connection, uid: str, claim: Claim, now: float, max_bytes: int | None = None) -> Lease | None:
+        user = self._user(db, uid)
+        if user is None or user["sample_rate"] is None:
+            return None
+        state = BufferState(
+            buffered_bytes=self._buffered(db, uid)[0],
+            new_bytes=user["new_bytes"],
+            attempted=bool(user["attempted"]),
+            lease_token=user["lease_token"],
+            lease_expires=user["lease_expires"],
+        )
+        if not may_claim(state, claim.min_bytes, claim.stride_bytes, now):
+            return None
+        if max_bytes is not None:
+            window = self._bound(db, uid, max_bytes)
+        else:
+            window = db.execute("SELECT id, nbytes, peaks FROM buffer WHERE uid = ? ORDER BY id", (uid,)).fetchall()
+        token = uuid.uuid4().hex
+        db.execute(
+            "UPDATE users SET lease_token = ?, lease_expires = ?, read_upto = ?, new_bytes = 0, attempted = 1 WHERE uid = ?",
+            (token, now + claim.lease_seconds, window[-1]["id"] if window else None, uid),
+        )
+        return Lease(
+            uid,
+            token,
+            user["sample_rate"],
+            now + claim.lease_seconds,
+            chunks=tuple(bytes(c["peaks"]) for c in window),
+            stream=user["stream"],
+            buffered_bytes=sum(c["nbytes"] for c in window),
+        )
 
     @_transient
     def claim(
         self, uid: str, min_bytes: int, stride_bytes: int, lease_seconds: float, now: float, max_bytes: int
     ) -> Lease | None:
         with self._transaction() as db:
-            user = self._user(db, uid)
-            if user is None or user["sample_rate"] is None:
-                return None
-            state = BufferState(
-                buffered_bytes=self._buffered(db, uid)[0],
-                new_bytes=user["new_bytes"],
-                attempted=bool(user["attempted"]),
-                lease_token=user["lease_token"],
-                lease_expires=user["lease_expires"],
-            )
-            if not may_claim(state, min_bytes, stride_bytes, now):
-                return None
-            chunks = db.execute("SELECT id, nbytes, peaks FROM buffer WHERE uid = ? ORDER BY id", (uid,)).fetchall()
-            first = read_window([c["nbytes"] for c in chunks], max_bytes)
-            if first:
-                self._drop_upto(db, uid, chunks[first - 1]["id"])
-            window = chunks[first:]
-            token = uuid.uuid4().hex
-            db.execute(
-                "UPDATE users SET lease_token = ?, lease_expires = ?, read_upto = ?, new_bytes = 0 WHERE uid = ?",
-                (token, now + lease_seconds, window[-1]["id"] if window else None, uid),
-            )
-            return Lease(
-                uid,
-                token,
-                user["sample_rate"],
-                now + lease_seconds,
-                chunks=tuple(bytes(c["peaks"]) for c in window),
-                stream=user["stream"],
-                buffered_bytes=sum(c["nbytes"] for c in window),
-            )
+            return self._claim(db, uid, Claim(min_bytes, stride_bytes, lease_seconds), now, max_bytes)
 
     @_transient
-    def release(self, lease: Lease, matched: bool, keep_bytes: int, now: float) -> None:
+    def release(self, lease: Lease, now: float) -> None:
         with self._transaction() as db:
             user = self._holder(db, lease)
             if user is None:
                 return
             if user["read_upto"] is not None:
-                read = db.execute(
-                    "SELECT id, nbytes FROM buffer WHERE uid = ? AND id <= ? ORDER BY id",
-                    (lease.uid, user["read_upto"]),
-                ).fetchall()
-                first = len(read) if matched else keep_newest([c["nbytes"] for c in read], keep_bytes)
-                if first:
-                    self._drop_upto(db, lease.uid, read[first - 1]["id"])
+                self._drop_upto(db, lease.uid, user["read_upto"])
             db.execute(
-                "UPDATE users SET lease_token = NULL, lease_expires = NULL, read_upto = NULL,"
-                " attempted = ? WHERE uid = ?",
-                (0 if matched else 1, lease.uid),
+                "UPDATE users SET lease_token = NULL, lease_expires = NULL, read_upto = NULL, attempted = 0 WHERE uid = ?",
+                (lease.uid,),
             )
 
     @_transient

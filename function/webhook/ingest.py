@@ -35,7 +35,7 @@ from function.webhook.ratelimit import AudioRateLimiter
 from function.engine.recogniser import CatalogError, Match
 from function.webhook.naming import named
 from function.storage._rules import granted
-from function.storage.base import Lease, PendingNotification, Recognition, Store, StoreUnavailable
+from function.storage.base import Claim, Lease, PendingNotification, Recognition, Store, StoreUnavailable
 
 RECOGNITION_SLOTS = os.cpu_count() or 1
 # Back-off between retries of a failed notification stops growing here.
@@ -82,31 +82,37 @@ def ingest_chunk(
     service: Service, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, base_url: str = ""
 ) -> ChunkResult:
     """`base_url`: where the links in this user's notifications point ("" sends none)."""
-    appended = service.store.append(uid, key, sample_rate, pcm, now, service.settings.max_gap_seconds)
-    result = ChunkResult(appended.duplicate, appended.buffered_bytes, appended.sample_rate, None)
-    log(
-        "DEBUG" if result.duplicate else "INFO",
-        "duplicate chunk acknowledged" if result.duplicate else "chunk stored",
-        uid=uid,
-        bytes=len(pcm),
-        seconds=result.buffered_seconds,
-        sample_rate=result.sample_rate,
-    )
-    if appended.notification_retry_at is not None and appended.notification_retry_at <= now:
-        _retry_notification(service, uid, now)
-    # The claim is a transaction; skip it while it cannot be granted: too little audio, or after
-    # a miss less than a stride of new audio (the store checks both again when claiming).
     s = service.settings
-    if result.duplicate or result.buffered_bytes < audio_bytes(s.min_audio_seconds, result.sample_rate):
-        return result
-    if appended.attempted and appended.new_bytes < audio_bytes(s.stride_seconds, result.sample_rate):
-        return result
+    # The chunk's append also claims the buffer when the cadence allows and this instance has a
+    # recognition slot free: the slot is taken first, so a busy instance claims nothing it
+    # cannot vote on, and given back at once when there was nothing to claim.
     slot = _Slot(service.slots)
-    if not slot.taken:
-        log("DEBUG", "recognition deferred: every slot of this instance is busy", uid=uid)
-        return result
+    claim = None
+    if slot.taken:
+        claim = Claim(
+            min_bytes=audio_bytes(s.min_audio_seconds, sample_rate),
+            stride_bytes=audio_bytes(s.stride_seconds, sample_rate),
+            lease_seconds=s.lease_seconds,
+        )
     try:
-        return replace(result, recognition=_maybe_recognise(service, uid, result.sample_rate, now, base_url, slot))
+        max_bytes = audio_bytes(s.max_buffer_seconds, sample_rate)
+        appended = service.store.append(uid, key, sample_rate, pcm, now, s.max_gap_seconds, max_bytes, claim)
+        result = ChunkResult(appended.duplicate, appended.buffered_bytes, appended.sample_rate, None)
+        log(
+            "DEBUG" if result.duplicate else "INFO",
+            "duplicate chunk acknowledged" if result.duplicate else "chunk stored",
+            uid=uid,
+            bytes=len(pcm),
+            seconds=result.buffered_seconds,
+            sample_rate=result.sample_rate,
+        )
+        if appended.lease is None:
+            slot.give_back()
+        if appended.notification_retry_at is not None and appended.notification_retry_at <= now:
+            _retry_notification(service, uid, now)
+        if appended.lease is None:
+            return result
+        return replace(result, recognition=_recognise(service, appended.lease, now, base_url, slot))
     finally:
         slot.give_back()
 
@@ -136,18 +142,7 @@ class _Skipped(Exception):
         self.reason = reason
 
 
-def _maybe_recognise(service: Service, uid: str, rate: int, now: float, base_url: str, slot: _Slot) -> dict | None:
-    s = service.settings
-    lease = service.store.claim(
-        uid,
-        min_bytes=audio_bytes(s.min_audio_seconds, rate),
-        stride_bytes=audio_bytes(s.stride_seconds, rate),
-        lease_seconds=s.lease_seconds,
-        now=now,
-        max_bytes=audio_bytes(s.max_buffer_seconds, rate),
-    )
-    if lease is None:
-        return None
+def _recognise(service: Service, lease: Lease, now: float, base_url: str, slot: _Slot) -> dict:
     try:
         recognition = _attempt(service, lease, now, slot)
     except _Skipped as skipped:
@@ -159,14 +154,15 @@ def _maybe_recognise(service: Service, uid: str, rate: int, now: float, base_url
     _record(service, recognition)
     if retry is not None:
         # Only now: a retry updates the history entry, which must exist by then.
-        _best_effort(uid, service.store.release_notification, uid, retry, now)
+        _best_effort(lease.uid, service.store.release_notification, lease.uid, retry, now)
     return _public(recognition)
 
 
 def _attempt(service: Service, lease: Lease, now: float, slot: _Slot) -> Recognition:
-    """Recognise what the claim read, and always release the lease, whatever happens."""
-    s, store, uid, rate = service.settings, service.store, lease.uid, lease.sample_rate
-    max_bytes = audio_bytes(s.max_buffer_seconds, rate)
+    """Recognise what the claim read. A match releases the lease, dropping what it read; a
+    miss (or a vote that could not be taken) writes nothing: the claim already counted as the
+    attempt, so the next one waits for a stride of new audio."""
+    store, uid, rate = service.store, lease.uid, lease.sample_rate
     match: Match | None = None
     guess: Match | None = None
     confidence = 0.0
@@ -175,9 +171,8 @@ def _attempt(service: Service, lease: Lease, now: float, slot: _Slot) -> Recogni
         try:
             guess, confidence = service.recogniser().best_guess_buffer(uid, lease.chunks, lease.stream)
         except CatalogError as exc:
-            # No catalog (or a shard of it did not answer): the audio is kept (the claim trimmed
-            # it to the cap) for when it is back; the miss this release records means the next
-            # try is a stride later, not every chunk.
+            # No catalog (or a shard of it did not answer): the peaks are kept (the window
+            # bounds them) for when it is back, a stride later, not every chunk.
             log("ERROR", "recognition skipped: catalog unavailable", uid=uid, reason=str(exc))
             raise _Skipped("unavailable", "the song catalog is not available") from exc
         except Exception as exc:  # the chunk is stored: a failed attempt must not make Omi resend it
@@ -187,7 +182,8 @@ def _attempt(service: Service, lease: Lease, now: float, slot: _Slot) -> Recogni
         match = named(guess, confidence)
     finally:
         slot.give_back()
-        store.release(lease, matched=match is not None, keep_bytes=max_bytes, now=now)
+    if match is not None:
+        _best_effort(uid, store.release, lease, now)
     seconds = round(lease.buffered_bytes / (2 * rate), 3)
     if match is None:
         log("INFO", "no match", uid=uid, seconds=seconds, latency_ms=latency_ms, confidence=round(confidence, 4))
