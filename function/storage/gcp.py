@@ -36,8 +36,10 @@ those any more, and their TTL policy deletes them.
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
@@ -78,6 +80,8 @@ CAS_ATTEMPTS = 4
 CAS_BACKOFF_SECONDS = 0.01
 # Counter documents per day of active users (see `_count_active`).
 ACTIVE_SHARDS = 16
+# User documents an instance remembers as it last wrote them (about 40 kB each at most).
+MAX_KNOWN_DOCUMENTS = 1024
 
 _FIRESTORE_RETRY = Retry(
     initial=0.1,
@@ -172,6 +176,17 @@ def _increments(counts: dict) -> dict:
     return out
 
 
+def _applied(data: dict | None, changes: dict) -> dict:
+    """The document after an update of these top-level fields (DELETE_FIELD removes one)."""
+    out = dict(data or {})
+    for key, value in changes.items():
+        if value is DELETE_FIELD:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
 def _holds(data: dict | None, lease: Lease) -> bool:
     return data is not None and data.get("lease_token") == lease.token
 
@@ -183,6 +198,9 @@ class GcpStore:
         self._fingerprint = fingerprint
         self._retention = history_retention_seconds
         self._db = firestore.Client(project=project or None, database=database)
+        # User documents as this instance last wrote or read them (see `_mutate`).
+        self._known: OrderedDict[str, tuple[Any, dict]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     # --- plumbing -----------------------------------------------------------------------------
     def _user(self, uid: str) -> firestore.DocumentReference:
@@ -197,28 +215,66 @@ class GcpStore:
     ) -> T:
         """Compare-and-set on one document: `plan` sees its data and returns (result, changes or
         None); the changes are written only if nobody wrote the document in between, else the
-        plan runs again on fresh data. Appends write the user document every chunk, so a uid
-        flooded with concurrent POSTs can keep a compare-and-set from ever landing: after
-        CAS_ATTEMPTS the plan runs in a transaction instead, whose lock on the document makes
-        those appends wait for it (a server-side lock, so it cannot starve; it is the fallback
-        only because the library's transactions retry with fixed deadlines of their own)."""
+        plan runs again on fresh data.
+
+        The first try plans on the document as this instance last wrote or read it, when it
+        knows it, and writes on the condition that it is still that version: a user's deliveries
+        usually reach the instance that took the last one, so a delivery costs one write and no
+        read. Another writer in between makes the condition fail, and the plan runs again on
+        the document as read; a plan that would write nothing is checked on a fresh read, so no
+        answer rests on a version that may be old. Appends write the user document every chunk, so a uid flooded
+        with concurrent POSTs can keep a compare-and-set from ever landing: after CAS_ATTEMPTS
+        the plan runs in a transaction instead, whose lock on the document makes those appends
+        wait for it (a server-side lock, so it cannot starve; it is the fallback only because
+        the library's transactions retry with fixed deadlines of their own)."""
+        known = self._recall(ref.path)
         for attempt in range(CAS_ATTEMPTS):
             if attempt:
                 time.sleep(random.uniform(0.5, 1.0) * min(0.2, CAS_BACKOFF_SECONDS * 2**attempt))
-            snapshot = ref.get(**_FS)
-            result, changes = plan(snapshot.to_dict())
+            if known is not None:
+                (version, data), known = known, None
+                result, changes = plan(data)
+                if not changes:  # a decision to write nothing is taken on the document as it is
+                    snapshot = ref.get(**_FS)
+                    version, data = (snapshot.update_time, snapshot.to_dict()) if snapshot.exists else (None, None)
+                    result, changes = plan(data)
+            else:
+                snapshot = ref.get(**_FS)
+                version, data = (snapshot.update_time, snapshot.to_dict()) if snapshot.exists else (None, None)
+                result, changes = plan(data)
             if not changes:
+                if version is not None:
+                    self._remember(ref.path, version, data)
                 return result
             try:
-                if snapshot.exists:
-                    unchanged = self._db.write_option(last_update_time=snapshot.update_time)
-                    ref.update(changes, option=unchanged, **_FS)
+                if version is not None:
+                    written = ref.update(changes, option=self._db.write_option(last_update_time=version), **_FS)
                 else:
-                    ref.create(changes, **_FS)
+                    written = ref.create(changes, **_FS)
             except (api.FailedPrecondition, api.AlreadyExists, api.NotFound):
                 continue
+            self._remember(ref.path, written.update_time, _applied(data, changes))
             return result
+        self._forget(ref.path)
         return self._locked(ref, plan)
+
+    def _recall(self, path: str) -> tuple[Any, dict] | None:
+        with self._known_lock:
+            known = self._known.get(path)
+            if known is not None:
+                self._known.move_to_end(path)
+            return known
+
+    def _remember(self, path: str, version: Any, data: dict | None) -> None:
+        with self._known_lock:
+            self._known[path] = (version, data or {})
+            self._known.move_to_end(path)
+            while len(self._known) > MAX_KNOWN_DOCUMENTS:
+                self._known.popitem(last=False)
+
+    def _forget(self, path: str) -> None:
+        with self._known_lock:
+            self._known.pop(path, None)
 
     def _locked(self, ref: firestore.DocumentReference, plan: Callable[[dict | None], tuple[T, dict | None]]) -> T:
         @firestore.transactional
