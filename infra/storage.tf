@@ -58,8 +58,9 @@ resource "google_firestore_database" "state" {
   depends_on = [google_project_service.required]
 }
 
-# Chunk receipts (users/<uid>/chunks/<key>) outlive their audio so that Omi's retries stay
-# duplicates after a recognition consumed the chunk; a TTL on `expires_at` reaps them.
+# Chunk documents (users/<uid>/chunks/<key>) are what versions before the user document held the
+# buffer wrote, one per delivery, with its audio: nothing writes or reads them any more, and this
+# TTL on `expires_at` reaps those a deployment upgraded from such a version still has.
 resource "google_firestore_field" "chunk_receipts_ttl" {
   project    = var.project_id
   database   = var.firestore_database
