@@ -254,6 +254,6 @@ def test_cli_catalog_compact_merges_every_segment_into_one(tmp_path: Path) -> No
 
     assert compacted.returncode == 0, compacted.stderr
     assert "compact: 3 segments merged into 1" in compacted.stderr
-    assert "3 songs" in compacted.stdout and "in 1 segments" in compacted.stdout
+    assert "3 songs" in compacted.stdout and "in 1 segment\n" in compacted.stdout
     assert "nothing to merge" in again.stderr
     assert [s["name"] for s in json.loads((Path(uri) / "catalog.json").read_text())["segments"]] == ["s000004"]
