@@ -468,6 +468,26 @@ def test_history_hides_rows_past_their_retention_before_they_are_swept(backend_e
     assert [r.song_id for r in store.history("u1")] == ["new"]
 
 
+def test_an_hour_of_five_thousand_distinct_songs_is_counted(store: Store, backend_env: dict[str, str]) -> None:
+    """No document may grow with the songs heard (Firestore: 1 MiB and 40,000 index entries)."""
+    hour = int(T0 // HOUR)
+    for flush in range(10):
+        songs = {f"s{flush:02d}{i:04d}": 1 for i in range(500)}
+        names = {song: {"title": f"Title {song}", "artist": "Someone"} for song in songs}
+        store.add_counts(hour, {"attempts": 500, "matches": 500, "songs": songs, "played": songs, "names": names})
+
+    [counts] = store.counts_since(hour).values()
+
+    assert (counts["attempts"], len(counts["songs"]), len(counts["played"]), len(counts["names"])) == (5000, 5000, 5000, 5000)
+    assert counts["names"]["s090499"] == {"title": "Title s090499", "artist": "Someone"}
+    if backend_env["STORAGE_BACKEND"] == "gcp":
+        from google.cloud import firestore
+
+        db = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"])
+        hour_document = db.collection("metrics_hours").document(str(hour)).get().to_dict()
+        assert not {"songs", "played", "names"} & set(hour_document), "the hour's document holds no per-song map"
+
+
 def test_set_notification_updates_that_history_entry_only(store: Store) -> None:
     store.record(recognition("u1", T0 + 1, matched=True, song_id="s1", notification="retrying", notification_error="HTTP 500"))
     store.record(recognition("u1", T0 + 2, matched=True, song_id="s2", notification="skipped_cooldown"))

@@ -12,7 +12,8 @@ Layout
   TTL. About 40 kB at most.
 - `users/<uid>/recognitions/<id>`: the uid's songs (matches only), with `expires_at` for the TTL
   policy on the `recognitions` collection group. `metrics_hours/<hour>`: one UTC hour's counters
-  (function/metrics.py), written by merges of increments. `active_days/<YYYY-MM-DD>-<shard>`:
+  (function/metrics.py), written by merges of increments; those keyed by song in
+  `metrics_songs/<hour>-<song id>`, one document per song heard that hour. `active_days/<YYYY-MM-DD>-<shard>`:
   counters of the users seen that day, each counted once a day (the user document remembers
   the day). Every query runs on Firestore's automatic single-field indexes: no composite index
   to deploy.
@@ -80,6 +81,8 @@ CAS_ATTEMPTS = 4
 CAS_BACKOFF_SECONDS = 0.01
 # Counter documents per day of active users (see `_count_active`).
 ACTIVE_SHARDS = 16
+# Metrics counters keyed by song (function/metrics.py), kept in a document per song and hour.
+PER_SONG = ("songs", "names", "played")
 # User documents an instance remembers as it last wrote them (about 40 kB each at most).
 MAX_KNOWN_DOCUMENTS = 1024
 
@@ -517,17 +520,40 @@ class GcpStore:
 
     @_transient
     def add_counts(self, hour: int, counts: dict) -> None:
-        """One merge write of increments: concurrent instances add up without a transaction."""
-        ref = self._db.collection("metrics_hours").document(str(hour))
-        ref.set({"hour": hour, **_increments(counts)}, merge=True, **_FS)
+        """Merge writes of increments: concurrent instances add up without a transaction. The
+        per-song counters (PER_SONG) go to one document per song and hour, so that no document
+        grows with the songs heard: an hour's document keeps only counters of bounded keys."""
+        counts = dict(counts)
+        per_song = {key: counts.pop(key) for key in PER_SONG if key in counts}
+        writes: list[tuple[firestore.DocumentReference, dict]] = [
+            (self._db.collection("metrics_hours").document(str(hour)), {"hour": hour, **_increments(counts)})
+        ]
+        for song in sorted({song for values in per_song.values() for song in values}):
+            data: dict[str, Any] = {"hour": hour, "song_id": song}
+            for key, values in per_song.items():
+                if song in values:
+                    data[key] = values[song] if key == "names" else Increment(values[song])
+            writes.append((self._db.collection("metrics_songs").document(f"{hour}-{song}"), data))
+        for start in range(0, len(writes), 500):  # Firestore's writes per batch
+            batch = self._db.batch()
+            for ref, data in writes[start : start + 500]:
+                batch.set(ref, data, merge=True)
+            batch.commit(**_FS)
 
     @_transient
     def counts_since(self, hour: int) -> dict[int, dict]:
+        out: dict[int, dict] = {}
         query = self._db.collection("metrics_hours").where(filter=FieldFilter("hour", ">=", hour))
-        out = {}
         for doc in query.stream(**_FS):
             data = doc.to_dict()
             out[data.pop("hour")] = data
+        songs = self._db.collection("metrics_songs").where(filter=FieldFilter("hour", ">=", hour))
+        for doc in songs.stream(**_FS):
+            data = doc.to_dict()
+            counts = out.setdefault(data["hour"], {})
+            for key in PER_SONG:
+                if key in data:
+                    counts.setdefault(key, {})[data["song_id"]] = data[key]
         return out
 
     @_transient
