@@ -61,9 +61,9 @@ DEFAULT_BATCH_SECONDS = {DEVELOPER: 5, APP: 4}
 # a 5.7-s batch, posted as 1, 1, 1, 1, 1 and 0.7 s.
 OMI_FRAME_SECONDS = 0.95
 OMI_RETRY_DELAYS = (1.0, 5.0, 30.0)
-# Omi's client: 2 s to connect, then up to 30 s for the answer.
+# Omi's client: 2 s to connect, then up to 15 s for the answer.
 CONNECT_TIMEOUT_SECONDS = 2.0
-DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_TIMEOUT_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -435,7 +435,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sign every POST as Omi does (X-Omi-Signature, X-Omi-Event, X-Omi-Delivery) with this secret",
     )
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds per request (Omi: 30)"
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, help="seconds per request (Omi: 15)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per request on stdout")
 

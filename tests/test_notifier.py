@@ -210,3 +210,24 @@ def test_a_memory_refused_by_omi_is_reported_not_raised(omi_api: OmiApi) -> None
     omi_api.disable("u")
 
     assert notifier_for(omi_api).create_memory("u", "Hv2", "Colobot", "song1", None) == "failed"
+
+
+def test_a_call_gets_no_more_than_what_is_left_of_omis_wait(omi_api: OmiApi) -> None:
+    """Omi waits 15 s for the webhook's answer: a notification or memory call gets at most what
+    is left of the request's budget (function/webhook/ingest.py), and none is started with less
+    than MIN_CALL_SECONDS left, however long NOTIFY_TIMEOUT_SECONDS allows."""
+    notifier = notifier_for(omi_api, NOTIFY_TIMEOUT_SECONDS="10")
+    omi_api.hang(5)
+
+    started = time.monotonic()
+    cut = notifier.send("u", "m", seconds_left=1.0)
+    cut_after = time.monotonic() - started
+    started = time.monotonic()
+    skipped = notifier.send("u", "m", seconds_left=0.2)
+    memory = notifier.create_memory("u", "T", "A", "s1", None, seconds_left=0.2)
+    skipped_after = time.monotonic() - started
+
+    assert (cut.status, cut.retryable) == ("failed", False) and cut_after < 2.0
+    assert (skipped.status, skipped.retryable) == ("failed", True) and "no time left" in skipped.reason
+    assert memory == "failed" and skipped_after < 0.1
+    assert len(omi_api.notifications()) == 1 and omi_api.memories() == []

@@ -38,6 +38,11 @@ from function.storage._rules import granted
 from function.storage.base import Claim, Lease, PendingNotification, Recognition, Store, StoreUnavailable
 
 RECOGNITION_SLOTS = os.cpu_count() or 1
+# Omi waits 15 s for an answer (its read timeout; connect 2 s): the calls to Omi a request makes
+# (a notification, a memory) get what is left of this, so that the answer leaves in time even
+# when Omi is slow. Storage calls have deadlines of their own (5 s on Firestore, a busy timeout
+# locally); a recognition takes tens of milliseconds.
+REQUEST_BUDGET_SECONDS = 12.0
 # Back-off between retries of a failed notification stops growing here.
 MAX_RETRY_INTERVAL_SECONDS = 60.0
 
@@ -82,6 +87,7 @@ def ingest_chunk(
     service: Service, uid: str, key: str | None, sample_rate: int, pcm: bytes, now: float, base_url: str = ""
 ) -> ChunkResult:
     """`base_url`: where the links in this user's notifications point ("" sends none)."""
+    deadline = time.monotonic() + REQUEST_BUDGET_SECONDS
     s = service.settings
     # The chunk's append also claims the buffer when the cadence allows and this instance has a
     # recognition slot free: the slot is taken first, so a busy instance claims nothing it
@@ -109,10 +115,10 @@ def ingest_chunk(
         if appended.lease is None:
             slot.give_back()
         if appended.notification_retry_at is not None and appended.notification_retry_at <= now:
-            _retry_notification(service, uid, now)
+            _retry_notification(service, uid, now, deadline)
         if appended.lease is None:
             return result
-        return replace(result, recognition=_recognise(service, appended.lease, now, base_url, slot))
+        return replace(result, recognition=_recognise(service, appended.lease, now, base_url, slot, deadline))
     finally:
         slot.give_back()
 
@@ -142,14 +148,14 @@ class _Skipped(Exception):
         self.reason = reason
 
 
-def _recognise(service: Service, lease: Lease, now: float, base_url: str, slot: _Slot) -> dict:
+def _recognise(service: Service, lease: Lease, now: float, base_url: str, slot: _Slot, deadline: float) -> dict:
     try:
         recognition = _attempt(service, lease, now, slot)
     except _Skipped as skipped:
         return {"status": skipped.status, "reason": skipped.reason}
     retry = None
     if recognition.matched:
-        notification, error, retry = _notify(service, recognition, now, base_url)
+        notification, error, retry = _notify(service, recognition, now, base_url, deadline)
         recognition = replace(recognition, notification=notification, notification_error=error)
     _record(service, recognition)
     if retry is not None:
@@ -208,7 +214,7 @@ def _attempt(service: Service, lease: Lease, now: float, slot: _Slot) -> Recogni
 
 
 def _notify(
-    service: Service, recognised: Recognition, now: float, base_url: str
+    service: Service, recognised: Recognition, now: float, base_url: str, deadline: float
 ) -> tuple[str, str | None, PendingNotification | None]:
     """Once per song while it plays, within Omi's hourly allowance; never raises, because the
     recognition stands whatever happens to its notification. A send worth retrying comes
@@ -228,19 +234,22 @@ def _notify(
         if link and decision == "ok_link":
             message += f"\nYour songs: {link}"
         first = PendingNotification(song_id, message, recognised.at, 0, now, now + s.notify_cooldown_seconds)
-        outcome = _send(service, uid, first, now)
+        outcome = _send(service, uid, first, now, deadline)
         if outcome[0] == "sent" and s.omi_memories:
-            service.notifier.create_memory(uid, recognised.title or "", recognised.artist or "", song_id, link)
+            left = deadline - time.monotonic()
+            service.notifier.create_memory(uid, recognised.title or "", recognised.artist or "", song_id, link, left)
         return outcome
     except StoreUnavailable as exc:
         log("ERROR", "notification skipped: storage unavailable", uid=uid, reason=str(exc))
         return "failed", "storage unavailable", None
 
 
-def _send(service: Service, uid: str, attempt: PendingNotification, now: float) -> tuple[str, str | None, PendingNotification | None]:
+def _send(
+    service: Service, uid: str, attempt: PendingNotification, now: float, deadline: float
+) -> tuple[str, str | None, PendingNotification | None]:
     """One send; a failure worth retrying is rescheduled with exponential back-off (1, 2, 4 s
     ... at most a minute, or Omi's Retry-After) while the song's cooldown lasts."""
-    result = service.notifier.send(uid, attempt.message)
+    result = service.notifier.send(uid, attempt.message, deadline - time.monotonic())
     if result.defer_seconds:
         # A 429, or a success that used Omi's last notification of the hour.
         service.store.defer_notifications(uid, now + result.defer_seconds)
@@ -254,7 +263,7 @@ def _send(service: Service, uid: str, attempt: PendingNotification, now: float) 
     return status, result.reason, replace(attempt, attempts=attempts, retry_at=at)
 
 
-def _retry_notification(service: Service, uid: str, now: float) -> None:
+def _retry_notification(service: Service, uid: str, now: float, deadline: float) -> None:
     """Retry the uid's failed notification on the back of its audio. The store hands it to one
     caller only, so concurrent requests cannot send it twice."""
     try:
@@ -264,7 +273,7 @@ def _retry_notification(service: Service, uid: str, now: float) -> None:
         if verdict == "expired":
             status, error, retry = "failed", f"gave up after {pending.attempts} attempts", None
         else:
-            status, error, retry = _send(service, uid, pending, now)
+            status, error, retry = _send(service, uid, pending, now, deadline)
         log("INFO", "notification retried", uid=uid, notification=loggable(pending.message), status=status, attempts=pending.attempts)
         service.store.set_notification(uid, pending.recognised_at, status, error)
         if retry is not None:

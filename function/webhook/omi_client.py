@@ -79,6 +79,10 @@ def _retry_after(header: str | None, now: float) -> float:
     return _to_top_of_hour(now)
 
 
+# An Omi call is not started with less than this left of the request Omi is waiting on.
+MIN_CALL_SECONDS = 0.5
+
+
 class Notifier:
     """Sends one notification per call; without OMI_APP_ID/OMI_APP_SECRET it only logs it.
 
@@ -95,21 +99,26 @@ class Notifier:
             timeout=httpx.Timeout(settings.notify_timeout_seconds, connect=min(2.0, settings.notify_timeout_seconds)),
         )
 
-    def send(self, uid: str, message: str) -> NotifyResult:
+    def send(self, uid: str, message: str, seconds_left: float = float("inf")) -> NotifyResult:
+        """`seconds_left`: of the request Omi is waiting on; the call gets at most that long,
+        and is not made (a failure worth retrying on a later chunk) with less than MIN_CALL_SECONDS."""
         s = self._settings
         if not s.notifications_enabled:
             log("NOTICE", "notification (not sent: OMI_APP_ID/OMI_APP_SECRET unset)", uid=uid, notification=loggable(message))
             return NotifyResult("logged")
+        if seconds_left < MIN_CALL_SECONDS:
+            return self._failed(uid, "no time left in the request Omi is waiting on", retryable=True)
         try:
             response = self._client.post(
                 f"/v2/integrations/{s.omi_app_id}/notification",
                 params={"uid": uid, "message": message},
                 headers={"Authorization": f"Bearer {s.omi_app_secret}", "Content-Type": "application/json"},
+                timeout=self._timeout(seconds_left),
             )
         except httpx.ConnectTimeout:
             return self._failed(uid, "no connection within the timeout", retryable=True)
         except httpx.TimeoutException:
-            return self._failed(uid, f"timed out after {s.notify_timeout_seconds:g} s")
+            return self._failed(uid, f"timed out after {min(s.notify_timeout_seconds, seconds_left):g} s")
         except httpx.ConnectError as exc:
             return self._failed(uid, f"ConnectError: {exc}", retryable=True)
         except httpx.HTTPError as exc:
@@ -132,13 +141,19 @@ class Notifier:
         retryable = response.status_code >= 500
         return self._failed(uid, f"HTTP {response.status_code}: {response.text[:200]}", retryable)
 
-    def create_memory(self, uid: str, title: str, artist: str, song_id: str, link: str | None) -> str:
+    def create_memory(
+        self, uid: str, title: str, artist: str, song_id: str, link: str | None, seconds_left: float = float("inf")
+    ) -> str:
         """Save a notified song as an Omi memory ("Heard <title> by <artist>", tagged music,
         linking to the user's history). Best effort, never retried: the notification already
         told the user, and Omi's allowance of 60 memories an hour is far above our 9
         notifications. `text` is required but sent empty: Omi gives any non-empty one to its LLM
-        extractor, which would store the song a second time, paraphrased. Returns created | failed."""
+        extractor, which would store the song a second time, paraphrased. Skipped with less than
+        MIN_CALL_SECONDS of `seconds_left`. Returns created | failed."""
         s = self._settings
+        if seconds_left < MIN_CALL_SECONDS:
+            log("WARNING", "memory not created", uid=uid, reason="no time left in the request Omi is waiting on")
+            return "failed"
         heard = f"Heard {title} by {artist}" if artist else f"Heard {title}"
         item = {"content": heard, "tags": ["music"], "source_id": song_id, "source_url": link}
         body = {"text": "", "text_source": "other", "text_source_spec": "song recognition", "memories": [item]}
@@ -148,6 +163,7 @@ class Notifier:
                 params={"uid": uid},
                 json=body,
                 headers={"Authorization": f"Bearer {s.omi_app_secret}"},
+                timeout=self._timeout(seconds_left),
             )
         except httpx.HTTPError as exc:
             log("WARNING", "memory not created", uid=uid, reason=type(exc).__name__)
@@ -157,6 +173,10 @@ class Notifier:
             return "failed"
         log("INFO", "memory created", uid=uid)
         return "created"
+
+    def _timeout(self, seconds_left: float) -> httpx.Timeout:
+        total = min(self._settings.notify_timeout_seconds, seconds_left)
+        return httpx.Timeout(total, connect=min(2.0, total))
 
     def _forbidden(self, uid: str) -> NotifyResult:
         """A 403, never retried: Omi's body does not say whether the secret is wrong or this
