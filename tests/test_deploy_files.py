@@ -650,55 +650,64 @@ def test_variables_are_documented_and_the_example_sets_the_required_ones() -> No
     assert "secrets_version" in mentioned_in_example
 
 
-# `terraform fmt` needs the binary, which neither PyPI nor Debian provides; this image has one at
-# /usr/local/bin/terraform and .ci/run also runs the check where it exists. Where it does not,
-# these two tests are not defined (rather than skipped), and the parse tests above are the gate.
-if shutil.which("terraform"):
+# `terraform fmt` and `plan` need the binary, which neither PyPI nor Debian provides; this image
+# has one at /usr/local/bin/terraform and .ci/run also runs the check where it exists. Where it
+# does not, these tests show as skipped with the reason, and the parse tests above are the gate.
+needs_terraform = pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not on PATH (neither PyPI nor Debian has it)")
 
-    def test_terraform_is_formatted() -> None:
-        command = ["terraform", "fmt", "-check", "-recursive", "-diff", str(INFRA)]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
 
-        assert result.returncode == 0, result.stdout + result.stderr
+@needs_terraform
+def test_terraform_is_formatted() -> None:
+    command = ["terraform", "fmt", "-check", "-recursive", "-diff", str(INFRA)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
 
-    def test_terraform_fmt_check_catches_bad_formatting(tmp_path: Path) -> None:
-        (tmp_path / "main.tf").write_text('locals {\n  a = "x"\n  bb = "y"\n}\n')
+    assert result.returncode == 0, result.stdout + result.stderr
 
-        command = ["terraform", "fmt", "-check", str(tmp_path)]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
 
-        assert result.returncode == 3
+@needs_terraform
+def test_terraform_fmt_check_catches_bad_formatting(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text('locals {\n  a = "x"\n  bb = "y"\n}\n')
 
-    def plan_variables(tmp_path: Path, **values: str) -> subprocess.CompletedProcess:
-        """`terraform plan` over infra/variables.tf alone: it evaluates every variable's
-        validation and needs neither `terraform init` nor a provider (so no network)."""
-        shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
-        given = {"project_id": "my-project", "webhook_token": "a-token-of-sixteen-or-more", **values}
-        command = ["terraform", f"-chdir={tmp_path}", "plan", "-input=false", "-no-color", "-lock=false"]
-        command += [f"-var={name}={value}" for name, value in given.items()]
-        return subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "TF_IN_AUTOMATION": "1"})
+    command = ["terraform", "fmt", "-check", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
 
-    @pytest.mark.parametrize(
-        "values",
-        [{}, {"omi_app_id": "01JAPP", "omi_app_secret": "sk_app_key"}, {"omi_app_id": "01JAPP", "omi_app_secret": "sk_app_key", "omi_memories": "true"}],
-        ids=["no-app-yet", "app", "app-with-memories"],
-    )
-    def test_terraform_takes_a_first_deploy_without_the_omi_app_and_one_with_it(tmp_path: Path, values: dict[str, str]) -> None:
-        result = plan_variables(tmp_path, **values)
+    assert result.returncode == 3
 
-        assert result.returncode == 0, result.stdout + result.stderr
 
-    @pytest.mark.parametrize(
-        "values",
-        [{"omi_app_id": "01JAPP"}, {"omi_app_secret": "sk_app_key"}, {"omi_memories": "true"}],
-        ids=["id-alone", "key-alone", "memories-without-app"],
-    )
-    def test_terraform_refuses_an_incomplete_omi_app_without_printing_its_key(tmp_path: Path, values: dict[str, str]) -> None:
-        result = plan_variables(tmp_path, **values)
+def plan_variables(tmp_path: Path, **values: str) -> subprocess.CompletedProcess:
+    """`terraform plan` over infra/variables.tf alone: it evaluates every variable's
+    validation and needs neither `terraform init` nor a provider (so no network)."""
+    shutil.copy(INFRA / "variables.tf", tmp_path / "variables.tf")
+    given = {"project_id": "my-project", "webhook_token": "a-token-of-sixteen-or-more", **values}
+    command = ["terraform", f"-chdir={tmp_path}", "plan", "-input=false", "-no-color", "-lock=false"]
+    command += [f"-var={name}={value}" for name, value in given.items()]
+    return subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "TF_IN_AUTOMATION": "1"})
 
-        assert result.returncode == 1
-        assert "omi_app_id and omi_app_secret" in " ".join(result.stderr.split())
-        assert "sk_app_key" not in result.stdout + result.stderr
+
+@needs_terraform
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"omi_app_id": "01JAPP", "omi_app_secret": "sk_app_key"}, {"omi_app_id": "01JAPP", "omi_app_secret": "sk_app_key", "omi_memories": "true"}],
+    ids=["no-app-yet", "app", "app-with-memories"],
+)
+def test_terraform_takes_a_first_deploy_without_the_omi_app_and_one_with_it(tmp_path: Path, values: dict[str, str]) -> None:
+    result = plan_variables(tmp_path, **values)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_terraform
+@pytest.mark.parametrize(
+    "values",
+    [{"omi_app_id": "01JAPP"}, {"omi_app_secret": "sk_app_key"}, {"omi_memories": "true"}],
+    ids=["id-alone", "key-alone", "memories-without-app"],
+)
+def test_terraform_refuses_an_incomplete_omi_app_without_printing_its_key(tmp_path: Path, values: dict[str, str]) -> None:
+    result = plan_variables(tmp_path, **values)
+
+    assert result.returncode == 1
+    assert "omi_app_id and omi_app_secret" in " ".join(result.stderr.split())
+    assert "sk_app_key" not in result.stdout + result.stderr
 
 
 # --- what each path uploads (.gcloudignore, .gcloudignore.cloudbuild) ----------------------------
@@ -937,34 +946,41 @@ print("started")
 
 # Where gcloud is installed (a developer's machine, this CI image; not Cloud Build's python
 # image), the port above must agree with gcloud itself, on this checkout and on a used one.
-if shutil.which("gcloud"):
+needs_gcloud = pytest.mark.skipif(shutil.which("gcloud") is None, reason="gcloud is not installed")
 
-    def gcloud_lists(root: Path, tmp_path: Path) -> set[str]:
-        env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
-        result = subprocess.run(
-            ["gcloud", "meta", "list-files-for-upload", str(root)], env=env, capture_output=True, text=True, timeout=120, check=True
-        )
-        return set(result.stdout.splitlines())
 
-    def test_gcloud_uploads_this_checkout_as_the_port_says(tmp_path: Path) -> None:
-        assert gcloud_lists(ROOT, tmp_path) == uploaded(ROOT, DEPLOY_IGNORE)
+def gcloud_lists(root: Path, tmp_path: Path) -> set[str]:
+    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
+    result = subprocess.run(
+        ["gcloud", "meta", "list-files-for-upload", str(root)], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    return set(result.stdout.splitlines())
 
-    @pytest.mark.parametrize("ignore_file", [DEPLOY_IGNORE, BUILD_IGNORE])
-    def test_gcloud_uploads_a_used_checkout_as_the_port_says(tmp_path: Path, ignore_file: str) -> None:
-        # `list-files-for-upload` has no --ignore-file: the build's file is put in .gcloudignore's place.
-        checkout = a_used_checkout(tmp_path / "checkout")
-        shutil.copy(ROOT / ignore_file, checkout / DEPLOY_IGNORE)
 
-        assert gcloud_lists(checkout, tmp_path) == uploaded(checkout, DEPLOY_IGNORE)
+@needs_gcloud
+def test_gcloud_uploads_this_checkout_as_the_port_says(tmp_path: Path) -> None:
+    assert gcloud_lists(ROOT, tmp_path) == uploaded(ROOT, DEPLOY_IGNORE)
 
-    def test_the_port_follows_gcloud_on_negations_anchors_and_double_stars(tmp_path: Path) -> None:
-        checkout = a_used_checkout(tmp_path / "checkout")
-        (checkout / DEPLOY_IGNORE).write_text(
-            "*.md\n!README.md\n/tests/data/\n**/music/*.ogg\ninfra/*.tf\n!infra/main.tf\nbench\n!bench/harness.py\n"
-            "function/**/*.html\n#!include:.gitignore\n.ci/\n"
-        )
 
-        assert gcloud_lists(checkout, tmp_path) == uploaded(checkout, DEPLOY_IGNORE)
+@needs_gcloud
+@pytest.mark.parametrize("ignore_file", [DEPLOY_IGNORE, BUILD_IGNORE])
+def test_gcloud_uploads_a_used_checkout_as_the_port_says(tmp_path: Path, ignore_file: str) -> None:
+    # `list-files-for-upload` has no --ignore-file: the build's file is put in .gcloudignore's place.
+    checkout = a_used_checkout(tmp_path / "checkout")
+    shutil.copy(ROOT / ignore_file, checkout / DEPLOY_IGNORE)
+
+    assert gcloud_lists(checkout, tmp_path) == uploaded(checkout, DEPLOY_IGNORE)
+
+
+@needs_gcloud
+def test_the_port_follows_gcloud_on_negations_anchors_and_double_stars(tmp_path: Path) -> None:
+    checkout = a_used_checkout(tmp_path / "checkout")
+    (checkout / DEPLOY_IGNORE).write_text(
+        "*.md\n!README.md\n/tests/data/\n**/music/*.ogg\ninfra/*.tf\n!infra/main.tf\nbench\n!bench/harness.py\n"
+        "function/**/*.html\n#!include:.gitignore\n.ci/\n"
+    )
+
+    assert gcloud_lists(checkout, tmp_path) == uploaded(checkout, DEPLOY_IGNORE)
 
 
 # --- README --------------------------------------------------------------------------------------
