@@ -181,6 +181,8 @@ def measure(engine: revisions.Engine, catalog: Path, scenarios: dict[str, bytes]
 def markdown(results: dict[str, dict], info: dict[str, str], command: str, setup: str) -> str:
     names = list(results)
     lines = [
+        "## At rest and per hour: what a user's stream leaves behind and costs (`python -m bench.at_rest`)",
+        "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; {info['date']}. Command: `{command}`. {setup}",
         "",
         "| | " + " | ".join(names) + " |",
@@ -211,8 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="of each scenario (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--render", type=Path, metavar="JSON", help="only write at_rest.md again from a run's at_rest.json")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        run = json.loads(args.render.read_text())
+        (args.out / "at_rest.md").write_text(markdown(run["results"], run["machine"], run["command"], run["setup"]))
+        return 0
     info = machine.describe()
     material = corpus.load(args.corpus, args.seed, False, args.split)
     seconds = args.minutes * 60
@@ -230,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(results, info, command, setup)
     print(text)
     (args.out / "at_rest.md").write_text(text)
-    (args.out / "at_rest.json").write_text(json.dumps({"machine": info, "command": command, "results": results}, indent=1))
+    (args.out / "at_rest.json").write_text(json.dumps({"machine": info, "command": command, "setup": setup, "results": results}, indent=1))
     return 0
 
 

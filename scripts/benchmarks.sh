@@ -13,6 +13,7 @@ python -m bench --corpus "$corpus" --split test --baseline-rev "$baseline" --que
     --out "$out/test" --write-md "$out/recognition.md"
 python -m bench.streams --corpus "$corpus" --split test --baseline-rev "$baseline" --streams-per-condition 24 \
     --out "$out/streams"
+python -m bench.at_rest --corpus "$corpus" --split test --baseline-rev "$baseline" --minutes 10 --out "$out/at_rest"
 python -m bench.versions --corpus "$corpus" --split test --songs 12 --baseline-rev "$baseline" --out "$out/versions"
 python -m bench.load --corpus "$corpus" --out "$out/load.md"
 python -m bench.shards --corpus "$corpus" --split test --write-md "$out/shards.md"
@@ -22,6 +23,8 @@ python -m bench.shards_scale --corpus "$corpus" --out "$out/coldstart" --songs 1
     cat "$out/recognition.md"
     echo
     cat "$out/streams/streams.md"
+    echo
+    cat "$out/at_rest/at_rest.md"
     echo
     cat "$out/versions/versions.md"
     echo
