@@ -17,7 +17,7 @@ from function.engine.matcher import MAX_QUERY_SECONDS, Vote, vote
 from function.engine.register_run import RegisterResult, expand_paths, register_files
 from function.engine.shards import Shards
 from function.engine.songs import CatalogError
-from function.engine.stream import PEAK, StreamState, buffered_peaks, complete_frames, landmarks_of, pending_peaks, peaks_of
+from function.engine.stream import PEAK, StreamState, buffered_peaks, complete_frames, landmarks_of, pending_peaks, peaks_of, unpacked
 from function.engine.tally import Tallies
 from function.logs import log
 
@@ -197,7 +197,7 @@ class Recogniser:
         """The vote `best_vote_peaks` takes of the buffer (with neighbours; the speed retry over
         the newest seconds when speed 1 is no match), from the uid's tallies, whose votes place
         the song at the buffer's start whatever the speed (no shift to undo)."""
-        settled = np.concatenate([np.frombuffer(c, PEAK) for c in chunks]) if chunks else np.zeros(0, PEAK)
+        settled = np.concatenate([unpacked(c) for c in chunks]) if chunks else np.zeros(0, PEAK)
         peaks = np.concatenate([settled, pending_peaks(state)])
         end = state.complete
         settled_end = state.settled // BLOCK_FRAMES * BLOCK_FRAMES

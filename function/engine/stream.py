@@ -265,14 +265,24 @@ def step(state: bytes | None, sample_rate: int, pcm: bytes) -> tuple[bytes, byte
     if before is None or before.rate != sample_rate:
         before = StreamState.start(sample_rate)
     peaks, after = advance(before, pcm)
-    return peaks.tobytes(), after.to_bytes()
+    return packed(peaks), after.to_bytes()
+
+
+def packed(peaks: np.ndarray) -> bytes:
+    """PEAK records as a buffer keeps them: compressed, so that no run of frame numbers sits in
+    storage as a ramp that a search for audio could take for a waveform (and a little smaller)."""
+    return zlib.compress(peaks.tobytes(), 1)
+
+
+def unpacked(blob: bytes) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), PEAK)
 
 
 def buffered_peaks(chunks: Sequence[bytes], state: bytes | None, max_seconds: float) -> tuple[np.ndarray, int]:
     """A buffer's peaks for a vote, from its chunks' settled peaks (oldest first) and the state
     after the newest: the peaks a recording of the buffered audio would have, at most the newest
     `max_seconds`, with frames counted from the buffer's first second, and the frames it spans."""
-    parts = [np.frombuffer(c, PEAK) for c in chunks]
+    parts = [unpacked(c) for c in chunks]
     stream = StreamState.from_bytes(state) if state else None
     if stream is not None:
         parts.append(pending_peaks(stream))
