@@ -2,8 +2,8 @@
 
 Layout
 - `users/<uid>`: everything about one user's stream, in one document: the buffer (`buffer`, a
-  list of {seq, nbytes, peaks}: each delivery's spectral peaks, 6 bytes a peak, about 240 bytes
-  a second, never more than MAX_BUFFER_SECONDS of them), the stream state (`stream`, about 9 kB:
+  list of {seq, nbytes, peaks}: each delivery's spectral peaks, 6 bytes a peak, compressed, under
+  240 bytes a second, never more than MAX_BUFFER_SECONDS of them), the stream state (`stream`, about 9 kB:
   the spectrum magnitude of the newest frames and the peaks not yet settled,
   function/engine/stream.py; never samples), the receipts of the deliveries of the last
   KEY_MEMORY_SECONDS (`receipts`: 8 bytes of each delivery id's hash and its arrival second),
