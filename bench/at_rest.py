@@ -88,15 +88,20 @@ def _search(blob: bytes, index: int, streams: list[tuple[bytes, int]], rng: np.r
                 if np.round(probe).astype("<i2").tobytes() in blob:
                     note(f"blob {index}: an exact window")
                 for name, reading in readings.items():
-                    at = _correlated(reading, probe.astype(np.float64))
-                    if at is not None:
-                        note(f"blob {index} read as {name}: a window of the {rate}-Hz stream at item {at}")
+                    for at in _correlated(reading, probe.astype(np.float64)):
+                        # A copy of the audio goes on: the next window must be there too (a
+                        # lone match is a heavy-tailed reading of random bytes, not audio).
+                        follow = version[start + PROBE : start + 2 * PROBE].astype(np.float64)
+                        if len(follow) == PROBE and _alike(reading[at + PROBE : at + 2 * PROBE], follow):
+                            note(f"blob {index} read as {name}: a window of the {rate}-Hz stream at item {at}")
+                            break
 
 
-def _correlated(reading: np.ndarray, probe: np.ndarray) -> int | None:
-    """Where in `reading` a scaled, offset copy of `probe` lies, if anywhere."""
+def _correlated(reading: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    """Where in `reading` a scaled, offset copy of `probe` may lie (normalised correlation over
+    MATCH), at most the first 16 places."""
     if len(reading) < len(probe):
-        return None
+        return np.zeros(0, np.int64)
     probe = probe - probe.mean()
     reading = np.clip(reading, -1e6, 1e6)
     dot = fftconvolve(reading, probe[::-1], mode="valid")
@@ -104,8 +109,15 @@ def _correlated(reading: np.ndarray, probe: np.ndarray) -> int | None:
     total = fftconvolve(reading, window, mode="valid")
     energy = np.maximum(fftconvolve(reading**2, window, mode="valid") - total**2 / len(probe), 0.0)
     score = np.abs(dot) / np.sqrt(energy * float(probe @ probe) + 1e-12)
-    hits = np.flatnonzero((score > MATCH) & (energy > 1e-6 * len(probe)))
-    return int(hits[0]) if len(hits) else None
+    return np.flatnonzero((score > MATCH) & (energy > 1e-6 * len(probe)))[:16]
+
+
+def _alike(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two windows are one a scaled, offset copy of the other."""
+    if len(a) != len(b):
+        return False
+    a, b = np.clip(a, -1e6, 1e6) - np.clip(a, -1e6, 1e6).mean(), b - b.mean()
+    return bool(abs(float(a @ b)) > MATCH * np.sqrt(float(a @ a) * float(b @ b)) + 1e-12)
 
 
 def local_bytes(data_dir: Path) -> tuple[int, list[bytes]]:

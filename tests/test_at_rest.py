@@ -63,9 +63,9 @@ def test_the_search_finds_audio_wherever_it_hides() -> None:
     samples = np.frombuffer(talk, "<i2").astype(np.float32)
     junk = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()
     planted = {
-        "int16, odd offset": junk + b"x" + talk[20000:24000] + junk,
-        "float32": junk + (samples[8000:10000] / 32768).astype("<f4").tobytes() + junk,
-        "8 kHz": junk + resample(samples, 8000, 16000)[4000:6000].astype("<i2").tobytes() + junk,
+        "int16, odd offset": junk + b"x" + talk[8000:40000] + junk,
+        "float32": junk + (samples[12000:28000] / 32768).astype("<f4").tobytes() + junk,
+        "8 kHz": junk + resample(samples, 8000, 16000)[2000:10000].astype("<i2").tobytes() + junk,
         "wav": junk + b"RIFF" + junk,
     }
 
