@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-# The formats the corpus is built in (../shared/corpus/fetch.py), deliberately not the decoder's
+# The formats the corpus is built in (bench/corpus_build.py), deliberately not the decoder's
 # list (function.engine.decode.AUDIO_SUFFIXES): a format the decoder learns must never change
 # which tracks the benchmark's splits hold.
 CORPUS_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
@@ -146,7 +146,7 @@ def load(root: Path | None, seed: int, quick: bool, split: str = DEFAULT_SPLIT) 
             ],
         )
     if not quick:
-        raise SystemExit(f"no corpus at {root}: run ../shared/corpus/fetch.py, or use --quick")
+        raise SystemExit(f"no corpus at {root}: run python -m bench.corpus_build {root}, or use --quick")
     files = _audio_files(TEST_DATA / "music")
     if len(files) < 2:
         raise SystemExit(f"--quick without a corpus needs at least two audio files in {TEST_DATA / 'music'}")

@@ -9,7 +9,7 @@ THREADS as in production unless set in this shell), a loopback Omi API that beha
 own Firestore emulator and fake-gcs-server. Audio needs WEBHOOK_TOKEN and operator endpoints
 ADMIN_TOKEN, as in a deployment.
 
-The catalog is every music track of the benchmark corpus (../shared/corpus, layout and splits in
+The catalog is every music track of the benchmark corpus (bench/corpus_build.py, layout and splits in
 bench/corpus.py; none of it is streamed, so no split is queried and the held-out packages only
 add size) except the recordings the streamed excerpts were cut from, plus the streamed excerpts
 of tests/data/music; registered once and cached under bench/out/load/ (the key covers the tracks
@@ -759,7 +759,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--backends", default="local,gcp")
     parser.add_argument("--gcp-users", type=int, help="users for the gcp backend (default: --users)")
-    parser.add_argument("--corpus", type=Path, required=True, help="the fetched benchmark corpus (../shared/corpus/fetch.py)")
+    parser.add_argument("--corpus", type=Path, required=True, help="the benchmark corpus (python -m bench.corpus_build)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     started = time.monotonic()
