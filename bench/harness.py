@@ -95,7 +95,6 @@ def running_function(
         process.wait(timeout=20)
 
 
-# --- the gcp backend's emulators ----------------------------------------------------------------
 def group_cpu_seconds(group: int) -> float:
     """User + system CPU of every live process in the process group (gunicorn master and
     workers, or an emulator's launcher and JVM; they live for the whole run)."""
@@ -111,6 +110,7 @@ def group_cpu_seconds(group: int) -> float:
     return total / tick
 
 
+# --- the gcp backend's emulators ----------------------------------------------------------------
 def _fake_gcs_binary() -> str:
     # The wrapper package only bundles the binary; its own FakeGCSServer pipes the server's
     # per-request log into a pipe nobody reads, which stalls the server after a few hundred calls.

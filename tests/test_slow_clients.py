@@ -22,6 +22,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from bench.harness import group_cpu_seconds
 from tests.webhook_support import Served, catalog_uri, noise_pcm, running_function, tracks  # noqa: F401  (fixtures)
 
 THREADS = 8  # gunicorn's threads, as functions-framework reads them from THREADS
@@ -53,19 +54,6 @@ def served(tmp_path: Path, catalog_uri: str) -> Iterator[Served]:  # noqa: F811
 def _address(url: str) -> tuple[str, int]:
     host, port = url.removeprefix("http://").split(":")
     return host, int(port)
-
-
-def _group_cpu_seconds(group: int) -> float:
-    """User + system CPU so far of every process in the group (gunicorn's master and worker)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _response(raw: bytes) -> tuple[int, dict] | None:
@@ -172,7 +160,7 @@ def test_trickled_bodies_get_408_and_store_nothing_while_health_keeps_answering(
 
 def test_a_16_mib_request_line_is_refused_at_once(served: Served) -> None:
     conn = socket.create_connection(_address(served.url), timeout=5)
-    cpu_before = _group_cpu_seconds(served.process_group)
+    cpu_before = group_cpu_seconds(served.process_group)
     started = time.monotonic()
 
     def send() -> None:
@@ -194,7 +182,7 @@ def test_a_16_mib_request_line_is_refused_at_once(served: Served) -> None:
 
     assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert refused_after < 2.0, f"{refused_after:.1f} s: {answer[:200]!r}"
-    assert _group_cpu_seconds(served.process_group) - cpu_before < 2.0
+    assert group_cpu_seconds(served.process_group) - cpu_before < 2.0
     started = time.monotonic()
     assert httpx.get(f"{served.url}/health", timeout=5).status_code == 200
     assert time.monotonic() - started < 1.0
