@@ -14,7 +14,7 @@ import pytest
 from function.config import Settings
 from function.storage import open_store
 from function.storage._rules import KEY_MEMORY_SECONDS
-from function.storage.base import Claim, PendingNotification, Recognition, Store, StoreUnavailable
+from function.storage.base import Claim, PendingNotification, Recognition, Reservation, Retry, Store, StoreUnavailable
 
 RATE = 16000
 CHUNK = 3200  # 0.1 s of PCM16 at 16 kHz: small, so the suite stays fast
@@ -304,6 +304,7 @@ def test_reserve_notification_cooldown_and_hourly_limit(store: Store) -> None:
 
     # The day's first notification carries the user's history link.
     assert verdicts == ["ok_link", "cooldown", "ok", "limit", "ok", "cooldown", "ok"]
+    assert all(isinstance(v, Reservation) for v in verdicts)
 
 
 def test_the_history_link_goes_out_once_a_day(store: Store) -> None:
@@ -348,8 +349,9 @@ def test_a_released_notification_is_taken_once_when_due(store: Store) -> None:
     early = store.take_notification("u1", T0 + 4, 10)
     taken = [store.take_notification("u1", T0 + 5, 10), store.take_notification("u1", T0 + 5, 10)]
 
-    assert early == ("wait", None)
-    assert taken == [("ok", pending), ("none", None)]
+    assert early == (Retry.WAIT, None)
+    assert taken == [(Retry.OK, pending), (Retry.NONE, None)]
+    assert all(isinstance(verdict, Retry) for verdict, _ in taken)
 
 
 def test_appending_reports_when_a_pending_notification_is_due(store: Store) -> None:

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Sequence, TypeVar
 
 from function.config import UID_PATTERN
-from function.storage.base import PendingNotification, Recognition, StoreUnavailable
+from function.storage.base import PendingNotification, Recognition, Reservation, Retry, StoreUnavailable
 
 # How long an Idempotency-Key is remembered after its chunk arrived. Omi gives up on a chunk after
 # 4 attempts spread over about 3 minutes (1 s, 5 s, 30 s back-off, 15-30 s timeouts), so a
@@ -109,11 +109,10 @@ def decide_notification(
     cooldown_seconds: float,
     hourly_limit: int,
     deferred_until: float,
-) -> tuple[str, dict]:
-    """The verdict and the uid's notification state after it: 'ok', or 'ok_link' when this is
-    the user's first notification of the UTC day (it carries the link to their own history, so
-    the link reaches them daily through Omi without a notification of its own), 'cooldown' or
-    'limit'.
+) -> tuple[Reservation, dict]:
+    """The verdict and the uid's notification state after it: OK, or OK_LINK when this is the
+    user's first notification of the UTC day (it carries the link to their own history, so the
+    link reaches them daily through Omi without a notification of its own), COOLDOWN or LIMIT.
 
     The state is a JSON-able dict {"hour": UTC hour number, "count": notifications reserved in
     it, "recent": {song_id: last notified at}, "link_day": UTC day the link was last sent, and
@@ -125,23 +124,23 @@ def decide_notification(
     count = _count(state, now)
     recent = {song: at for song, at in (state.get("recent") or {}).items() if now - at < cooldown_seconds}
     if song_id in recent:
-        verdict = "cooldown"
+        verdict = Reservation.COOLDOWN
     elif now < deferred_until or count >= hourly_limit:
-        verdict = "limit"
+        verdict = Reservation.LIMIT
     else:
         count += 1
         recent[song_id] = now
         day = utc_day(now)
         if state.get("link_day") != day:
             state = {**state, "link_day": day}
-            verdict = "ok_link"
+            verdict = Reservation.OK_LINK
         else:
-            verdict = "ok"
+            verdict = Reservation.OK
     return verdict, {**state, "hour": hour, "count": count, "recent": recent}
 
 
-def granted(verdict: str) -> bool:
-    return verdict in ("ok", "ok_link")
+def granted(verdict: Reservation) -> bool:
+    return verdict in (Reservation.OK, Reservation.OK_LINK)
 
 
 def _count(state: dict, now: float) -> int:
@@ -157,20 +156,20 @@ def release_reservation(state: dict | None, pending: PendingNotification, now: f
 
 def take_pending(
     state: dict | None, now: float, hourly_limit: int, deferred_until: float
-) -> tuple[str, PendingNotification | None, dict | None]:
+) -> tuple[Retry, PendingNotification | None, dict | None]:
     """The verdict of `Store.take_notification`, the pending notification and the state to
     write (None: unchanged)."""
     state = state or {}
     if not state.get("pending"):
-        return "none", None, None
+        return Retry.NONE, None, None
     pending = PendingNotification(**state["pending"])
     rest = {k: v for k, v in state.items() if k != "pending"}
     if now >= pending.expires_at:
-        return "expired", pending, rest
+        return Retry.EXPIRED, pending, rest
     count = _count(state, now)
     if now < pending.retry_at or now < deferred_until or count >= hourly_limit:
-        return "wait", None, None
-    return "ok", pending, {**rest, "hour": int(now // 3600), "count": count + 1}
+        return Retry.WAIT, None, None
+    return Retry.OK, pending, {**rest, "hour": int(now // 3600), "count": count + 1}
 
 
 def retry_at(state: dict | None) -> float | None:

@@ -29,12 +29,46 @@ Invariants every backend keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Callable, Protocol
 
 # (the stream's state before a chunk, None for a new buffer; the chunk's sample rate; its PCM16)
 # -> (what the buffer keeps of it, the stream's state after it). The webhook passes the engine's
 # (function/engine/stream.py `step`: the chunk's spectral peaks); the store never sees audio again.
 Fingerprint = Callable[[bytes | None, int, bytes], tuple[bytes, bytes]]
+
+
+class Reservation(StrEnum):
+    """`Store.reserve_notification`'s verdict."""
+
+    OK = "ok"  # reserved and counted in this UTC hour
+    OK_LINK = "ok_link"  # the same, and the user's first of the UTC day: it carries their history link
+    COOLDOWN = "cooldown"  # the same song was notified less than the cooldown ago
+    LIMIT = "limit"  # the hourly limit is reached, or notifications are deferred
+
+
+class Retry(StrEnum):
+    """`Store.take_notification`'s verdict on the uid's pending notification."""
+
+    OK = "ok"  # reserved, counted and no longer pending: this caller sends it
+    EXPIRED = "expired"  # past its song's cooldown, dropped
+    WAIT = "wait"  # not due yet, deferred, or over the hourly limit
+    NONE = "none"  # nothing pending
+
+
+class Notification(StrEnum):
+    """What became of a recognition's notification (`Recognition.notification`); strings in
+    stored history, /metrics and the pages."""
+
+    NONE = "none"  # no match, or nothing to notify
+    SENT = "sent"
+    LOGGED = "logged"  # no Omi app configured: only logged
+    FAILED = "failed"
+    RETRYING = "retrying"  # failed in a way worth retrying; retried on later chunks
+    RATE_LIMITED = "rate_limited"  # Omi answered 429; retried after its Retry-After
+    SKIPPED_COOLDOWN = "skipped_cooldown"  # the same song still playing
+    SKIPPED_LIMIT = "skipped_limit"  # the user's hourly allowance is used
+    SKIPPED_DEFERRED = "skipped_deferred"  # Omi said to wait before the next one
 
 
 class StoreUnavailable(RuntimeError):
@@ -118,8 +152,7 @@ class Recognition:
     offset_seconds: float | None = None
     confidence: float | None = None
     score: int | None = None
-    # none | sent | failed | retrying | rate_limited | skipped_cooldown | skipped_limit | logged
-    notification: str = "none"
+    notification: str = Notification.NONE  # a Notification
     notification_error: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -167,20 +200,16 @@ class Store(Protocol):
     # --- notifications ------------------------------------------------------------------------
     def reserve_notification(
         self, uid: str, song_id: str, now: float, cooldown_seconds: float, hourly_limit: int
-    ) -> str:
-        """Atomically decide whether to notify: 'ok' (reserved, counted in this UTC hour),
-        'cooldown' (same song notified less than cooldown_seconds ago) or 'limit' (the hourly
-        limit is reached, or notifications are deferred)."""
+    ) -> Reservation:
+        """Atomically decide whether to notify (see `Reservation`)."""
 
     def release_notification(self, uid: str, pending: PendingNotification, now: float) -> None:
         """The send of a reserved notification failed: give its slot in the hourly count back
         and keep `pending` (replacing any other) for `take_notification` to retry."""
 
-    def take_notification(self, uid: str, now: float, hourly_limit: int) -> tuple[str, PendingNotification | None]:
-        """Atomically claim the uid's pending notification for one retry: ('ok', it) reserved,
-        counted and no longer pending, so no other caller can send it; ('expired', it) past
-        its `expires_at` and dropped; ('wait', None) not due yet, deferred or over the hourly
-        limit; ('none', None)."""
+    def take_notification(self, uid: str, now: float, hourly_limit: int) -> tuple[Retry, PendingNotification | None]:
+        """Atomically claim the uid's pending notification for one retry (see `Retry`): with
+        OK and EXPIRED, the notification; so no other caller can send it."""
 
     def set_notification(self, uid: str, recognised_at: float, notification: str, error: str | None) -> None:
         """Update the notification status of the uid's history entry recorded `recognised_at`."""

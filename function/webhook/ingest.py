@@ -35,7 +35,7 @@ from function.webhook.ratelimit import AudioRateLimiter
 from function.engine.recogniser import CatalogError, Match
 from function.webhook.naming import named
 from function.storage._rules import granted
-from function.storage.base import Claim, Lease, PendingNotification, Recognition, Store, StoreUnavailable
+from function.storage.base import Claim, Lease, Notification, PendingNotification, Recognition, Reservation, Retry, Store, StoreUnavailable
 
 RECOGNITION_SLOTS = os.cpu_count() or 1
 # Omi waits 15 s for an answer (its read timeout; connect 2 s): the calls to Omi a request makes
@@ -224,24 +224,24 @@ def _notify(
     s, store, uid = service.settings, service.store, recognised.uid
     try:
         if store.notifications_deferred_until(uid) > now:
-            return "skipped_deferred", None, None
+            return Notification.SKIPPED_DEFERRED, None, None
         song_id = recognised.song_id or ""
         decision = store.reserve_notification(uid, song_id, now, s.notify_cooldown_seconds, s.notify_hourly_limit)
         if not granted(decision):
-            return f"skipped_{decision}", None, None
+            return Notification.SKIPPED_COOLDOWN if decision == Reservation.COOLDOWN else Notification.SKIPPED_LIMIT, None, None
         message = song_message(recognised.title or "", recognised.artist or "")
         link = history_link(base_url, s.link_secret, uid)
-        if link and decision == "ok_link":
+        if link and decision == Reservation.OK_LINK:
             message += f"\nYour songs: {link}"
         first = PendingNotification(song_id, message, recognised.at, 0, now, now + s.notify_cooldown_seconds)
         outcome = _send(service, uid, first, now, deadline)
-        if outcome[0] == "sent" and s.omi_memories:
+        if outcome[0] == Notification.SENT and s.omi_memories:
             left = deadline - time.monotonic()
             service.notifier.create_memory(uid, recognised.title or "", recognised.artist or "", song_id, link, left)
         return outcome
     except StoreUnavailable as exc:
         log("ERROR", "notification skipped: storage unavailable", uid=uid, reason=str(exc))
-        return "failed", "storage unavailable", None
+        return Notification.FAILED, "storage unavailable", None
 
 
 def _send(
@@ -258,8 +258,8 @@ def _send(
     attempts = attempt.attempts + 1
     at = now + max(min(2.0 ** (attempts - 1), MAX_RETRY_INTERVAL_SECONDS), result.retry_after_seconds or 0.0)
     if at >= attempt.expires_at:
-        return "failed", f"{result.reason} (gave up after {attempts} attempts)", None
-    status = "rate_limited" if result.status == "rate_limited" else "retrying"
+        return Notification.FAILED, f"{result.reason} (gave up after {attempts} attempts)", None
+    status = Notification.RATE_LIMITED if result.status == Notification.RATE_LIMITED else Notification.RETRYING
     return status, result.reason, replace(attempt, attempts=attempts, retry_at=at)
 
 
@@ -270,8 +270,8 @@ def _retry_notification(service: Service, uid: str, now: float, deadline: float)
         verdict, pending = service.store.take_notification(uid, now, service.settings.notify_hourly_limit)
         if pending is None:
             return
-        if verdict == "expired":
-            status, error, retry = "failed", f"gave up after {pending.attempts} attempts", None
+        if verdict == Retry.EXPIRED:
+            status, error, retry = Notification.FAILED, f"gave up after {pending.attempts} attempts", None
         else:
             status, error, retry = _send(service, uid, pending, now, deadline)
         log("INFO", "notification retried", uid=uid, notification=loggable(pending.message), status=status, attempts=pending.attempts)
@@ -288,7 +288,7 @@ def _record(service: Service, recognition: Recognition) -> None:
     song still playing. Best effort once the audio is safely stored: a storage hiccup here must
     not turn a delivered chunk into a 503 that Omi would resend."""
     service.metrics.count(recognition)
-    if recognition.matched and recognition.notification != "skipped_cooldown":
+    if recognition.matched and recognition.notification != Notification.SKIPPED_COOLDOWN:
         _best_effort(recognition.uid, service.store.record, recognition)
     service.metrics.flush(service.store, recognition.at)
 

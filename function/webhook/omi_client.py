@@ -21,6 +21,7 @@ import httpx
 
 from function.config import Settings
 from function.logs import log
+from function.storage.base import Notification
 
 # Without a usable Retry-After, wait out Omi's window: its limit is per UTC hour.
 _HOUR = 3600.0
@@ -32,7 +33,7 @@ KEY_SUSPECT_USERS = 3
 
 @dataclass(frozen=True)
 class NotifyResult:
-    status: str  # sent | failed | rate_limited | logged
+    status: Notification  # SENT, FAILED, RATE_LIMITED or LOGGED
     reason: str | None = None
     retry_after_seconds: float | None = None
     # Send no notification to this user for this long: Omi's hourly allowance is used up.
@@ -105,7 +106,7 @@ class Notifier:
         s = self._settings
         if not s.notifications_enabled:
             log("NOTICE", "notification (not sent: OMI_APP_ID/OMI_APP_SECRET unset)", uid=uid, notification=loggable(message))
-            return NotifyResult("logged")
+            return NotifyResult(Notification.LOGGED)
         if seconds_left < MIN_CALL_SECONDS:
             return self._failed(uid, "no time left in the request Omi is waiting on", retryable=True)
         try:
@@ -126,7 +127,7 @@ class Notifier:
         if response.status_code == 429:
             wait = _retry_after(response.headers.get("Retry-After"), time.time())
             log("WARNING", "notification rate limited by Omi", uid=uid, retry_after_seconds=wait)
-            return NotifyResult("rate_limited", "HTTP 429", retry_after_seconds=wait, defer_seconds=wait, retryable=True)
+            return NotifyResult(Notification.RATE_LIMITED, "HTTP 429", retry_after_seconds=wait, defer_seconds=wait, retryable=True)
         if response.is_success:
             with self._lock:
                 self._secret_accepted = True
@@ -134,8 +135,8 @@ class Notifier:
             remaining = response.headers.get("X-RateLimit-Remaining")
             log("INFO", "notification sent", uid=uid, notification=loggable(message), remaining=remaining)
             if response.headers.get("X-RateLimit-Remaining", "").strip() == "0":
-                return NotifyResult("sent", defer_seconds=_until_reset(response.headers.get("X-RateLimit-Reset"), time.time()))
-            return NotifyResult("sent")
+                return NotifyResult(Notification.SENT, defer_seconds=_until_reset(response.headers.get("X-RateLimit-Reset"), time.time()))
+            return NotifyResult(Notification.SENT)
         if response.status_code == 403:
             return self._forbidden(uid)
         retryable = response.status_code >= 500
@@ -191,7 +192,7 @@ class Notifier:
                 " (check the app's API key in Omi); otherwise none of them has enabled the app"
             )
             log("ERROR", "notification failed", uid=uid, reason=reason, retryable=False)
-            return NotifyResult("failed", reason)
+            return NotifyResult(Notification.FAILED, reason)
         if accepted:
             return self._failed(uid, "HTTP 403: this user has not enabled the app in Omi (the app secret works for others)")
         return self._failed(
@@ -201,4 +202,4 @@ class Notifier:
     @staticmethod
     def _failed(uid: str, reason: str, retryable: bool = False) -> NotifyResult:
         log("WARNING", "notification failed", uid=uid, reason=reason, retryable=retryable)
-        return NotifyResult("failed", reason, retryable=retryable)
+        return NotifyResult(Notification.FAILED, reason, retryable=retryable)
