@@ -81,7 +81,7 @@ def test_the_tally_answers_as_a_vote_of_the_whole_buffer(catalog_uri: str, track
         if second < 2:
             continue
         tallied, _ = recogniser._tallied(f"u-{reverse}", chunks, StreamState.from_bytes(state))
-        whole, _ = buffered_peaks(chunks, state, MAX_QUERY_SECONDS)
+        whole, _ = buffered_peaks(chunks, StreamState.from_bytes(state), MAX_QUERY_SECONDS)
         hashes, anchors = landmarks_of(whole, QUERY_DENSITY.fan_out)
         full = vote(recogniser.catalog, *with_neighbours(hashes, anchors, recogniser.config.neighbour_gap_frames))
         assert (tallied.song_index, tallied.score, tallied.offset_frames) == (full.song_index, full.score, full.offset_frames)

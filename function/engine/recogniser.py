@@ -17,7 +17,7 @@ from function.engine.matcher import MAX_QUERY_SECONDS, Vote, vote
 from function.engine.register_run import RegisterResult, expand_paths, register_files
 from function.engine.shards import Shards
 from function.engine.songs import CatalogError
-from function.engine.stream import PEAK, StreamState, buffered_peaks, complete_frames, landmarks_of, pending_peaks, peaks_of, unpacked
+from function.engine.stream import StreamState, buffered, buffered_peaks, complete_frames, landmarks_of, peaks_of
 from function.engine.tally import Tallies
 from function.logs import log
 
@@ -183,12 +183,12 @@ class Recogniser:
         is kept, so an attempt costs about the same however long the buffer. Shards have no
         tallies (their piles are counted where the postings are): they vote the whole buffer.
         """
-        if not isinstance(self.catalog, Catalog) or stream is None:
-            peaks, frames = buffered_peaks(chunks, stream, MAX_QUERY_SECONDS)
-            best, shift = self.best_vote_peaks(peaks, frames)
+        state = StreamState.from_bytes(stream) if stream else None
+        if not isinstance(self.catalog, Catalog) or state is None:
+            best, shift = self.best_vote_peaks(*buffered_peaks(chunks, state, MAX_QUERY_SECONDS))
         else:
             self.catalog.require_songs()
-            best, shift = self._tallied(uid, chunks, StreamState.from_bytes(stream))
+            best, shift = self._tallied(uid, chunks, state)
         if best is None:
             return None, 0.0
         return self._match(best, shift), best.confidence
@@ -197,19 +197,15 @@ class Recogniser:
         """The vote `best_vote_peaks` takes of the buffer (with neighbours; the speed retry over
         the newest seconds when speed 1 is no match), from the uid's tallies, whose votes place
         the song at the buffer's start whatever the speed (no shift to undo)."""
-        settled = np.concatenate([unpacked(c) for c in chunks]) if chunks else np.zeros(0, PEAK)
-        peaks = np.concatenate([settled, pending_peaks(state)])
-        end = state.complete
+        settled, peaks, start, end = buffered(chunks, state, MAX_QUERY_SECONDS)
         settled_end = state.settled // BLOCK_FRAMES * BLOCK_FRAMES
-        start = int(peaks["t"][0]) // BLOCK_FRAMES * BLOCK_FRAMES if len(peaks) else end
-        start = max(start, end - int(MAX_QUERY_SECONDS / FRAME_SECONDS))
         recent = int(round(self.config.speed_window_seconds / FRAME_SECONDS))
         windows = ((1.0, int(MAX_QUERY_SECONDS / FRAME_SECONDS) + 2 * BLOCK_FRAMES),) + tuple(
             (speed, recent + 2 * BLOCK_FRAMES) for speed in self.config.speed_variants
         )
         tallies = _TALLIES.take(uid, self.catalog, windows, self.config.neighbour_gap_frames)
         if tallies is None:
-            return self.best_vote_peaks(*buffered_peaks(chunks, state.to_bytes(), MAX_QUERY_SECONDS))
+            return self.best_vote_peaks(*buffered_peaks(chunks, state, MAX_QUERY_SECONDS))
         try:
             best: Vote | None = None
             # The speed retry runs every SPEED_EVERY attempts (its tallies catch up then): a song

@@ -278,19 +278,22 @@ def unpacked(blob: bytes) -> np.ndarray:
     return np.frombuffer(zlib.decompress(blob), PEAK)
 
 
-def buffered_peaks(chunks: Sequence[bytes], state: bytes | None, max_seconds: float) -> tuple[np.ndarray, int]:
-    """A buffer's peaks for a vote, from its chunks' settled peaks (oldest first) and the state
-    after the newest: the peaks a recording of the buffered audio would have, at most the newest
-    `max_seconds`, with frames counted from the buffer's first second, and the frames it spans."""
-    parts = [unpacked(c) for c in chunks]
-    stream = StreamState.from_bytes(state) if state else None
-    if stream is not None:
-        parts.append(pending_peaks(stream))
-    peaks = np.concatenate(parts) if parts else np.zeros(0, PEAK)
-    end = stream.complete if stream is not None else (int(peaks["t"].max()) + 1 if len(peaks) else 0)
-    if len(peaks) == 0:
-        return peaks, 0
-    start = max(int(peaks["t"].min()) // BLOCK_FRAMES * BLOCK_FRAMES, end - int(max_seconds / FRAME_SECONDS))
+def buffered(chunks: Sequence[bytes], state: StreamState | None, max_seconds: float) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """A buffer's peaks as a vote reads them, from its chunks' settled peaks (oldest first) and
+    the stream's state after the newest: (the settled peaks, those and the peaks a recording
+    ending there would still add, the frame the vote's window starts at, the frame it ends at).
+    The window starts at the buffer's first second, or `max_seconds` before its end if later."""
+    settled = np.concatenate([unpacked(c) for c in chunks]) if chunks else np.zeros(0, PEAK)
+    peaks = np.concatenate([settled, pending_peaks(state)]) if state is not None else settled
+    end = state.complete if state is not None else (int(peaks["t"].max()) + 1 if len(peaks) else 0)
+    first = int(peaks["t"].min()) // BLOCK_FRAMES * BLOCK_FRAMES if len(peaks) else end
+    return settled, peaks, max(first, end - int(max_seconds / FRAME_SECONDS)), end
+
+
+def buffered_peaks(chunks: Sequence[bytes], state: StreamState | None, max_seconds: float) -> tuple[np.ndarray, int]:
+    """The peaks of `buffered`'s window with frames counted from its start, and the frames it
+    spans: the query a whole-buffer vote takes."""
+    _, peaks, start, end = buffered(chunks, state, max_seconds)
     peaks = peaks[peaks["t"] >= start].copy()
     peaks["t"] -= start
     return peaks, max(end - start, 0)
