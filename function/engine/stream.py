@@ -39,7 +39,7 @@ from typing import Sequence
 
 import numpy as np
 from function.engine.config import CONFIG, Density
-from function.engine.decode import INTERNAL_RATE, pcm16_to_float, resample
+from function.engine.decode import INTERNAL_RATE, pcm16_to_float, to_internal
 from function.engine.fingerprint import (
     BLOCK_FRAMES,
     FRAME_SECONDS,
@@ -125,7 +125,7 @@ def advance(state: StreamState, pcm: bytes, density: Density = QUERY_DENSITY) ->
 
 
 def advance_samples(state: StreamState, samples: np.ndarray, density: Density = QUERY_DENSITY) -> tuple[np.ndarray, StreamState]:
-    """`advance` for float mono samples at `state.rate`."""
+    """`advance` for mono samples (int16 or float) at `state.rate`."""
     x, samples_in, samples = _internal(state, samples)
     p, n = state.samples, len(x)
     old_complete, new_complete = complete_frames(p), complete_frames(p + n)
@@ -177,23 +177,17 @@ def pending_peaks(state: StreamState, density: Density = QUERY_DENSITY) -> np.nd
 def peaks_of(samples: np.ndarray, sample_rate: int, density: Density = QUERY_DENSITY) -> np.ndarray:
     """The peaks of a whole recording (int16 or float mono), the stream's way in one chunk:
     the same as `fingerprint.find_peaks` on its spectrogram."""
-    if samples.dtype == np.int16:
-        samples = samples.astype(np.float32) / 32768.0
-    settled, state = advance_samples(StreamState.start(sample_rate), np.asarray(samples, np.float32), density)
+    settled, state = advance_samples(StreamState.start(sample_rate), samples, density)
     return np.concatenate([settled, pending_peaks(state, density)])
 
 
 def _internal(state: StreamState, samples: np.ndarray) -> tuple[np.ndarray, int, int]:
     """The chunk at the internal rate, as many samples as it adds to the stream's count (so
     frames stay on one grid however the chunks are cut), and the counts after it."""
-    rate = state.rate
     samples_in = state.samples_in + len(samples)
-    total = samples_in * INTERNAL_RATE // rate
+    total = samples_in * INTERNAL_RATE // state.rate
     want = total - state.samples
-    if rate == INTERNAL_RATE or len(samples) == 0:
-        x = samples
-    else:
-        x = resample(samples, INTERNAL_RATE, rate)
+    x = to_internal(samples, state.rate) if len(samples) else samples
     x = x[:want] if len(x) >= want else np.concatenate([x, np.zeros(want - len(x), np.float32)])
     return x, samples_in, total
 
