@@ -4,10 +4,10 @@ The webhook votes over everything buffered (function/webhook/naming.py), every s
 audio. Voting the whole buffer again each time costs in proportion to the buffer; a `Tally`
 instead keeps the pile counts (song, offset -> votes) of the landmarks it already counted and,
 at each attempt, only adds the landmarks that became final since, subtracts those whose peaks
-left the buffer, and votes the few newest seconds, whose landmarks can still change, on top.
+left the buffer, and votes the newest landmarks, which can still change, on top.
 
-A landmark is final once both its peaks are settled (stream.py; see `Tally`). The tally keeps its own copy of
-the settled peaks it counted, so it can take them out again after the buffer dropped them, and
+A landmark is final once both its peaks are settled (stream.py; see `Tally`). The tally keeps
+its own copy of the settled peaks it counted, so it can take them out again after the buffer dropped them, and
 compares that copy with the buffer it is given: a buffer that is not the continuation of what
 it counted (another stream, a restart, another worker's chunks it never saw) makes it count
 again from scratch, never answer from a mix. The answer is the same vote `matcher.piles` takes
@@ -15,8 +15,8 @@ of the whole buffer with every landmark's time-gap neighbours (tests/test_tally.
 to that); the webhook skips the plain vote that `Recogniser.best_vote_peaks` tries first,
 which only ever saved time.
 
-A tally lives in the memory of the process that counted it (`Tallies`, bounded by the pile
-counts all of them hold); a user whose requests reach another instance is counted again there
+A tally lives in the memory of the process that counted it (`Tallies`, bounded by the counters
+all of them hold, MAX_CELLS); a user whose requests reach another instance is counted again there
 once, from the stored peaks. One tally per speed tried: at speed 1 over the whole buffer, at
 each of `speed_variants` over its newest `speed_window_seconds`.
 """
@@ -73,28 +73,27 @@ class Tally:
         self.catalog, self.speed, self.gap_frames, self.window = catalog, speed, gap_frames, window
         self.ring = (np.ceil(catalog.durations / FRAME_SECONDS).astype(np.int64) + 2) + int(np.ceil(window * speed)) + 2 * REACH
         self.base = np.concatenate(([0], np.cumsum(self.ring)[:-1]))
-        self.cells = np.zeros(int(self.ring.sum()), np.uint16)  # votes (wrapping: removals add 2**16 - n)
+        self.cells = np.empty(int(self.ring.sum()), np.uint16)  # votes (wrapping: removals add 2**16 - n)
         n = len(catalog.songs)
-        self.hits = np.zeros(n, np.int64)
-        self.tallest = np.zeros(n, np.int64)
-        self.stale = np.zeros(n, bool)  # tallest is only a bound from above
-        self.lo = self.hi = 0
+        self.hits = np.empty(n, np.int64)
+        self.tallest = np.empty(n, np.int64)
+        self.stale = np.empty(n, bool)  # tallest is only a bound from above
         self.attempts = 0  # votes taken of this user's buffer (the recogniser's cadence)
-        self.newest = -1  # the newest anchor counted (at this speed)
-        self.peaks = np.zeros(0, PEAK)  # settled peaks from lo on: what counted them
+        self._reset(0)
 
     @property
     def size(self) -> int:
         return len(self.cells)
 
     def _reset(self, lo: int) -> None:
+        """Nothing counted, from `lo` on."""
         self.cells[:] = 0
         self.hits[:] = 0
         self.tallest[:] = 0
         self.stale[:] = False
         self.lo = self.hi = lo
-        self.newest = -1
-        self.peaks = np.zeros(0, PEAK)
+        self.newest = -1  # the newest anchor counted (at this speed)
+        self.peaks = np.zeros(0, PEAK)  # settled peaks from lo on: what counted them
 
     def sync(self, settled: np.ndarray, lo: int, hi: int) -> None:
         """Count the pairs of `settled` (PEAK records, sorted; every peak before `hi` settled)
